@@ -1,0 +1,30 @@
+"""Helpers shared by the CLI verbs: the run record written into every output folder."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+import sys
+from pathlib import Path
+
+from hydrapicker import __version__
+from hydrapicker.io.files import atomic_write_text
+
+__all__ = ["write_run_record"]
+
+
+def write_run_record(out_dir: str | Path, args: argparse.Namespace, name: str = "command.json") -> Path:
+    """Write what produced an output folder: version, time, command line and every option."""
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("_")}
+    record = {
+        "hydrapicker_version": __version__,
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command_line": sys.argv,
+        "python": platform.python_version(),
+        "options": options,
+    }
+    path = Path(out_dir) / name
+    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    return path

@@ -1,0 +1,50 @@
+"""Defaults and constants shared across the pipeline, in one place.
+
+Model presets live in :mod:`hydrapicker.model` (their registry); everything else a user
+might wonder "where does this number come from?" about lives here.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ANCHOR_STRIDE",
+    "BATCH_SIZE",
+    "CROP_SIZE",
+    "PAD_TO",
+    "PARTICLE_DIAMETER_PX",
+    "MATCH_IOU",
+    "MICROGRAPH_SUFFIXES",
+    "COORDINATE_FORMATS",
+]
+
+#: IoU at or above which a pick matches a true particle (paper, section 4).
+MATCH_IOU: float = 0.6
+
+#: File suffixes read as micrographs, lower-case.
+MICROGRAPH_SUFFIXES: tuple[str, ...] = (".mrc", ".mrcs", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+#: Coordinate formats, by name, with the file suffix each is written with.
+COORDINATE_FORMATS: dict[str, str] = {
+    "star": ".star",
+    "box": ".box",
+    "cbox": ".cbox",
+    "topaz": ".txt",
+    "cs": ".cs",
+    "csv": ".csv",
+}
+
+# --- geometry of the model's input (paper, sections 3-4) -------------------------------
+
+#: Particle diameter, in pixels, that every micrograph is rescaled to before the model sees
+#: it; also the square box edge used for anchor matching. Cost grows with its square.
+PARTICLE_DIAMETER_PX: float = 40.0
+
+#: Output grid stride of every head: one anchor per 16x16 input pixels.
+ANCHOR_STRIDE: int = 16
+
+#: Training crops: micrographs padded to at least PAD_TO px, rotated, cropped to CROP_SIZE.
+PAD_TO: int = 520
+CROP_SIZE: int = 368
+
+#: Crops per mini-batch, all from one dataset.
+BATCH_SIZE: int = 4

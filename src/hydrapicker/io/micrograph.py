@@ -1,0 +1,152 @@
+"""Micrographs in and out: MRC, TIFF, PNG/JPEG to float32 ``[row, col]`` arrays.
+
+Convention, stated once: a micrograph is a 2-D float32 array indexed ``[row, col]`` exactly
+as the file stores it (mrcfile / tifffile / Pillow order, no flip). Particle coordinates
+elsewhere in HydraPicker use x = column and y = row of this array.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hydrapicker.defaults import MICROGRAPH_SUFFIXES
+from hydrapicker.errors import HydraPickerError
+from hydrapicker.io.files import atomic_path
+
+__all__ = ["Micrograph", "read_micrograph", "write_mrc", "is_micrograph_path"]
+
+
+@dataclass(frozen=True)
+class Micrograph:
+    """One micrograph as read from disk.
+
+    Attributes:
+        data: float32 array ``[row, col]``.
+        pixel_size: Å per pixel from the file header, or ``None`` when the file has none.
+        path: where it was read from.
+    """
+
+    data: np.ndarray
+    pixel_size: float | None
+    path: Path
+
+    @property
+    def name(self) -> str:
+        """The file stem: the key that matches a micrograph to its coordinate files."""
+        return micrograph_stem(self.path)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.data.shape[0]), int(self.data.shape[1]))
+
+
+def micrograph_stem(path: str | os.PathLike) -> str:
+    """File name without its micrograph suffix(es): ``a/b/mic_001.mrc`` -> ``mic_001``."""
+    name = Path(path).name
+    for suffix in (".gz",) + MICROGRAPH_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def is_micrograph_path(path: str | os.PathLike) -> bool:
+    """True when the suffix is one we read as a micrograph."""
+    return Path(path).suffix.lower() in MICROGRAPH_SUFFIXES
+
+
+def read_micrograph(path: str | os.PathLike) -> Micrograph:
+    """Read a 2-D micrograph (or a 1-slice stack) from MRC, TIFF, PNG or JPEG.
+
+    Raises:
+        HydraPickerError: missing, unreadable, truncated or non-2-D file, NaN/Inf pixels,
+            or a constant image; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HydraPickerError(f"{path}: no such micrograph file")
+    suffix = path.suffix.lower()
+    if suffix in (".mrc", ".mrcs"):
+        data, pixel_size = _read_mrc(path)
+    elif suffix in (".tif", ".tiff"):
+        data, pixel_size = _read_tiff(path), None
+    elif suffix in (".png", ".jpg", ".jpeg"):
+        data, pixel_size = _read_image(path), None
+    else:
+        raise HydraPickerError(
+            f"{path}: unknown micrograph type {suffix!r} (expected one of {', '.join(MICROGRAPH_SUFFIXES)})"
+        )
+    data = _as_2d(path, data)
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise HydraPickerError(f"{path}: {bad} pixel(s) are NaN or Inf")
+    if data.size == 0 or float(data.max()) == float(data.min()):
+        raise HydraPickerError(f"{path}: the image is constant (every pixel is {float(data.flat[0]) if data.size else 'absent'})")
+    return Micrograph(data=data, pixel_size=pixel_size, path=path)
+
+
+def _read_mrc(path: Path) -> tuple[np.ndarray, float | None]:
+    import mrcfile
+
+    try:
+        with mrcfile.open(path, mode="r", permissive=False) as mrc:
+            data = np.array(mrc.data)
+            voxel = float(mrc.voxel_size.x)
+    except (ValueError, OSError, EOFError) as exc:
+        raise HydraPickerError(f"{path}: not a readable MRC file ({exc})") from exc
+    if data is None or data.ndim == 0:
+        raise HydraPickerError(f"{path}: MRC file holds no image data")
+    return data, (voxel if np.isfinite(voxel) and voxel > 0 else None)
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        return tifffile.imread(path)
+    except Exception as exc:  # tifffile raises many types for corrupt files
+        raise HydraPickerError(f"{path}: not a readable TIFF file ({exc})") from exc
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in ("L", "I", "I;16", "I;16B", "F"):
+                image = image.convert("L")
+            return np.asarray(image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise HydraPickerError(f"{path}: not a readable image file ({exc})") from exc
+
+
+def _as_2d(path: Path, data: np.ndarray) -> np.ndarray:
+    if data.ndim == 3 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim != 2:
+        raise HydraPickerError(
+            f"{path}: expected a 2-D micrograph, got an array of shape {tuple(data.shape)}"
+            + (" (a movie or stack? motion-correct or split it first)" if data.ndim == 3 else "")
+        )
+    if min(data.shape) < 2:
+        raise HydraPickerError(f"{path}: micrograph of shape {tuple(data.shape)} is too small")
+    return data
+
+
+def write_mrc(path: str | os.PathLike, data: np.ndarray, pixel_size: float | None = None) -> None:
+    """Write a 2-D float32 micrograph to MRC atomically, pixel size (Å) in the header."""
+    import mrcfile
+
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    if data.ndim != 2:
+        raise ValueError(f"write_mrc expects a 2-D array, got shape {data.shape}")
+    with atomic_path(path) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(data)
+            if pixel_size is not None:
+                mrc.voxel_size = float(pixel_size)
