@@ -15,6 +15,12 @@ __all__ = [
     "MATCH_IOU",
     "MICROGRAPH_SUFFIXES",
     "COORDINATE_FORMATS",
+    "FOCAL_GAMMA",
+    "FOCAL_ALPHA",
+    "LAMBDA_CLS",
+    "LAMBDA_BIAS",
+    "NMS_IOU",
+    "PICK_THRESHOLD",
 ]
 
 #: IoU at or above which a pick matches a true particle (paper, section 4).
@@ -48,3 +54,22 @@ CROP_SIZE: int = 368
 
 #: Crops per mini-batch, all from one dataset.
 BATCH_SIZE: int = 4
+
+# --- loss, picking (paper, section 3.2; RetinaNet for the focal constants) --------------
+
+#: Focal loss focusing exponent gamma (paper: 2) and the weight alpha of the particle class
+#: (background gets 1 - alpha); 0.25 is RetinaNet's value for a 1:100 prior.
+FOCAL_GAMMA: float = 2.0
+FOCAL_ALPHA: float = 0.25
+
+#: L = L_loc + LAMBDA_CLS * L_cls + LAMBDA_BIAS * L_bias. The paper does not give the lambdas;
+#: LAMBDA_BIAS is per squared weight difference, summed over every head parameter.
+LAMBDA_CLS: float = 1.0
+LAMBDA_BIAS: float = 0.01
+
+#: Picks whose boxes overlap a better pick by more than this IoU are suppressed. Two true
+#: particles at least half a box apart in x overlap by at most 1/3.
+NMS_IOU: float = 0.3
+
+#: Default score (probability) a pick needs to be written.
+PICK_THRESHOLD: float = 0.5
