@@ -1,0 +1,218 @@
+"""The network: a shared fully convolutional trunk, one SSD-like head per dataset, a generic head.
+
+Shapes, stated once: images enter as float32 ``[B, 1, H, W]`` (normalised, rescaled so the
+particle is ``PARTICLE_DIAMETER_PX`` wide); a head returns ``[B, 3, ceil(H/16), ceil(W/16)]``,
+channels ``(dx, dy, logit)`` per anchor, one anchor per 16x16 cell (see :mod:`hydrapicker.boxes`
+for the anchor positions and the offset coding). Any H, W is accepted: the image is padded
+with zeros (the mean of a normalised micrograph) at the bottom and right up to a multiple of
+the stride, which leaves every anchor where it would be on the unpadded image.
+
+Widths and depths come from a preset in :data:`PRESETS`; ``paper`` is the architecture of the
+paper (section 3.1), the others are smaller versions that train on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hydrapicker.errors import HydraPickerError
+
+__all__ = ["ModelPreset", "PRESETS", "get_preset", "Trunk", "Head", "HydraPicker", "GENERIC", "LOGIT_PRIOR"]
+
+#: Name of the generic (zero-shot) head.
+GENERIC = "generic"
+
+#: Prior probability of "particle" that the logit bias starts at (RetinaNet's pi = 0.01), so the
+#: focal loss is not swamped by the background anchors in the first steps.
+LOGIT_PRIOR = 0.01
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Widths and depths of a HydraPicker network.
+
+    Attributes:
+        name: registry key.
+        trunk_channels: channels of every trunk conv (paper: 64).
+        residual_blocks: residual blocks after the two stem convs (paper: 3).
+        head_channels: channels of the head's stride-2 blocks (paper: 128, 256, 512, 1024);
+            their number fixes the output stride at ``2 ** len(head_channels)``.
+        groups: GroupNorm groups (Wu & He's default 32, capped by the channel count).
+        dropout: dropout probability in the head blocks (the paper does not give it).
+    """
+
+    name: str
+    trunk_channels: int
+    residual_blocks: int
+    head_channels: tuple[int, ...]
+    groups: int = 32
+    dropout: float = 0.1
+
+    @property
+    def stride(self) -> int:
+        return 2 ** len(self.head_channels)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelPreset":
+        data = dict(data)
+        data["head_channels"] = tuple(data["head_channels"])
+        return cls(**data)
+
+
+#: The preset registry: every preset name and its numbers live here and nowhere else.
+PRESETS: dict[str, ModelPreset] = {
+    "paper": ModelPreset("paper", trunk_channels=64, residual_blocks=3, head_channels=(128, 256, 512, 1024)),
+    "small": ModelPreset("small", trunk_channels=32, residual_blocks=3, head_channels=(32, 64, 128, 256), groups=8),
+    "tiny": ModelPreset("tiny", trunk_channels=16, residual_blocks=2, head_channels=(16, 32, 64, 64), groups=4),
+}
+
+
+def get_preset(name: str) -> ModelPreset:
+    """The preset called ``name``; a user error naming the choices if there is none."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise HydraPickerError(f"unknown model preset {name!r} (choose from {', '.join(PRESETS)})") from None
+
+
+def _norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(channels, min(groups, channels)), channels)
+
+
+def _conv3x3(c_in: int, c_out: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=bias)
+
+
+class _ConvPair(nn.Sequential):
+    """Two 3x3 convs with no non-linearity between: a 5x5 receptive field for 2/3 the weights."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(_conv3x3(channels, channels), _conv3x3(channels, channels))
+
+
+class _ResidualBlock(nn.Module):
+    """ResNet basic block whose two 3x3 convs are each a conv pair; GroupNorm, identity skip."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.conv1 = _ConvPair(channels)
+        self.norm1 = _norm(channels, groups)
+        self.conv2 = _ConvPair(channels)
+        self.norm2 = _norm(channels, groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return F.relu(out + x)
+
+
+class Trunk(nn.Module):
+    """Shared feature extractor at full input resolution: ``[B,1,H,W] -> [B,C,H,W]``."""
+
+    def __init__(self, preset: ModelPreset) -> None:
+        super().__init__()
+        c, g = preset.trunk_channels, preset.groups
+        self.stem = nn.Sequential(
+            _conv3x3(1, c), _norm(c, g), nn.ReLU(inplace=True),
+            _conv3x3(c, c), _norm(c, g), nn.ReLU(inplace=True),
+        )  # fmt: skip
+        self.blocks = nn.Sequential(*(_ResidualBlock(c, g) for _ in range(preset.residual_blocks)))
+        self.out_channels = c
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem(images))
+
+
+class Head(nn.Module):
+    """SSD-like single-class head: ``[B,C,H,W] -> [B,3,H/16,W/16]`` as ``(dx, dy, logit)``."""
+
+    def __init__(self, preset: ModelPreset) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = preset.trunk_channels
+        for c_out in preset.head_channels:
+            layers += [_conv3x3(c_in, c_out, stride=2, bias=True), nn.ReLU(inplace=True), _norm(c_out, preset.groups),
+                       nn.Dropout(preset.dropout)]  # fmt: skip
+            c_in = c_out
+        self.blocks = nn.Sequential(*layers)
+        self.predict = _conv3x3(c_in, 3, bias=True)
+        # Offsets start near zero (anchor centres) and the logit at the low prior.
+        nn.init.normal_(self.predict.weight, std=0.01)
+        nn.init.zeros_(self.predict.bias)
+        with torch.no_grad():
+            self.predict.bias[2] = -math.log((1 - LOGIT_PRIOR) / LOGIT_PRIOR)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.predict(self.blocks(features))
+
+
+class HydraPicker(nn.Module):
+    """Trunk + one head per training dataset (``heads``) + the ``generic`` head.
+
+    ``forward(images, head)`` runs the trunk and one head; :meth:`features` and
+    :meth:`run_head` split the two when several heads see the same features.
+    """
+
+    def __init__(self, preset: ModelPreset, head_names: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__()
+        self.preset = preset
+        self.trunk = Trunk(preset)
+        self.generic = Head(preset)
+        self.heads = nn.ModuleDict()
+        for name in head_names:
+            self.add_head(name)
+
+    @property
+    def stride(self) -> int:
+        return self.preset.stride
+
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        return tuple(self.heads.keys())
+
+    def add_head(self, name: str, init_from: str | None = GENERIC) -> Head:
+        """Add a dataset head called ``name``, a copy of head ``init_from`` (``None``: fresh weights)."""
+        if name == GENERIC or name in self.heads:
+            raise HydraPickerError(f"head {name!r} already exists")
+        head = copy.deepcopy(self.head(init_from)) if init_from is not None else Head(self.preset)
+        self.heads[name] = head
+        return head
+
+    def head(self, name: str) -> Head:
+        """The head called ``name`` (``"generic"`` for the generic head)."""
+        if name == GENERIC:
+            return self.generic
+        if name not in self.heads:
+            known = ", ".join((GENERIC,) + self.head_names)
+            raise HydraPickerError(f"the model has no head {name!r} (it has: {known})")
+        return self.heads[name]
+
+    def pad(self, images: torch.Tensor) -> torch.Tensor:
+        """Zero-pad ``[B,1,H,W]`` at the bottom/right to a multiple of the stride."""
+        h, w = images.shape[-2:]
+        pad_h, pad_w = (-h) % self.stride, (-w) % self.stride
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h))
+        return images
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Trunk features of ``[B,1,H,W]`` images (padded to a multiple of the stride)."""
+        if images.ndim != 4 or images.shape[1] != 1:
+            raise ValueError(f"images must be [B, 1, H, W], got {tuple(images.shape)}")
+        return self.trunk(self.pad(images))
+
+    def run_head(self, features: torch.Tensor, head: str = GENERIC) -> torch.Tensor:
+        return self.head(head)(features)
+
+    def forward(self, images: torch.Tensor, head: str = GENERIC) -> torch.Tensor:
+        """``[B,1,H,W]`` -> ``[B,3,ceil(H/16),ceil(W/16)]`` from head ``head``."""
+        return self.run_head(self.features(images), head)
