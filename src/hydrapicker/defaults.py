@@ -21,6 +21,8 @@ __all__ = [
     "LAMBDA_BIAS",
     "NMS_IOU",
     "PICK_THRESHOLD",
+    "LOCAL_NORM_WINDOW",
+    "PREPARED_CACHE_SIZE",
 ]
 
 #: IoU at or above which a pick matches a true particle (paper, section 4).
@@ -73,3 +75,11 @@ NMS_IOU: float = 0.3
 
 #: Default score (probability) a pick needs to be written.
 PICK_THRESHOLD: float = 0.5
+
+# --- training data (hydrapicker.data) -----------------------------------------------------
+
+#: Width of the local-normalisation window, in particle diameters (SIMULATION.md section 6).
+LOCAL_NORM_WINDOW: float = 3.0
+
+#: Prepared (rescaled, normalised) micrographs kept in memory by a crop stream.
+PREPARED_CACHE_SIZE: int = 8
