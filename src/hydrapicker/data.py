@@ -481,8 +481,7 @@ def load_labelled_micrograph(
 class _Prepared:
     image: np.ndarray  # normalised, rescaled
     centres: np.ndarray  # [n, 2] (x, y) rescaled px
-    background: np.ndarray  # bool [row, col]: farther than one diameter from every centre
-    mean: float  # of the image over ``background``
+    mean: float  # of the background: pixels farther than one diameter from every centre
     std: float
 
 
@@ -502,7 +501,7 @@ def _prepare(spec: DatasetSpec, stem: str, target_diameter_px: float) -> _Prepar
     background = _background_mask(image.shape, centres, target_diameter_px)
     # Densely packed micrographs may leave almost no background: use every pixel then.
     values = image[background] if background.sum() >= 0.01 * image.size else image.ravel()
-    return _Prepared(image, centres, background, float(values.mean()), float(values.std()))
+    return _Prepared(image, centres, float(values.mean()), float(values.std()))
 
 
 # --- crop batches ----------------------------------------------------------------------
@@ -518,12 +517,15 @@ class Batch:
         centres: per crop, float32 ``[n_i, 2]`` particle centres ``(x, y)`` in crop pixels
             (x = column, y = row; only centres inside the crop).
         micrographs: per crop, the stem of the micrograph it came from.
+        padding: bool ``[B, 1, S, S]``, True where a crop shows padding noise rather than
+            the micrograph (no labels can lie there).
     """
 
     dataset: str
     images: torch.Tensor
     centres: list[torch.Tensor]
     micrographs: tuple[str, ...] = ()
+    padding: torch.Tensor | None = None
 
 
 class CropBatches:
@@ -536,11 +538,11 @@ class CropBatches:
     micrograph: an optional extra rescale by a factor drawn log-uniformly from
     ``scale_jitter``; padding to at least ``pad_to`` px per side with the micrograph
     centred; a rotation by a uniform random angle about the padded canvas's centre; a
-    random ``crop_size`` crop of the canvas. Pixels that fall outside the micrograph are
-    Gaussian noise whose mean and std match the crop's background (pixels farther than one
-    diameter from every labelled centre), or the whole micrograph's background when the
-    crop holds too little. Particle centres go through the same transform; those whose
-    centre leaves the crop are dropped.
+    random ``crop_size`` crop of the canvas. The padding is Gaussian noise whose mean and
+    std match the micrograph's background (pixels farther than one diameter from every
+    labelled centre); it is laid down before resampling, as in the paper, so it is
+    interpolated (and anti-aliased) exactly like the micrograph. Particle centres go
+    through the same transform; those whose centre leaves the crop are dropped.
 
     Prepared micrographs live in an LRU cache of ``cache_size`` entries, so memory stays
     bounded however many micrographs the datasets hold. Batch ``i`` of epoch ``e`` depends
@@ -610,13 +612,20 @@ class CropBatches:
         spec = self.datasets[int(rng.integers(len(self.datasets)))]
         stems = split_stems(spec, self.split)
         chosen = rng.choice(len(stems), size=self.batch_size, replace=len(stems) < self.batch_size)
-        images, centres, names = [], [], []
+        images, centres, names, padding = [], [], [], []
         for i in chosen:
-            crop, xy = self._crop(self._prepared(spec, stems[int(i)]), rng)
+            crop, xy, outside = self._crop(self._prepared(spec, stems[int(i)]), rng)
             images.append(crop)
             centres.append(torch.from_numpy(xy.astype(np.float32)))
             names.append(stems[int(i)])
-        return Batch(spec.name, torch.from_numpy(np.stack(images)[:, None]), centres, tuple(names))
+            padding.append(outside)
+        return Batch(
+            spec.name,
+            torch.from_numpy(np.stack(images)[:, None]),
+            centres,
+            tuple(names),
+            torch.from_numpy(np.stack(padding)[:, None]),
+        )
 
     def _prepared(self, spec: DatasetSpec, stem: str) -> _Prepared:
         key = (spec.name, stem)
@@ -629,7 +638,7 @@ class CropBatches:
             self._cache.popitem(last=False)
         return prepared
 
-    def _crop(self, prep: _Prepared, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _crop(self, prep: _Prepared, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         low, high = self.scale_jitter
         jitter = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if high > low else low
         angle = float(rng.uniform(0.0, 2 * np.pi)) if self.rotate else 0.0
@@ -640,29 +649,40 @@ class CropBatches:
         forward, offset = _crop_transform(jitter, angle, pad, (canvas - 1) / 2, origin)
 
         inverse = np.linalg.inv(forward)
-        # affine_transform indexes (row, col): swap x and y on both sides.
-        matrix_rc = inverse[::-1, ::-1]
-        offset_rc = (-inverse @ offset)[::-1]
-        source = prep.image
+        shift = -inverse @ offset  # source (x, y) = inverse @ crop (x, y) + shift
+        edge = self.crop_size - 0.5
+        corners = np.array([[-0.5, -0.5], [edge, -0.5], [-0.5, edge], [edge, edge]]) @ inverse.T + shift
         sigma = _antialias_sigma(jitter)
+        margin = 2 + math.ceil(4 * sigma)
+        (x0, y0), (x1, y1) = np.floor(corners.min(0)) - margin, np.ceil(corners.max(0)) + margin + 1
+        x0, y0, x1, y1 = int(x0), int(y0), int(x1), int(y1)
+
+        # The paper's order: pad the micrograph with background-matched noise, then
+        # resample; noise and micrograph then go through the same interpolation and blur,
+        # so the padding does not stand out by its texture. Only the crop's footprint is
+        # built, never the whole padded canvas.
+        source = rng.normal(prep.mean, prep.std, size=(y1 - y0, x1 - x0)).astype(np.float32)
+        ry0, ry1, rx0, rx1 = max(y0, 0), min(y1, rows), max(x0, 0), min(x1, cols)
+        if ry0 < ry1 and rx0 < rx1:
+            source[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] = prep.image[ry0:ry1, rx0:rx1]
         if sigma > 0:
             source = ndimage.gaussian_filter(source, sigma, mode="nearest")
-        size = (self.crop_size, self.crop_size)
+        # affine_transform indexes (row, col): swap x and y on both sides.
         crop = ndimage.affine_transform(
-            source, matrix_rc, offset_rc, output_shape=size, order=1, mode="constant", cval=np.nan
+            source,
+            inverse[::-1, ::-1],
+            (shift - (x0, y0))[::-1],
+            output_shape=(self.crop_size, self.crop_size),
+            order=1,
+            mode="nearest",
         )
-        background = ndimage.affine_transform(
-            prep.background.astype(np.float32), matrix_rc, offset_rc, output_shape=size, order=0, cval=0.0
-        ) > 0.5
-        outside = np.isnan(crop)
-        if outside.any():
-            values = crop[background & ~outside]
-            mean, std = (float(values.mean()), float(values.std())) if values.size >= 1024 else (prep.mean, prep.std)
-            crop[outside] = rng.normal(mean, std, size=int(outside.sum()))
+        grid = np.indices(crop.shape, dtype=np.float64)[::-1].reshape(2, -1)  # (x, y) of every crop pixel
+        src = inverse @ grid + shift[:, None]
+        outside = ((src[0] < -0.5) | (src[0] >= cols - 0.5) | (src[1] < -0.5) | (src[1] >= rows - 0.5)).reshape(crop.shape)
 
         xy = prep.centres @ forward.T + offset if len(prep.centres) else np.zeros((0, 2))
         inside = np.all((xy >= -0.5) & (xy < self.crop_size - 0.5), axis=1)
-        return crop.astype(np.float32, copy=False), xy[inside]
+        return crop.astype(np.float32, copy=False), xy[inside], outside
 
 
 def _crop_transform(
