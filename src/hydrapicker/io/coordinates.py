@@ -188,6 +188,12 @@ def _read_text(path: Path) -> str:
     return text
 
 
+def _one_line(exc: BaseException) -> str:
+    """A library's exception as one short line: its type and its message, whitespace collapsed."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
 def _number(path: Path, row: int, field: str, value: str) -> float:
     try:
         return float(value)
@@ -225,7 +231,7 @@ def _read_table(
     try:
         table = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
     except csv.Error as exc:
-        raise HydraPickerError(f"{path}: malformed table ({exc})") from exc
+        raise HydraPickerError(f"{path}: malformed table ({_one_line(exc)})") from exc
     header = [h.strip() for h in table[0]]
     index = {h: i for i, h in enumerate(header)}
     if len(index) != len(header):
@@ -323,7 +329,7 @@ def _read_star_blocks(path: Path) -> dict[str, object]:
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:  # starfile raises many types on malformed input
-        raise HydraPickerError(f"{path}: not a readable STAR file ({type(exc).__name__}: {exc})") from exc
+        raise HydraPickerError(f"{path}: not a readable STAR file ({_one_line(exc)})") from exc
     if not blocks:
         raise HydraPickerError(f"{path}: no data_ block in STAR file")
     return blocks
@@ -346,7 +352,7 @@ def _numbers(path: Path, block: str, frame, column: str) -> np.ndarray:
     raw = frame[column]
     values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     text = raw.astype(str).str.strip().str.lower()
-    unparsed = np.isnan(values) & ~text.isin(["nan", "<na>", "none"]).to_numpy()
+    unparsed = np.isnan(values) & ~raw.isna().to_numpy() & ~text.isin(["nan", "<na>", "none"]).to_numpy()
     if unparsed.any():
         i = int(np.flatnonzero(unparsed)[0])
         raise HydraPickerError(f"{path}: data_{block} row {i + 1}: _{column} is not a number ({raw.iloc[i]!r})")
@@ -412,8 +418,25 @@ def _has_columns(data: object, *columns: str) -> bool:
 def _write_star_blocks(path: Path, blocks: dict[str, object]) -> None:
     import starfile
 
+    import pandas as pd
+
+    texts = (
+        v
+        for data in blocks.values()
+        if isinstance(data, pd.DataFrame)
+        for column in data.columns
+        if not pd.api.types.is_numeric_dtype(data[column])
+        for v in data[column]
+    )
+    needs_quotes = any(isinstance(v, str) and _star_needs_quotes(v) for v in texts)
     with atomic_path(path) as tmp:
-        starfile.write(blocks, tmp, float_format="%.10g")
+        starfile.write(blocks, tmp, float_format="%.10g", quote_all_strings=needs_quotes)
+
+
+def _star_needs_quotes(value: str) -> bool:
+    """STAR values that start like a label, comment or keyword, or hold whitespace, must be quoted."""
+    reserved = ("data_", "loop_", "save_", "stop_", "global_")
+    return not value or value[0] in "_#$'\"[];" or value.startswith(reserved) or any(c.isspace() for c in value)
 
 
 def _write_star(path: Path, many: list[Picks], *, single: bool, invert_y: bool) -> None:
@@ -570,7 +593,7 @@ def _read_cs(path: Path, *, micrograph, box_size, shape, invert_y) -> dict[str, 
         with open(path, "rb") as handle:
             table = np.load(handle, allow_pickle=False)
     except Exception as exc:  # numpy raises many types on malformed input
-        raise HydraPickerError(f"{path}: not a readable cryoSPARC .cs file ({type(exc).__name__}: {exc})") from exc
+        raise HydraPickerError(f"{path}: not a readable cryoSPARC .cs file ({_one_line(exc)})") from exc
     if not isinstance(table, np.ndarray) or table.dtype.names is None or table.ndim != 1:
         raise HydraPickerError(f"{path}: not a cryoSPARC .cs file (expected a 1-D numpy structured array)")
     for field in (_CS_X, _CS_Y):
@@ -591,7 +614,10 @@ def _read_cs(path: Path, *, micrograph, box_size, shape, invert_y) -> dict[str, 
         else:
             names = np.full(len(table), micrograph if micrograph is not None else _file_key(path), dtype=object)
     except (TypeError, ValueError) as exc:
-        raise HydraPickerError(f"{path}: malformed cryoSPARC fields ({exc})") from exc
+        raise HydraPickerError(f"{path}: malformed cryoSPARC fields ({_one_line(exc)})") from exc
+    for label, values in ((_CS_X, xf), (_CS_Y, yf), (_CS_SCORE, score)):
+        if values.ndim != 1:
+            raise HydraPickerError(f"{path}: field {label!r} holds arrays of shape {values.shape[1:]}, expected numbers")
     rows = np.arange(1, len(table) + 1)
     for label, values in ((_CS_X, xf), (_CS_Y, yf)):
         bad = ~((values >= 0) & (values <= 1))
