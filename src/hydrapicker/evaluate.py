@@ -35,7 +35,7 @@ from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.files import atomic_path
 from hydrapicker.io.picks import Picks
 
-__all__ = ["Evaluation", "MicrographScore", "evaluate", "match_picks", "box_iou", "write_curves"]
+__all__ = ["Evaluation", "MicrographScore", "box_iou", "evaluate", "format_table", "match_picks", "write_curves"]
 
 
 @dataclass(frozen=True)
@@ -325,3 +325,17 @@ def write_curves(evaluation: Evaluation, out_dir: str | os.PathLike) -> list[Pat
 
 def _label(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+def format_table(evaluation: Evaluation) -> str:
+    """A plain-text table: one row per micrograph, then the pooled row ``all``."""
+    rows = [("micrograph", "true", "picks", "TP", "AP", "AUROC", "best F1", "at score")]
+    items = list(evaluation.per_micrograph.items()) + [("all", evaluation)]
+    for name, s in items:
+        threshold = "n/a" if math.isnan(s.best_threshold) else f"{s.best_threshold:.4g}"
+        rows.append((name, str(s.n_true), str(s.n_picks), str(s.tp), _label(s.ap), _label(s.auroc), f"{s.best_f1:.3f}", threshold))
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.insert(len(lines) - 1, "-" * len(lines[0]))
+    return "\n".join(lines)

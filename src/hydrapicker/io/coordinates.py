@@ -21,7 +21,7 @@ from hydrapicker.io.files import atomic_path, atomic_write_text
 from hydrapicker.io.micrograph import micrograph_stem
 from hydrapicker.io.picks import Picks
 
-__all__ = ["read_picks", "write_picks", "guess_format", "FORMATS"]
+__all__ = ["read_picks", "read_picks_files", "write_picks", "guess_format", "FORMATS"]
 
 #: Format names accepted by ``fmt`` (see :data:`hydrapicker.defaults.COORDINATE_FORMATS`).
 FORMATS: tuple[str, ...] = tuple(COORDINATE_FORMATS)
@@ -99,6 +99,27 @@ def read_picks(
     if micrograph is not None:
         picks = {micrograph: picks.get(micrograph, Picks.empty(micrograph, box_size, shape))}
     return picks
+
+
+def read_picks_files(
+    paths: Sequence[str | os.PathLike],
+    fmt: str | None = None,
+    *,
+    box_size: float | None = None,
+) -> dict[str, Picks]:
+    """Read many coordinate files into one ``{micrograph name: Picks}``.
+
+    A micrograph may appear in one file only: two files naming it is an error naming both.
+    """
+    merged: dict[str, Picks] = {}
+    source: dict[str, Path] = {}
+    for path in paths:
+        for name, picks in read_picks(path, fmt, box_size=box_size).items():
+            if name in merged:
+                raise HydraPickerError(f"micrograph {name!r} appears in both {source[name]} and {path}")
+            merged[name] = picks
+            source[name] = Path(path)
+    return merged
 
 
 def write_picks(
