@@ -26,7 +26,9 @@ __all__ = ["read_picks", "read_picks_files", "write_picks", "guess_format", "FOR
 #: Format names accepted by ``fmt`` (see :data:`hydrapicker.defaults.COORDINATE_FORMATS`).
 FORMATS: tuple[str, ...] = tuple(COORDINATE_FORMATS)
 
-_SUFFIX_FORMATS = {".star": "star", ".box": "box", ".cbox": "cbox", ".txt": "topaz", ".tsv": "topaz", ".cs": "cs", ".csv": "csv"}
+_SUFFIX_FORMATS = {
+    ".star": "star", ".box": "box", ".cbox": "cbox", ".txt": "topaz", ".tsv": "topaz", ".cs": "cs", ".csv": "csv",
+}  # fmt: skip
 
 
 def guess_format(path: str | os.PathLike) -> str:
@@ -74,9 +76,12 @@ def read_picks(
         micrograph: name for files that hold one micrograph (BOX, CBOX, STAR/CSV without a
             micrograph column); default the file's stem. For files that hold many, keep only
             this one (empty ``Picks`` when it has none).
-        box_size: box edge in px, for formats that do not store it (it overrides none that do).
+        box_size: box edge in px given to every ``Picks``; default: the file's own where it
+            has one (BOX/CBOX widths, the most common if they differ; a CSV ``diameter``;
+            RELION ``_rlnDiameter``), else ``None``.
         shape: ``(rows, cols)`` of the micrograph(s); enables the inside-the-micrograph check
-            and is required by ``invert_y`` (``.cs`` files carry their own).
+            and is required by ``invert_y``. ``.cs`` files carry their own
+            ``micrograph_shape``, which wins.
         invert_y: flip y on the way in (``y -> rows - 1 - y``; ``.cs``: ``y_frac -> 1 - y_frac``).
 
     Raises:
