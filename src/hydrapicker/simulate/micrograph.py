@@ -145,6 +145,7 @@ def simulate_micrograph(
     *,
     diameter: float | None = None,
     params: MicrographParams | None = None,
+    positions: np.ndarray | None = None,
     workers: int = 1,
 ) -> SimulatedMicrograph:
     """Simulate one micrograph of ``model`` (before rendering).
@@ -155,6 +156,8 @@ def simulate_micrograph(
         seed: everything random comes from this (same seed, same arrays).
         diameter: particle diameter in Å (default :func:`particle_diameter`), sets spacing.
         params: fixed conditions instead of drawing them (tests, benchmarks).
+        positions: ``[n, 2]`` particle centres (x = column, y = row, detector pixels of the
+            returned image) instead of drawn ones.
         workers: threads for scipy.fft.
     """
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
@@ -180,6 +183,7 @@ def simulate_micrograph(
         ice_thickness=params.ice_thickness, ice_gradient=params.ice_gradient, ice_roughness=params.ice_roughness,
         carbon=params.carbon_thickness, n_contaminants=params.n_contaminants,
         n_aggregates=params.n_aggregates, n_broken=n_broken,
+        positions=None if positions is None else (np.asarray(positions, dtype=np.float64).reshape(-1, 2) + (off_c, off_r)) * pixel,
     )
 
     sigma = interaction_constant(config.voltage_kv)

@@ -133,6 +133,7 @@ def layout_specimen(
     n_contaminants: int,
     n_aggregates: int,
     n_broken: int,
+    positions: np.ndarray | None = None,
 ) -> Layout:
     """Draw a specimen.
 
@@ -144,6 +145,8 @@ def layout_specimen(
         min_distance: closest allowed centre distance, in diameters.
         clustering: fraction of particles drawn around cluster centres.
         carbon: carbon thickness (Å) for a hole edge in the field, or ``None``.
+        positions: ``[n, 2]`` (x, y) Å: put the true particles exactly here instead of drawing
+            them (tests, figures); the last ``n_broken`` become broken particles.
     """
     width, height = extent
     layout = Layout(extent=extent, ice_thickness=ice_thickness, ice_roughness=ice_roughness)
@@ -206,10 +209,14 @@ def layout_specimen(
         obstacles.append((float(mx.mean()), float(my.mean()), spread + 0.5 * diameter))
 
     density = smooth_field((32, 32), 6.0, int(rng.integers(2**31)))
-    positions = _sequential_placement(
-        rng, n_particles + n_broken, extent, min_distance * diameter, clustering, diameter, density,
-        lambda x, y: allowed(x, y, 0.5 * diameter),
-    )
+    if positions is None:
+        positions = _sequential_placement(
+            rng, n_particles + n_broken, extent, min_distance * diameter, clustering, diameter, density,
+            lambda x, y: allowed(x, y, 0.5 * diameter),
+        )
+    else:
+        positions = [(float(x), float(y)) for x, y in np.asarray(positions, dtype=np.float64).reshape(-1, 2)]
+        n_broken = min(n_broken, len(positions))
     rotations = _rotations(rng, len(positions))
     all_coords = model.all_coords()
     for i, ((x, y), rot) in enumerate(zip(positions, rotations)):

@@ -160,12 +160,16 @@ def particle_diameter(model: AtomicModel, n_views: int = 64) -> float:
     from scipy.spatial.transform import Rotation
 
     coords = model.all_coords()
-    coords = coords[:: max(1, len(coords) // 8000)]  # quantiles barely move; keeps this well under a second
+    coords = coords[:: max(1, len(coords) // 2000)]  # the quantiles barely move; keeps this ~0.1 s
     angles = np.linspace(0.0, np.pi, 36, endpoint=False)
-    directions = np.stack([np.cos(angles), np.sin(angles)], axis=1)  # [36, 2]
-    widths = []
-    for rotation in Rotation.random(n_views, random_state=0).as_matrix():
-        along = (coords @ rotation[:2].T) @ directions.T  # [atoms, 36]
-        extent = np.quantile(along, 0.995, axis=0) - np.quantile(along, 0.005, axis=0)
-        widths.append(float(extent.max()))
+    views = Rotation.random(n_views, random_state=0).as_matrix()
+    # In-plane direction k of view v, as a 3-D unit vector in the model frame: [views * 36, 3].
+    directions = (
+        views[:, 0, None, :] * np.cos(angles)[None, :, None] + views[:, 1, None, :] * np.sin(angles)[None, :, None]
+    ).reshape(-1, 3)
+    along = directions @ coords.T  # [views * 36, atoms]
+    n = len(coords)
+    lo, hi = int(round(0.005 * (n - 1))), int(round(0.995 * (n - 1)))
+    ranked = np.partition(along, [lo, hi], axis=1)
+    widths = (ranked[:, hi] - ranked[:, lo]).reshape(n_views, len(angles)).max(axis=1)
     return float(np.median(widths))
