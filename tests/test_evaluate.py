@@ -147,6 +147,13 @@ def test_iou_exactly_at_threshold_matches():
     assert result.tp == 0
 
 
+def test_iou_exactly_at_threshold_matches_in_any_micrograph_at_any_coordinate():
+    # the k-d tree search lays micrographs side by side: exactness must survive the shift
+    truth = {f"m{k}": Picks(f"m{k}", [1e6 + 0.5], [7e5]) for k in range(300)}
+    picks = {name: Picks(name, t.x + 2.5, t.y) for name, t in truth.items()}
+    assert evaluate(picks, truth, box_size=10).tp == 300
+
+
 def test_duplicate_picks_on_one_particle_only_the_highest_scored_counts():
     truth = {"m": Picks("m", [50], [50])}
     # the better-centred duplicate scores lower: it is the false positive
