@@ -15,8 +15,10 @@ be remade alone, in any order, by any process.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from hydrapicker.simulate.structure import AtomicModel, load_model, particle_dia
 
 __all__ = [
     "DatasetPlan",
+    "finish_dataset",
     "plan_dataset",
     "simulate_dataset",
     "write_micrograph",
@@ -171,6 +174,8 @@ def _config_record(plan: DatasetPlan, n_micrographs: int, summaries: list[dict])
     return {
         "hydrapicker_version": __version__,
         "gemmi_version": gemmi.__version__,
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command_line": sys.argv,
         "dataset": plan.name,
         "model": plan.model_path,
         "chains": plan.chains,
@@ -208,6 +213,13 @@ def simulate_dataset(
     summaries = []
     for index in tqdm(range(n_micrographs), desc=f"simulate {plan.name}", unit="mic", disable=not progress):
         summaries.append(write_micrograph(plan, model, index, workers=workers))
-    record = _config_record(plan, n_micrographs, summaries)
-    atomic_write_text(Path(out_dir) / "config.json", json.dumps(record, indent=2, default=str) + "\n")
-    return write_dataset_toml(plan)
+    return finish_dataset(plan, summaries)
+
+
+def finish_dataset(plan: DatasetPlan, summaries: list[dict], meta: dict | None = None) -> Path:
+    """Write ``config.json`` (settings, seed, version, command line, per-micrograph draws) and
+    ``dataset.toml`` once every micrograph is written; returns the TOML's path."""
+    summaries = sorted(summaries, key=lambda row: row["name"])
+    record = _config_record(plan, len(summaries), summaries)
+    atomic_write_text(Path(plan.out_dir) / "config.json", json.dumps(record, indent=2, default=str) + "\n")
+    return write_dataset_toml(plan, meta)

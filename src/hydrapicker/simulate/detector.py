@@ -47,7 +47,8 @@ def detector_blur(
     if motion_path_px is not None and len(motion_path_px):
         kernel = np.zeros_like(spectrum)
         for dx, dy in motion_path_px:
-            kernel += np.exp(-2j * np.pi * (fx * dx + fy * dy))
+            # A shift's phase ramp is separable: an outer product of two 1-D ramps.
+            kernel += np.exp(-2j * np.pi * fy * dy) * np.exp(-2j * np.pi * fx * dx)
         spectrum *= kernel / len(motion_path_px)
     return scipy.fft.irfft2(spectrum, s=image.shape, workers=workers)
 

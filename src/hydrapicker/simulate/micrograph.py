@@ -20,7 +20,7 @@ from scipy.spatial.transform import Rotation
 
 from hydrapicker.simulate.config import SimulationConfig
 from hydrapicker.simulate.detector import detector_blur, expected_counts, fourier_crop, shot_noise
-from hydrapicker.simulate.optics import Optics, interaction_constant, wave_transfer
+from hydrapicker.simulate.optics import Optics, interaction_constant, wave_transfer_full
 from hydrapicker.simulate.potential import FineGrid, Particle, particle_spectrum, phase_from_spectrum
 from hydrapicker.simulate.specimen import background, layout_specimen
 from hydrapicker.simulate.structure import AtomicModel, particle_diameter
@@ -210,10 +210,8 @@ def simulate_micrograph(
         b_factor=params.b_factor if config.ctf else 0.0, focal_spread=config.focal_spread,
         illumination_aperture_mrad=config.illumination_aperture_mrad, aberration_free=not config.ctf,
     )
-    qy = scipy.fft.fftfreq(grid.shape[0], d=grid.spacing)[:, None]
-    qx = scipy.fft.fftfreq(grid.shape[1], d=grid.spacing)[None, :]
     wave = scipy.fft.fft2(wave, workers=workers, overwrite_x=True)
-    wave *= wave_transfer(optics, qy, qx).astype(np.complex64)
+    wave *= wave_transfer_full(optics, grid.shape, grid.spacing)
     wave = scipy.fft.ifft2(wave, workers=workers, overwrite_x=True)
     intensity = (wave.real**2 + wave.imag**2).astype(np.float64)
     del wave

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Optics", "electron_wavelength", "interaction_constant", "wave_transfer", "ctf_1d"]
+__all__ = ["Optics", "electron_wavelength", "interaction_constant", "wave_transfer", "wave_transfer_full", "ctf_1d"]
 
 _H = 6.62607015e-34
 _M0 = 9.1093837015e-31
@@ -93,6 +93,28 @@ def wave_transfer(optics: Optics, qy: np.ndarray, qx: np.ndarray) -> np.ndarray:
     exponent += (np.pi * alpha) ** 2 * q2 * (cs * lam**2 * q2 - mean_defocus) ** 2
     transfer *= np.exp(-exponent)
     return transfer
+
+
+def wave_transfer_full(optics: Optics, shape: tuple[int, int], spacing: float) -> np.ndarray:
+    """:func:`wave_transfer` on a full ``fft2`` grid, complex64.
+
+    The transfer is even (``T(q) = T(-q)``: defocus depends on 2 theta, everything else on
+    ``|q|``), so it is evaluated on the ``rfft2`` half-plane and mirrored: half the
+    transcendental work on the largest array of the simulation.
+    """
+    rows, cols = shape
+    qy = np.fft.fftfreq(rows, d=spacing)[:, None]
+    qx = np.fft.rfftfreq(cols, d=spacing)[None, :]
+    half = wave_transfer(optics, qy, qx).astype(np.complex64)  # [rows, cols//2 + 1]
+    full = np.empty((rows, cols), dtype=np.complex64)
+    full[:, : half.shape[1]] = half
+    # Columns j > cols/2 hold q_x < 0: T(qy, qx) = T(-qy, -qx), and -qy is row (-i) mod rows.
+    n_neg = cols - half.shape[1]
+    if n_neg > 0:
+        mirror_rows = (-np.arange(rows)) % rows
+        mirror_cols = np.arange(cols - n_neg, cols)
+        full[:, mirror_cols] = half[mirror_rows][:, cols - mirror_cols]
+    return full
 
 
 def ctf_1d(q: np.ndarray, defocus: float, *, voltage_kv: float = 300.0, cs_mm: float = 2.7, amplitude_contrast: float = 0.07) -> np.ndarray:

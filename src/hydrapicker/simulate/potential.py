@@ -201,14 +201,15 @@ def particle_spectrum(
     whole = [p for p in particles if p.cut is None]
     cut = [p for p in particles if p.cut is not None]
     if whole:
-        rot = (np.stack([p.rotation[:2] for p in whole]) / grid.spacing).astype(np.float32)  # [P, 2, 3]
-        centres = np.asarray([p.centre for p in whole], dtype=np.float32)  # [P, 2]
+        # Rows 0 and 1 of every rotation, stacked: one BLAS product projects all copies.
+        rot = (np.concatenate([p.rotation[:2] for p in whole]) / grid.spacing).astype(np.float32)  # [2P, 3]
+        centres = np.asarray([p.centre for p in whole], dtype=np.float32).reshape(-1, 1)  # [2P, 1]
     for element, coords in model.coords.items():
         xs, ys = [], []
         if whole:
-            xy = np.einsum("pij,nj->pni", rot, coords.astype(np.float32)) + centres[:, None, :]
-            xs.append(xy[..., 0].ravel())
-            ys.append(xy[..., 1].ravel())
+            xy = rot @ coords.T.astype(np.float32) + centres  # [2P, atoms]: x of copy p in row 2p, y in 2p+1
+            xs.append(xy[0::2].ravel())
+            ys.append(xy[1::2].ravel())
         for p in cut:
             normal, offset = p.cut
             kept = coords[coords @ normal < offset]
