@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from hydrapicker.defaults import (
     BATCH_SIZE,
@@ -46,6 +47,7 @@ from hydrapicker.io.micrograph import is_micrograph_path, micrograph_stem, read_
 __all__ = [
     "SPLITS",
     "Batch",
+    "background_stats",
     "CropBatches",
     "DatasetSpec",
     "from_rescaled",
@@ -384,33 +386,67 @@ def _antialias_sigma(scale: float) -> float:
 def rescale_image(image: np.ndarray, scale: float) -> np.ndarray:
     """Resample ``image`` by ``scale`` (new px per old px), consistent with :func:`to_rescaled`.
 
-    The output has ``round(rows * scale) x round(cols * scale)`` pixels. Shrinking first
-    low-passes with a Gaussian (σ = ½·sqrt(1/scale² − 1) input px) so fine detail does not
-    alias; sampling is linear (order 1), edges clamp.
+    The output has ``round(rows * scale) x round(cols * scale)`` pixels. Linear
+    interpolation; shrinking averages over each output pixel's footprint (torch's
+    anti-aliased bilinear resize, a triangle filter as wide as 2/scale input px), so
+    detail finer than the new sampling does not alias. Edges clamp. On 2 cores a 4096²
+    micrograph shrinks in ~0.03 s, 20x faster than Gaussian + scipy resampling and 15x
+    faster than a Fourier crop (benchmarks/data_speed.py).
     """
     if not (math.isfinite(scale) and scale > 0):
         raise HydraPickerError(f"rescale factor must be positive, got {scale!r}")
-    image = np.asarray(image, dtype=np.float32)
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    if image.ndim != 2:
+        raise HydraPickerError(f"expected a 2-D micrograph, got shape {image.shape}")
     if scale == 1.0:
         return image.copy()
-    sigma = _antialias_sigma(scale)
-    if sigma > 0:
-        image = ndimage.gaussian_filter(image, sigma, mode="nearest")
-    shape = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
-    # Output index o reads input index (o + 0.5) / scale - 0.5.
-    return ndimage.affine_transform(
-        image, [1.0 / scale, 1.0 / scale], offset=0.5 / scale - 0.5, output_shape=shape, order=1, mode="nearest"
-    )
+    rows, cols = image.shape
+    shape = (max(1, round(rows * scale)), max(1, round(cols * scale)))
+    # torch makes floor(n * scale) pixels: clamp-pad the far edges (which leaves the
+    # mapping from the top-left corner unchanged) so that it makes enough to cut round().
+    extra = math.ceil(1.0 / scale) + 1
+    tensor = torch.nn.functional.pad(torch.from_numpy(image)[None, None], (0, extra, 0, extra), mode="replicate")
+    with torch.no_grad():
+        # Output pixel o samples input (o + 0.5) / scale - 0.5: align_corners=False with
+        # the scale factor itself, not one recomputed from the sizes.
+        out = torch.nn.functional.interpolate(
+            tensor,
+            scale_factor=scale,
+            mode="bilinear",
+            align_corners=False,
+            antialias=scale < 1,
+            recompute_scale_factor=False,
+        )
+    return np.ascontiguousarray(out[0, 0, : shape[0], : shape[1]].numpy())
 
 
 # --- normalisation ---------------------------------------------------------------------
 
 
 def _smooth(image: np.ndarray, window: int) -> np.ndarray:
-    # Two box passes of half the window: a triangle kernel spanning ``window`` px, at a
-    # cost independent of its width (a wide Gaussian is ~20x slower here).
-    half = max(1, window // 2)
-    return ndimage.uniform_filter(ndimage.uniform_filter(image, half, mode="reflect"), half, mode="reflect")
+    """Broad local mean: a triangle kernel spanning ``window`` px (two box passes).
+
+    Box filters cost the same at any width (a wide Gaussian is ~20x slower), and a
+    kernel this broad loses nothing when computed on a grid binned ``window // 12``-fold
+    and interpolated back (7x faster again on a 1500² micrograph).
+    """
+    bin_ = max(1, window // 12)
+    rows, cols = image.shape
+    if bin_ > 1:
+        padded = np.pad(image, ((0, -rows % bin_), (0, -cols % bin_)), mode="edge")
+        image = padded.reshape(padded.shape[0] // bin_, bin_, padded.shape[1] // bin_, bin_).mean(axis=(1, 3))
+    half = max(1, round(window / (2 * bin_)))
+    for axis in (0, 1, 0, 1):
+        image = ndimage.uniform_filter1d(image, half, axis=axis, mode="reflect")
+    if bin_ > 1:
+        image = rescale_image(image, float(bin_))[:rows, :cols]
+    return image
+
+
+def _sample(image: np.ndarray, target: int = 250_000) -> np.ndarray:
+    # A regular subsample is plenty for global robust statistics, at a fraction of the cost.
+    step = max(1, int(math.sqrt(image.size / target)))
+    return image[::step, ::step]
 
 
 def normalise_micrograph(image: np.ndarray, diameter_px: float) -> np.ndarray:
@@ -431,8 +467,9 @@ def normalise_micrograph(image: np.ndarray, diameter_px: float) -> np.ndarray:
     x = np.asarray(image, dtype=np.float32)
     if x.ndim != 2:
         raise HydraPickerError(f"expected a 2-D micrograph, got shape {x.shape}")
-    centre = float(np.median(x))
-    spread = 1.4826 * float(np.median(np.abs(x - centre)))
+    sample = _sample(x)
+    centre = float(np.median(sample))
+    spread = 1.4826 * float(np.median(np.abs(sample - centre)))
     if spread == 0:  # more than half the pixels equal: an 8-bit export with flat areas
         spread = float(x.std())
     if spread == 0:
@@ -442,7 +479,7 @@ def normalise_micrograph(image: np.ndarray, diameter_px: float) -> np.ndarray:
     window = max(3, int(round(LOCAL_NORM_WINDOW * diameter_px)))
     residual = x - _smooth(x, window)
     rms = np.sqrt(np.maximum(_smooth(residual * residual, window), 0))
-    floor = max(0.1 * float(np.median(rms)), 1e-6)
+    floor = max(0.1 * float(np.median(_sample(rms))), 1e-6)
     out = residual / np.maximum(rms, floor)
     out -= out.mean()
     std = float(out.std())
@@ -485,23 +522,26 @@ class _Prepared:
     std: float
 
 
-def _background_mask(shape: tuple[int, int], centres: np.ndarray, diameter_px: float) -> np.ndarray:
-    """Pixels farther than one particle diameter from every labelled centre."""
-    if len(centres) == 0:
-        return np.ones(shape, dtype=bool)
-    seeds = np.ones(shape, dtype=bool)
-    cols = np.clip(np.round(centres[:, 0]).astype(int), 0, shape[1] - 1)
-    rows = np.clip(np.round(centres[:, 1]).astype(int), 0, shape[0] - 1)
-    seeds[rows, cols] = False
-    return ndimage.distance_transform_edt(seeds) > diameter_px
+def background_stats(image: np.ndarray, centres: np.ndarray, diameter_px: float) -> tuple[float, float]:
+    """Mean and std of the background: pixels farther than one diameter from every centre.
+
+    Measured on a regular subsample of pixels (exact distances, ~250k pixels). When
+    particles are so dense that under 1 % of the sample is background, every pixel counts.
+    """
+    step = max(1, int(math.sqrt(image.size / 250_000)))
+    rows, cols = np.mgrid[0 : image.shape[0] : step, 0 : image.shape[1] : step]
+    values = image[rows, cols].ravel()
+    if len(centres):
+        points = np.column_stack([cols.ravel(), rows.ravel()])
+        distance, _ = cKDTree(np.asarray(centres, dtype=np.float64)).query(points, distance_upper_bound=diameter_px)
+        if (far := distance > diameter_px).sum() >= 0.01 * len(values):
+            values = values[far]
+    return float(values.mean()), float(values.std())
 
 
 def _prepare(spec: DatasetSpec, stem: str, target_diameter_px: float) -> _Prepared:
     image, centres, _ = load_labelled_micrograph(spec, stem, target_diameter_px)
-    background = _background_mask(image.shape, centres, target_diameter_px)
-    # Densely packed micrographs may leave almost no background: use every pixel then.
-    values = image[background] if background.sum() >= 0.01 * image.size else image.ravel()
-    return _Prepared(image, centres, float(values.mean()), float(values.std()))
+    return _Prepared(image, centres, *background_stats(image, centres, target_diameter_px))
 
 
 # --- crop batches ----------------------------------------------------------------------
