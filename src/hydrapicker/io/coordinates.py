@@ -442,9 +442,8 @@ def _has_columns(data: object, *columns: str) -> bool:
 
 
 def _write_star_blocks(path: Path, blocks: dict[str, object]) -> None:
-    import starfile
-
     import pandas as pd
+    import starfile
 
     texts = (
         v
@@ -626,19 +625,21 @@ def _read_cs(path: Path, *, micrograph, box_size, shape, invert_y) -> dict[str, 
         if field not in table.dtype.names:
             raise HydraPickerError(f"{path}: no {field!r} field")
     try:
-        xf = table[_CS_X].astype(np.float64)
-        yf = table[_CS_Y].astype(np.float64)
-        score = table[_CS_SCORE].astype(np.float64) if _CS_SCORE in table.dtype.names else np.ones(len(table))
-        if _CS_SHAPE in table.dtype.names:
-            shapes = np.asarray(table[_CS_SHAPE], dtype=np.int64).reshape(len(table), 2)
-        elif shape is not None:
-            shapes = np.tile(np.array(shape, dtype=np.int64), (len(table), 1))
-        else:
-            raise HydraPickerError(f"{path}: no {_CS_SHAPE!r} field; give the micrograph shape")
-        if _CS_PATH in table.dtype.names:
-            names = np.array([_mic_name(_text(v)) for v in table[_CS_PATH]], dtype=object)
-        else:
-            names = np.full(len(table), micrograph if micrograph is not None else _file_key(path), dtype=object)
+        # signalling NaNs warn when cast; the [0, 1] check below names them
+        with np.errstate(invalid="ignore"):
+            xf = table[_CS_X].astype(np.float64)
+            yf = table[_CS_Y].astype(np.float64)
+            score = table[_CS_SCORE].astype(np.float64) if _CS_SCORE in table.dtype.names else np.ones(len(table))
+            if _CS_SHAPE in table.dtype.names:
+                shapes = np.asarray(table[_CS_SHAPE], dtype=np.int64).reshape(len(table), 2)
+            elif shape is not None:
+                shapes = np.tile(np.array(shape, dtype=np.int64), (len(table), 1))
+            else:
+                raise HydraPickerError(f"{path}: no {_CS_SHAPE!r} field; give the micrograph shape")
+            if _CS_PATH in table.dtype.names:
+                names = np.array([_mic_name(_text(v)) for v in table[_CS_PATH]], dtype=object)
+            else:
+                names = np.full(len(table), micrograph if micrograph is not None else _file_key(path), dtype=object)
     except (TypeError, ValueError) as exc:
         raise HydraPickerError(f"{path}: malformed cryoSPARC fields ({_one_line(exc)})") from exc
     for label, values in ((_CS_X, xf), (_CS_Y, yf), (_CS_SCORE, score)):
