@@ -130,6 +130,39 @@ def test_duplicate_dataset_names_across_includes_are_an_error(tmp_path):
         load_project(project)
 
 
+def test_simulator_style_dataset_with_star_files_meta_table_and_decoys_loads(tmp_path):
+    from hydrapicker.io import Picks
+    from hydrapicker.io.coordinates import write_picks
+
+    truth = _write_dataset(tmp_path / "micrographs", 2)
+    (tmp_path / "coordinates").mkdir()
+    for stem, xy in truth.items():
+        write_picks(tmp_path / "coordinates" / f"{stem}.star", Picks(stem, xy[:, 0], xy[:, 1]))
+        write_picks(tmp_path / "coordinates" / f"{stem}_decoys.star", Picks(stem, [5.0], [5.0]))
+    (tmp_path / "dataset.toml").write_text(
+        '[[dataset]]\nname = "sim"\nmicrographs = "micrographs/*.mrc"\ncoordinates = "coordinates/*.star"\n'
+        "pixel_size = 2.0\ndiameter = 16.0\n\n[dataset.meta]\nsimulated = true\nstructure = \"1abc\"\n"
+    )
+    (spec,) = load_project(tmp_path / "dataset.toml")
+    assert spec.format == "star" and sorted(spec.coordinates) == sorted(truth)
+    _, centres, scale = load_labelled_micrograph(spec, "mic_001", 8.0)
+    np.testing.assert_allclose(from_rescaled(centres, scale), truth["mic_001"], atol=1e-3)
+
+
+def test_one_star_file_can_label_every_micrograph_of_a_dataset(tmp_path):
+    from hydrapicker.io import Picks
+    from hydrapicker.io.coordinates import write_picks
+
+    truth = _write_dataset(tmp_path / "mics", 3)
+    write_picks(tmp_path / "particles.star", [Picks(s, xy[:, 0], xy[:, 1]) for s, xy in truth.items()])
+    (tmp_path / "p.toml").write_text(_dataset_toml(coordinates="particles.star"))
+    (spec,) = load_project(tmp_path / "p.toml")
+    assert set(spec.coordinates) == set(truth)
+    for stem, xy in truth.items():
+        _, centres, scale = load_labelled_micrograph(spec, stem, 8.0)
+        np.testing.assert_allclose(from_rescaled(centres, scale), xy, atol=1e-3)
+
+
 def test_hash_split_is_stable_when_micrographs_are_added(tmp_path):
     fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
     _write_dataset(tmp_path / "mics", 20, shape=(16, 16), per_mic=1)
@@ -432,3 +465,17 @@ def test_one_micrograph_dataset_validates_on_its_training_micrograph(tmp_path):
     (tmp_path / "p.toml").write_text(_dataset_toml())
     val = CropBatches(load_project(tmp_path / "p.toml"), "val", target_diameter_px=8.0, crop_size=32, pad_to=48)
     assert len(val) == 1 and next(iter(val)).micrographs == ("mic_000",) * 4
+
+
+def test_stream_works_as_a_map_style_dataset_for_a_dataloader(tmp_path):
+    from torch.utils.data import DataLoader
+
+    batches, _ = _toy_batches(tmp_path, batches_per_epoch=3)
+    batches.set_epoch(2)
+    loaded = list(DataLoader(batches, batch_size=None, shuffle=False))
+    assert len(loaded) == 3
+    for index, batch in enumerate(loaded):
+        assert np.array_equal(batch.images.numpy(), batches.batch(index, epoch=2).images.numpy())
+    with pytest.raises(IndexError):
+        batches[3]
+

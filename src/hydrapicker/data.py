@@ -640,6 +640,15 @@ class CropBatches:
         for index in range(self.batches_per_epoch):
             yield self.batch(index)
 
+    def __getitem__(self, index: int) -> Batch:
+        """Batch ``index`` of the current epoch, so that
+        ``torch.utils.data.DataLoader(stream, batch_size=None, num_workers=k)`` can make
+        batches in worker processes (each keeps its own cache; call :meth:`set_epoch`
+        before creating the loader's iterator)."""
+        if not 0 <= index < self.batches_per_epoch:
+            raise IndexError(f"batch {index} of an epoch of {self.batches_per_epoch}")
+        return self.batch(index)
+
     @property
     def cached(self) -> tuple[tuple[str, str], ...]:
         """``(dataset, stem)`` of the prepared micrographs now held, least recent first."""
