@@ -74,9 +74,10 @@ class Evaluation(MicrographScore):
     Curve arrays (float64, one entry per operating point, descending threshold):
         thresholds: the distinct pick scores.
         precision, recall: at each threshold (picks with score >= threshold kept).
-        fpr, tpr: the ROC curve, starting at (0, 0) and ending at (1, 1); its last point
-            adds the unmatched true particles (scored -inf), so it has two more entries
-            than ``thresholds`` when any true particle is unmatched or no pick scores -inf.
+        fpr, tpr: the ROC curve, from (0, 0) to (1, 1) when both classes exist; the
+            unmatched true particles join at score -inf, so it has one entry more than
+            ``thresholds`` (the origin), two when some particle is unmatched and no pick
+            scores -inf.
     """
 
     per_micrograph: dict[str, MicrographScore] = field(default_factory=dict)
