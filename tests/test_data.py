@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -119,6 +121,13 @@ def test_include_pulls_datasets_with_paths_relative_to_the_included_file(tmp_pat
     assert set(specs) == {"local", "sim_a"}
     assert all(p.parent == tmp_path / "sim" / "a" / "mics" for p in specs["sim_a"].micrographs)
     assert specs["sim_a"].source == (tmp_path / "sim" / "a" / "dataset.toml").resolve()
+
+
+def test_missing_included_file_is_named_with_the_file_that_includes_it(tmp_path):
+    project = tmp_path / "project.toml"
+    project.write_text('include = ["sim/dataset.toml"]\n')
+    with pytest.raises(HydraPickerError, match=r"project\.toml: field 'include': .*sim/dataset\.toml: no such project file"):
+        load_project(project)
 
 
 def test_duplicate_dataset_names_across_includes_are_an_error(tmp_path):
@@ -271,6 +280,17 @@ def test_rescaled_feature_lands_where_to_rescaled_says(scale):
         # The contract asks for 0.25 px; a half-pixel-convention slip at scale 0.5 is
         # exactly 0.25, so hold it tighter.
         assert abs(cx - xs) < 0.05 and abs(cy - ys) < 0.05
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(2, 90), cols=st.integers(2, 90), scale=st.floats(0.05, 4.0))
+def test_rescaled_image_has_round_n_times_scale_pixels(rows, cols, scale):
+    image = np.random.default_rng(rows * 97 + cols).normal(size=(rows, cols)).astype(np.float32)
+    out = rescale_image(image, scale)
+    assert out.shape == (max(1, round(rows * scale)), max(1, round(cols * scale)))
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    # Linear interpolation and averaging never leave the input's range.
+    assert image.min() - 1e-5 <= out.min() and out.max() <= image.max() + 1e-5
 
 
 def test_from_rescaled_inverts_to_rescaled():
