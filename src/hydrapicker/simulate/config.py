@@ -95,7 +95,7 @@ class SimulationConfig:
     shape: tuple[int, int] = (1024, 1024)  # rows, cols of the stored micrograph
     pixel_size: float = 1.5  # Å per stored pixel
     margin_px: int = 64  # simulated border beyond the image (particles cut by the edge, CTF spill)
-    oversample: int = 2  # potential and exit wave are computed at pixel_size / bin / oversample
+    oversample: int = 2  # potential and exit wave sampled at pixel_size / max(bin, oversample)
     # --- specimen
     particles_per_micrograph: Range | None = None  # None: from coverage
     coverage: Range = (0.03, 0.40)  # fraction of the area under particle discs (sparse .. crowded)

@@ -153,7 +153,7 @@ def random_rendering(rng: np.random.Generator, plain_probability: float = 0.5) -
     found all-rendered training cost accuracy on raw-looking frames), otherwise a random mix."""
     if rng.random() < plain_probability:
         return Rendering("float")
-    bin_ = int(rng.choice([1, 2, 4], p=[0.5, 0.35, 0.15]))
+    bin_ = int(rng.choice([1, 2], p=[0.6, 0.4]))
     denoise = float(rng.uniform(0.0, 0.4)) if rng.random() < 0.4 else None
     lowpass = float(rng.uniform(10.0, 30.0)) if (denoise is None and rng.random() < 0.4) else None
     eight_bit = str(rng.choice(["png", "jpg"])) if rng.random() < 0.6 else None
