@@ -480,6 +480,29 @@ def test_micrographs_are_read_on_demand_and_the_cache_stays_bounded(tmp_path, mo
     assert len(reads) >= 6  # evicted micrographs were read again
 
 
+def test_disk_cache_gives_the_same_batches_without_reading_micrographs_again(tmp_path, monkeypatch):
+    reads = []
+    real_read = data.read_micrograph
+    monkeypatch.setattr(data, "read_micrograph", lambda path: reads.append(path) or real_read(path))
+    batches, _ = _toy_batches(tmp_path, n=3, cache_dir=tmp_path / "cache")
+    first = list(batches)
+    assert len(reads) == 3 and len(list((tmp_path / "cache").rglob("*.npz"))) == 3
+
+    def fresh_stream() -> CropBatches:  # same data and settings, empty memory cache
+        options = dict(target_diameter_px=8.0, crop_size=96, pad_to=112, batch_size=3, batches_per_epoch=6)
+        return CropBatches(load_project(tmp_path / "project.toml"), cache_dir=tmp_path / "cache", **options)
+
+    for x, y in zip(first, fresh_stream()):
+        assert np.array_equal(x.images.numpy(), y.images.numpy())
+        assert all(np.array_equal(p.numpy(), q.numpy()) for p, q in zip(x.centres, y.centres))
+    assert len(reads) == 3
+    # A changed label file is a different key: that micrograph is prepared again.
+    csv = tmp_path / "mics" / "mic_001.csv"
+    csv.write_text(csv.read_text() + "40,30\n")
+    list(fresh_stream())
+    assert reads[3:] == [tmp_path / "mics" / "mic_001.mrc"]
+
+
 def test_one_micrograph_dataset_validates_on_its_training_micrograph(tmp_path):
     _write_dataset(tmp_path / "mics", 1)
     (tmp_path / "p.toml").write_text(_dataset_toml())

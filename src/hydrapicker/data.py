@@ -41,6 +41,7 @@ from hydrapicker.defaults import (
     PREPARED_CACHE_SIZE,
 )
 from hydrapicker.errors import HydraPickerError
+from hydrapicker.io.files import atomic_path
 from hydrapicker.io.coordinates import guess_format, read_picks
 from hydrapicker.io.micrograph import is_micrograph_path, micrograph_stem, read_micrograph
 
@@ -404,8 +405,10 @@ def rescale_image(image: np.ndarray, scale: float) -> np.ndarray:
     shape = (max(1, round(rows * scale)), max(1, round(cols * scale)))
     # torch makes floor(n * scale) pixels: clamp-pad the far edges (which leaves the
     # mapping from the top-left corner unchanged) so that it makes enough to cut round().
-    extra = math.ceil(1.0 / scale) + 1
-    tensor = torch.nn.functional.pad(torch.from_numpy(image)[None, None], (0, extra, 0, extra), mode="replicate")
+    extra = [math.ceil(1.0 / scale) + 1 if math.floor(n * scale) < size else 0 for n, size in zip(image.shape, shape)]
+    tensor = torch.from_numpy(image)[None, None]
+    if any(extra):
+        tensor = torch.nn.functional.pad(tensor, (0, extra[1], 0, extra[0]), mode="replicate")
     with torch.no_grad():
         # Output pixel o samples input (o + 0.5) / scale - 0.5: align_corners=False with
         # the scale factor itself, not one recomputed from the sizes.
@@ -546,6 +549,32 @@ def _prepare(spec: DatasetSpec, stem: str, target_diameter_px: float) -> _Prepar
     return _Prepared(image, centres, *background_stats(image, centres, target_diameter_px))
 
 
+#: Bump when preparation changes, so disk caches written by older code are not reused.
+_PREPARATION_VERSION = 1
+
+
+def _prepare_via_disk(spec: DatasetSpec, stem: str, target_diameter_px: float, cache_dir: Path) -> _Prepared:
+    micrograph, coordinates = spec.micrograph_path(stem), spec.coordinates.get(stem)
+    identity = [_PREPARATION_VERSION, spec.pixel_size, spec.diameter, spec.format, float(target_diameter_px)]
+    for path in (micrograph, coordinates):
+        if path is not None and path.exists():
+            stat = path.stat()
+            identity += [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    digest = hashlib.sha256(repr(identity).encode("utf-8")).hexdigest()[:16]
+    path = cache_dir / spec.name / f"{stem}.{digest}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as stored:
+                stats = stored["stats"]
+                return _Prepared(stored["image"], stored["centres"], float(stats[0]), float(stats[1]))
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable (e.g. a disk filled up mid-way by another tool): prepare again
+    prepared = _prepare(spec, stem, target_diameter_px)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, image=prepared.image, centres=prepared.centres, stats=np.array([prepared.mean, prepared.std]))
+    return prepared
+
+
 # --- crop batches ----------------------------------------------------------------------
 
 
@@ -587,7 +616,11 @@ class CropBatches:
     through the same transform; those whose centre leaves the crop are dropped.
 
     Prepared micrographs live in an LRU cache of ``cache_size`` entries, so memory stays
-    bounded however many micrographs the datasets hold. Batch ``i`` of epoch ``e`` depends
+    bounded however many micrographs the datasets hold. With ``cache_dir``, each prepared
+    micrograph is also saved there (``.npz``, written atomically, keyed by the files'
+    size and modification time and every setting that shapes it) and read back later
+    instead of being prepared again: ~10 ms instead of ~200 ms for a 1500² micrograph,
+    which matters once the collection outgrows the memory cache. Batch ``i`` of epoch ``e`` depends
     only on ``(seed, e, i)``: the sequence is reproducible and :meth:`batch` can be called
     out of order (e.g. from DataLoader workers, or split across ranks).
     """
@@ -606,6 +639,7 @@ class CropBatches:
         scale_jitter: tuple[float, float] = (1.0, 1.0),
         seed: int = 0,
         cache_size: int = PREPARED_CACHE_SIZE,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         if crop_size < 1 or pad_to < crop_size:
             raise HydraPickerError(f"need 1 <= crop_size <= pad_to, got crop_size={crop_size}, pad_to={pad_to}")
@@ -626,6 +660,7 @@ class CropBatches:
         self.scale_jitter = (low, high)
         self.seed = int(seed)
         self.cache_size = int(cache_size)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         total = sum(len(split_stems(d, split)) for d in self.datasets)
         self.batches_per_epoch = int(batches_per_epoch) if batches_per_epoch else max(1, -(-total // batch_size))
         self.epoch = 0
@@ -683,7 +718,10 @@ class CropBatches:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        prepared = _prepare(spec, stem, self.target_diameter_px)
+        if self.cache_dir is None:
+            prepared = _prepare(spec, stem, self.target_diameter_px)
+        else:
+            prepared = _prepare_via_disk(spec, stem, self.target_diameter_px, self.cache_dir)
         self._cache[key] = prepared
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
