@@ -219,6 +219,8 @@ def test_missing_field_error_names_project_dataset_and_field(toy, field):
         ({"micrographs": "nothing/*.mrc"}, r"field 'micrographs': 'nothing/\*\.mrc' matches no micrograph"),
         ({"coordinates": "mics/*.star"}, r"field 'coordinates': .* matches no coordinate files"),
         ({"format": "xml"}, r"field 'format': unknown format 'xml'"),
+        ({"coordinates": "mics/*.mrc*"}, r"field 'coordinates': .* matches no coordinate files"),
+        ({"coordinates": "mics/*"}, r"field 'format': missing, and .*notes\.dat: cannot tell the coordinate format"),
         ({"split": {"train": 0.5, "val": 0.2}}, r"field 'split': fractions sum to 0.7"),
         ({"val": ["nope"]}, r"field 'val': 'nope' is not a labelled micrograph"),
         ({"pixelsize": 2.0}, r"field 'pixelsize': unknown field"),
@@ -226,6 +228,7 @@ def test_missing_field_error_names_project_dataset_and_field(toy, field):
 )
 def test_bad_field_error_names_dataset_field_and_value(toy, fields, pattern):
     project, _ = toy
+    (project.parent / "mics" / "notes.dat").write_text("not coordinates\n")
     project.write_text(_dataset_toml(**fields))
     with pytest.raises(HydraPickerError, match=r"project\.toml: dataset 'toy': " + pattern):
         load_project(project)

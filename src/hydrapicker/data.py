@@ -250,7 +250,10 @@ def _parse_dataset(project: Path, index: int, entry: dict[str, Any]) -> DatasetS
         if fmt not in COORDINATE_FORMATS:
             raise fail("format", f"unknown format {fmt!r} (expected one of {', '.join(COORDINATE_FORMATS)})")
     else:
-        guessed = {guess_format(p) for p in coord_files}
+        try:
+            guessed = {guess_format(p) for p in coord_files}
+        except HydraPickerError as exc:
+            raise fail("format", f"missing, and {exc}") from exc
         if len(guessed) != 1:
             raise fail("format", f"missing, and the coordinate files mix formats {sorted(guessed)}")
         fmt = guessed.pop()
