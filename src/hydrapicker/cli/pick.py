@@ -1,0 +1,95 @@
+"""Pick particles in micrographs and write their coordinates for RELION, cryoSPARC, crYOLO, Topaz.
+
+MICROGRAPHS are files, folders or globs (MRC, TIFF, PNG/JPEG). Each micrograph is rescaled so
+its particle is the model's particle size, picked with one head (default: generic, zero-shot),
+and its picks are written, in the micrograph's own pixel frame, to OUT/<format>/<name><suffix>
+for every --format, plus OUT/csv/<name>.csv and OUT/picks.csv (micrograph,x,y,score for all).
+Micrographs larger than --tile px (after rescaling) are picked in overlapping tiles.
+
+A rerun with the same OUT skips micrographs whose output files are all there (--overwrite redoes
+them). Unreadable micrographs are reported and skipped, and listed at the end; the exit status
+is 1 only when no micrograph could be picked.
+
+Example:
+  hydrapicker pick 'micrographs/*.mrc' --out picks/ --model run/model.pt --diameter-A 190 --overlay picks/overlays
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hydrapicker.defaults import COORDINATE_FORMATS, NMS_IOU, PICK_THRESHOLD, PICK_TILE_SIZE
+
+__all__ = ["add_arguments", "main"]
+
+
+def _formats(text: str) -> list[str]:
+    return [f.strip().lower() for f in text.split(",") if f.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("micrographs", nargs="+", metavar="MICROGRAPHS", help="micrograph files, folders or globs")
+    inputs.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    inputs.add_argument("--model", type=Path, metavar="CKPT", help="checkpoint from `hydrapicker train` (default: the shipped generic model)")
+    inputs.add_argument("--head", default="generic", metavar="NAME", help="head to pick with (default: %(default)s, zero-shot)")
+    size = parser.add_argument_group("particle size (one of)")
+    sizes = size.add_mutually_exclusive_group(required=True)
+    sizes.add_argument("--diameter-px", type=float, metavar="N", help="particle diameter in micrograph pixels")
+    sizes.add_argument("--diameter-A", type=float, metavar="N", help="particle diameter in Å (needs the pixel size)")
+    size.add_argument("--pixel-size", type=float, metavar="A", help="Å per pixel (default: from the MRC header)")
+    picking = parser.add_argument_group("picking")
+    picking.add_argument(
+        "--threshold", type=float, default=PICK_THRESHOLD, metavar="T",
+        help="lowest score written (default: %(default)s; a very low one, e.g. 0.001, keeps the ranking for AP)",
+    )  # fmt: skip
+    picking.add_argument("--nms-iou", type=float, default=NMS_IOU, metavar="IOU", help="duplicate suppression IoU (default: %(default)s)")
+    picking.add_argument("--whole-boxes", action="store_true", help="drop picks whose box reaches past the micrograph edge")
+    outputs = parser.add_argument_group("outputs")
+    outputs.add_argument(
+        "--format", type=_formats, default=list(COORDINATE_FORMATS), metavar="LIST",
+        help=f"comma-separated coordinate formats (default: all of {','.join(COORDINATE_FORMATS)}; csv is always written)",
+    )  # fmt: skip
+    outputs.add_argument("--overlay", type=Path, metavar="DIR", help="also write PNGs of the micrographs with the picks drawn")
+    outputs.add_argument("--overwrite", action="store_true", help="pick again micrographs whose outputs exist")
+    run = parser.add_argument_group("running")
+    run.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the network runs (default: %(default)s)")
+    run.add_argument("--workers", type=int, default=2, metavar="N", help="threads reading micrographs ahead (default: %(default)s)")
+    run.add_argument("--tile", type=int, default=PICK_TILE_SIZE, metavar="PX", help="tile edge in rescaled px (default: %(default)s)")
+    run.add_argument("--bf16", action="store_true", help="bfloat16 convolutions (faster on recent CPUs; scores change slightly)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from hydrapicker.cli._common import write_run_record
+    from hydrapicker.errors import HydraPickerError
+    from hydrapicker.pick import PickSettings, Picker, check_formats, expand_micrographs, load_picking_model, pick_files
+
+    if args.out.is_file():
+        raise HydraPickerError(f"--out {args.out}: is a file, not a folder")
+    formats = check_formats(args.format)
+    paths = expand_micrographs(args.micrographs)
+    model, meta = load_picking_model(args.model)
+    settings = PickSettings(
+        diameter_A=args.diameter_A, diameter_px=args.diameter_px, pixel_size=args.pixel_size, head=args.head,
+        threshold=args.threshold, nms_iou=args.nms_iou, tile_size=args.tile, whole_boxes=args.whole_boxes,
+        device=args.device, bf16=args.bf16,
+    )  # fmt: skip
+    picker = Picker(model, meta, settings)
+    picker.check_paths(paths)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_run_record(args.out, args)
+    report = pick_files(paths, args.out, picker, formats, overlay_dir=args.overlay, workers=args.workers, overwrite=args.overwrite)
+    rate = len(report.picked) / report.seconds if report.seconds > 0 else float("nan")
+    print(
+        f"picked {len(report.picked)} micrographs ({report.n_picks} particles, {rate:.2f} micrographs/s), "
+        f"skipped {len(report.skipped)} already done, {len(report.failed)} failed; picks in {args.out}"
+    )
+    if report.failed:
+        print(f"{len(report.failed)} micrograph(s) could not be picked:", file=sys.stderr)
+        for path, reason in report.failed.items():
+            print(f"  {path}: {reason}", file=sys.stderr)
+    if report.failed and not report.picked and not report.skipped:
+        return 1
+    return 0

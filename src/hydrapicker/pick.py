@@ -1,0 +1,640 @@
+"""Picking micrographs with a trained model: one micrograph in memory, or a folder of thousands to files.
+
+One micrograph goes through exactly the steps training applied (:mod:`hydrapicker.data`):
+rescale so the particle is the model's ``target_diameter_px`` wide, local normalisation; then
+trunk + one head, decoding of every anchor, a score threshold, NMS at the box size, and the
+map back to the stored micrograph's pixel frame (:func:`hydrapicker.data.from_rescaled`).
+
+Large micrographs (tiles): the net is fully convolutional, but its GroupNorm layers normalise
+each channel group by its mean and variance over *all* positions of the image, so a tile run
+on its own would see other statistics than the whole micrograph. :func:`head_outputs` therefore
+measures every GroupNorm's statistics once, in a native pass over a central window of at most
+``tile_size`` px (the whole micrograph when it fits), then runs the tiles with those statistics
+frozen (each GroupNorm becomes a per-channel affine map). Tiles start on multiples of the anchor
+stride and overlap by the receptive field of trunk + head, so every anchor is computed from
+exactly the pixels the whole-image pass uses. Result: a micrograph that fits in the window
+gives the whole-image outputs (to float rounding) however it is tiled; a larger one gives
+whole-image inference with GroupNorm statistics from its central window instead of from all
+of it (benchmarks/pick_speed.py measures the difference). Memory is bounded by the tile size.
+
+A folder (:func:`pick_files`): reading and preparing the next micrographs (threads), inference
+(this thread) and writing (a thread) overlap; outputs are written atomically, per format in
+``OUT/<format>/<stem><suffix>``; a rerun skips micrographs whose outputs are all there;
+unreadable micrographs are reported and skipped; ``OUT/picks.csv`` is rebuilt at the end from
+the per-micrograph CSV files (always written for that reason).
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hydrapicker.boxes import decode_outputs, nms
+from hydrapicker.defaults import (
+    COORDINATE_FORMATS,
+    MICROGRAPH_SUFFIXES,
+    NMS_IOU,
+    PICK_THRESHOLD,
+    PICK_TILE_SIZE,
+    PRETRAINED_MODEL,
+)
+from hydrapicker.errors import HydraPickerError
+from hydrapicker.io.coordinates import read_picks, write_picks
+from hydrapicker.io.files import atomic_path
+from hydrapicker.io.micrograph import is_micrograph_path, micrograph_stem, read_micrograph
+from hydrapicker.io.picks import Picks
+from hydrapicker.model import GENERIC, HydraPicker
+from hydrapicker.train import ModelMeta
+
+__all__ = [
+    "PickReport",
+    "check_formats",
+    "PickSettings",
+    "Picker",
+    "Prepared",
+    "expand_micrographs",
+    "head_outputs",
+    "load_picking_model",
+    "output_paths",
+    "overlay_image",
+    "pick_files",
+    "pretrained_model_path",
+    "rebuild_picks_csv",
+    "write_overlay",
+    "pick_micrograph",
+    "picking_scale",
+    "picks_from_outputs",
+    "prepare_micrograph",
+    "receptive_radius",
+    "tile_margin",
+    "tile_spans",
+]
+
+
+def picking_scale(meta: ModelMeta, pixel_size: float | None, diameter_A: float | None, diameter_px: float | None) -> float:
+    """Rescaled px per stored px for a particle given in Å (with the pixel size) or in pixels."""
+    from hydrapicker.data import rescale_factor
+
+    if (diameter_A is None) == (diameter_px is None):
+        raise HydraPickerError("give the particle diameter either in Å (with the pixel size) or in pixels, not both or neither")
+    if diameter_px is not None:
+        return rescale_factor(1.0, diameter_px, meta.target_diameter_px)
+    if pixel_size is None:
+        raise HydraPickerError(f"a particle diameter of {diameter_A} Å needs the pixel size (Å/px)")
+    return rescale_factor(pixel_size, diameter_A, meta.target_diameter_px)
+
+
+# --- whole-image outputs, in tiles when the micrograph is large ---------------------------
+
+
+def receptive_radius(model: HydraPicker) -> int:
+    """Input pixels each side of an anchor's cell centre that its output depends on.
+
+    Walks the convs in the order the network runs them (trunk, then a head): each adds
+    ``(kernel // 2) * dilation`` times the stride accumulated before it. Identity skips add
+    nothing, so this is exact for the trunk + head chain (45 px for four stride-2 head blocks
+    after a 2 + 4 x 3 conv trunk).
+    """
+    radius, jump = 0, 1
+    for module in (*model.trunk.modules(), *model.generic.modules()):
+        if isinstance(module, nn.Conv2d):
+            radius += (module.kernel_size[0] // 2) * module.dilation[0] * jump
+            jump *= module.stride[0]
+    assert jump == model.stride, "the head's strides should multiply to the anchor stride"
+    return radius
+
+
+def tile_margin(model: HydraPicker) -> int:
+    """Overlap each side of a tile: the receptive radius rounded up to the anchor stride."""
+    return -(-receptive_radius(model) // model.stride) * model.stride
+
+
+def tile_spans(length: int, tile_size: int, margin: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """Tiles along one axis of ``length`` input px: ``(start, stop, first, last)`` per tile.
+
+    ``[start, stop)`` is the tile in input px (``start`` a multiple of ``stride``), and
+    ``[first, last)`` the anchor rows (or columns) it is trusted for: those whose receptive
+    field lies inside the tile or reaches past it only where the micrograph itself ends. The
+    trusted ranges partition ``[0, ceil(length / stride))``.
+    """
+    core = (tile_size - 2 * margin) // stride  # anchors per tile
+    if core < 1:
+        raise HydraPickerError(f"tile size {tile_size} px is too small: it must exceed twice the overlap of {margin} px")
+    n_anchors = -(-length // stride)
+    spans = []
+    for first in range(0, n_anchors, core):
+        last = min(first + core, n_anchors)
+        start = max(0, first * stride - margin)
+        stop = min(length, last * stride + margin)
+        spans.append((start, stop, first, last))
+    return spans
+
+
+class _FrozenGroupNorm(nn.Module):
+    """A GroupNorm with given statistics: ``x * scale + shift`` per channel."""
+
+    def __init__(self, norm: nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor) -> None:
+        super().__init__()
+        per_group = norm.num_channels // norm.num_groups
+        inv_std = torch.rsqrt(var.double() + norm.eps).repeat_interleave(per_group)
+        weight = norm.weight.double() if norm.affine else torch.ones_like(inv_std)
+        bias = norm.bias.double() if norm.affine else torch.zeros_like(inv_std)
+        scale = weight * inv_std
+        shift = bias - mean.double().repeat_interleave(per_group) * scale
+        self.register_buffer("scale", scale.float().reshape(1, -1, 1, 1))
+        self.register_buffer("shift", shift.float().reshape(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift.to(x.dtype), x, self.scale.to(x.dtype))
+
+
+def _group_norms(module: nn.Module) -> list[tuple[nn.Module, str, nn.GroupNorm]]:
+    return [
+        (parent, name, child)
+        for parent in module.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, nn.GroupNorm)
+    ]
+
+
+def _record_statistics(net: nn.Module) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], list]:
+    """Hooks that store each GroupNorm's (mean, var) per group of the batch's first image."""
+    stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(norm: nn.GroupNorm, inputs: tuple[torch.Tensor]) -> None:
+        x = inputs[0][0].float()
+        # Per-channel moments need no reshaped copy of a channels-last map; groups pool them.
+        var_c, mean_c = torch.var_mean(x, dim=(1, 2), correction=0)
+        mean_c, second_c = mean_c.double(), var_c.double() + mean_c.double() ** 2
+        mean = mean_c.reshape(norm.num_groups, -1).mean(1)
+        var = second_c.reshape(norm.num_groups, -1).mean(1) - mean**2
+        stats[id(norm)] = (mean, var.clamp(min=0))
+
+    handles = [norm.register_forward_pre_hook(hook) for _, _, norm in _group_norms(net)]
+    return stats, handles
+
+
+def _frozen_copy(net: nn.Module, stats: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> nn.Module:
+    """A copy of ``net`` whose GroupNorms use ``stats`` (measured on ``net``) instead of their input's."""
+    by_name = {name: stats[id(norm)] for name, norm in net.named_modules() if isinstance(norm, nn.GroupNorm)}
+    frozen = copy.deepcopy(net)
+    for module_name, norm in list(frozen.named_modules()):
+        if isinstance(norm, nn.GroupNorm):
+            parent_name, _, child = module_name.rpartition(".")
+            parent = frozen.get_submodule(parent_name) if parent_name else frozen
+            setattr(parent, child, _FrozenGroupNorm(norm, *by_name[module_name]))
+    return frozen
+
+
+def head_outputs(
+    model: HydraPicker,
+    image: np.ndarray | torch.Tensor,
+    head: str = GENERIC,
+    *,
+    tile_size: int = PICK_TILE_SIZE,
+    stats_size: int | None = None,
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+) -> torch.Tensor:
+    """Run trunk + ``head`` over a prepared (rescaled, normalised) image: float32 ``[3, ceil(H/16), ceil(W/16)]`` on the CPU.
+
+    An image no larger than ``tile_size`` in both axes goes through in one pass. A larger
+    one: GroupNorm statistics from a native pass over its central ``stats_size`` window
+    (default ``tile_size``; the whole image when it fits), then tiles of at most
+    ``tile_size`` px with those statistics frozen (see the module docstring). ``bf16`` runs
+    the convs under bfloat16 autocast (CPU: about 1.6x the conv rate, scores within ~1e-2).
+    """
+    model.head(head)  # a clear error for an unknown head before any work
+    x = torch.as_tensor(image, dtype=torch.float32)
+    if x.ndim != 2:
+        raise HydraPickerError(f"expected a 2-D prepared micrograph, got shape {tuple(x.shape)}")
+    rows, cols = x.shape
+    stride = model.stride
+    device = torch.device(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    net = nn.Sequential(model.trunk, model.head(head)).to(device).eval()
+
+    def run(network: nn.Module, crop: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            return network(model.pad(crop[None, None].to(device))).float()[0].cpu()
+
+    with torch.inference_mode():
+        if rows <= tile_size and cols <= tile_size:
+            return run(net, x)
+        window = stats_size or tile_size
+        r0 = max(0, (rows - window) // 2) // stride * stride
+        c0 = max(0, (cols - window) // 2) // stride * stride
+        stats, handles = _record_statistics(net)
+        try:
+            run(net, x[r0 : r0 + window, c0 : c0 + window])
+        finally:
+            for handle in handles:
+                handle.remove()
+        frozen = _frozen_copy(net, stats).eval()
+        margin = tile_margin(model)
+        out = torch.empty(3, -(-rows // stride), -(-cols // stride))
+        for r_start, r_stop, r_first, r_last in tile_spans(rows, tile_size, margin, stride):
+            for c_start, c_stop, c_first, c_last in tile_spans(cols, tile_size, margin, stride):
+                tile = run(frozen, x[r_start:r_stop, c_start:c_stop])
+                i0, j0 = r_first - r_start // stride, c_first - c_start // stride
+                out[:, r_first:r_last, c_first:c_last] = tile[:, i0 : i0 + r_last - r_first, j0 : j0 + c_last - c_first]
+        return out
+
+
+def prepare_micrograph(image: np.ndarray, scale: float, target_diameter_px: float, name: str = "") -> np.ndarray:
+    """The micrograph as the model sees it: rescaled by ``scale``, locally normalised (float32 ``[row, col]``)."""
+    from hydrapicker.data import normalise_micrograph, rescale_image
+
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 2:
+        raise HydraPickerError(f"{name or 'micrograph'}: expected a 2-D image, got shape {image.shape}")
+    try:
+        return normalise_micrograph(rescale_image(image, scale), target_diameter_px)
+    except HydraPickerError as exc:
+        raise HydraPickerError(f"{name}: {exc}" if name else str(exc)) from exc
+
+
+def picks_from_outputs(
+    outputs: torch.Tensor,
+    meta: ModelMeta,
+    scale: float,
+    shape: tuple[int, int],
+    threshold: float = PICK_THRESHOLD,
+    *,
+    name: str = "",
+    nms_iou: float = NMS_IOU,
+    whole_boxes: bool = False,
+) -> Picks:
+    """Decode a head output ``[3, h, w]``: threshold, NMS at the box size, map back to the stored frame.
+
+    Picks whose centre falls outside the stored micrograph are dropped; with ``whole_boxes``
+    also those whose box reaches past its edge (RELION's extraction drops them anyway).
+    """
+    from hydrapicker.data import from_rescaled
+
+    centres, scores = decode_outputs(outputs, meta.anchor_stride)
+    centres, scores = centres.numpy().astype(np.float64), scores.numpy().astype(np.float64)
+    candidates = scores >= threshold
+    centres, scores = centres[candidates], scores[candidates]
+    keep = nms(centres, scores, meta.target_diameter_px, nms_iou)
+    xy = from_rescaled(centres[keep], scale).reshape(-1, 2)
+    box_size = meta.target_diameter_px / scale
+    rows, cols = shape
+    edge = box_size / 2 if whole_boxes else 0.0
+    inside = (
+        (xy[:, 0] - edge >= -0.5) & (xy[:, 0] + edge < cols - 0.5) & (xy[:, 1] - edge >= -0.5) & (xy[:, 1] + edge < rows - 0.5)
+    )
+    return Picks(name, xy[inside, 0], xy[inside, 1], scores[keep][inside], box_size=box_size, shape=(rows, cols))
+
+
+def pick_micrograph(
+    model: HydraPicker,
+    meta: ModelMeta,
+    image: np.ndarray,
+    pixel_size: float | None,
+    diameter_A: float | None = None,
+    diameter_px: float | None = None,
+    head: str = GENERIC,
+    threshold: float = PICK_THRESHOLD,
+    *,
+    name: str = "",
+    nms_iou: float = NMS_IOU,
+    tile_size: int = PICK_TILE_SIZE,
+    whole_boxes: bool = False,
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+) -> Picks:
+    """Pick the particles of one micrograph.
+
+    Args:
+        model, meta: from :func:`hydrapicker.train.load_checkpoint`.
+        image: the micrograph as stored, ``[row, col]``.
+        pixel_size: Å/px of ``image`` (only needed with ``diameter_A``).
+        diameter_A / diameter_px: the particle diameter, in Å or in stored pixels (one of them).
+        head: the head to pick with (``"generic"``: zero-shot).
+        threshold: lowest score (probability) kept.
+        name: the micrograph name the picks carry.
+        tile_size: largest square (rescaled px) run at once; see :func:`head_outputs`.
+        whole_boxes: drop picks whose box reaches past the micrograph's edge.
+        device, bf16: where and in what precision the network runs.
+
+    Returns:
+        Picks in the stored frame (x = column, y = row), descending score, box size = the
+        particle diameter in stored pixels; none outside the micrograph.
+    """
+    scale = picking_scale(meta, pixel_size, diameter_A, diameter_px)
+    prepared = prepare_micrograph(image, scale, meta.target_diameter_px, name)
+    outputs = head_outputs(model, prepared, head, tile_size=tile_size, device=device, bf16=bf16)
+    return picks_from_outputs(
+        outputs, meta, scale, (int(np.shape(image)[0]), int(np.shape(image)[1])), threshold, name=name, nms_iou=nms_iou, whole_boxes=whole_boxes
+    )
+
+
+# --- the model a user picks with ------------------------------------------------------------
+
+
+def pretrained_model_path() -> Path:
+    """Where the shipped pretrained generic model lives (:data:`hydrapicker.defaults.PRETRAINED_MODEL`)."""
+    return Path(str(resources.files("hydrapicker") / PRETRAINED_MODEL))
+
+
+def load_picking_model(path: str | os.PathLike | None = None) -> tuple[HydraPicker, ModelMeta]:
+    """The checkpoint at ``path``, or the shipped pretrained generic model when ``path`` is None."""
+    from hydrapicker.train import load_checkpoint
+
+    if path is None:
+        path = pretrained_model_path()
+        if not path.is_file():
+            raise HydraPickerError(
+                f"no --model given, and the shipped pretrained generic model ({path}) does not exist yet: "
+                "train one with `hydrapicker train` and pass it with --model"
+            )
+    return load_checkpoint(path)
+
+
+@dataclass(frozen=True)
+class PickSettings:
+    """How every micrograph of a run is picked (see :func:`pick_micrograph` for the fields)."""
+
+    diameter_A: float | None = None
+    diameter_px: float | None = None
+    pixel_size: float | None = None
+    head: str = GENERIC
+    threshold: float = PICK_THRESHOLD
+    nms_iou: float = NMS_IOU
+    tile_size: int = PICK_TILE_SIZE
+    whole_boxes: bool = False
+    device: str = "cpu"
+    bf16: bool = False
+
+
+@dataclass
+class Prepared:
+    """A micrograph read and prepared for the network (made in a reader thread)."""
+
+    name: str
+    path: Path
+    data: np.ndarray  # as stored, for the overlay
+    image: np.ndarray  # rescaled, normalised
+    scale: float
+
+
+class Picker:
+    """Model + settings: :meth:`prepare` (thread-safe, NumPy) then :meth:`pick` (the network)."""
+
+    def __init__(self, model: HydraPicker, meta: ModelMeta, settings: PickSettings) -> None:
+        if settings.device != "cpu" and not torch.cuda.is_available():
+            raise HydraPickerError(f"--device {settings.device}: no CUDA device is available here (use --device cpu)")
+        if not (0 <= settings.threshold <= 1):
+            raise HydraPickerError(f"threshold must be a score between 0 and 1, got {settings.threshold}")
+        model.head(settings.head)
+        # Check the numbers now, not once per micrograph (a stand-in pixel size when the files give it).
+        picking_scale(meta, settings.pixel_size or 1.0, settings.diameter_A, settings.diameter_px)
+        if settings.tile_size < 2 * tile_margin(model) + model.stride:
+            raise HydraPickerError(f"tile size {settings.tile_size} px is too small (at least {2 * tile_margin(model) + model.stride})")
+        self.model = model.to(settings.device).eval()
+        self.meta = meta
+        self.settings = settings
+
+    def check_paths(self, paths: Sequence[Path]) -> None:
+        """Refuse up front what would fail on every file: a size in Å, no pixel size, files without a header."""
+        if self.settings.diameter_A is not None and self.settings.pixel_size is None:
+            for path in paths:
+                if path.suffix.lower() not in (".mrc", ".mrcs"):
+                    raise HydraPickerError(
+                        f"{path}: a {path.suffix} file has no pixel size: give --pixel-size (Å/px) or --diameter-px"
+                    )
+
+    def prepare(self, path: Path) -> Prepared:
+        """Read one micrograph and rescale + normalise it; HydraPickerError names the file if it is unusable."""
+        s = self.settings
+        micrograph = read_micrograph(path)
+        pixel_size = s.pixel_size if s.pixel_size is not None else micrograph.pixel_size
+        if s.diameter_A is not None and pixel_size is None:
+            raise HydraPickerError(f"{path}: no pixel size in the file header: give --pixel-size (Å/px) or --diameter-px")
+        scale = picking_scale(self.meta, pixel_size, s.diameter_A, s.diameter_px)
+        image = prepare_micrograph(micrograph.data, scale, self.meta.target_diameter_px, str(path))
+        return Prepared(micrograph.name, path, micrograph.data, image, scale)
+
+    def pick(self, prepared: Prepared) -> Picks:
+        """The picks of one prepared micrograph, in its stored frame."""
+        s = self.settings
+        outputs = head_outputs(self.model, prepared.image, s.head, tile_size=s.tile_size, device=s.device, bf16=s.bf16)
+        return picks_from_outputs(
+            outputs, self.meta, prepared.scale, prepared.data.shape, s.threshold,
+            name=prepared.name, nms_iou=s.nms_iou, whole_boxes=s.whole_boxes,
+        )  # fmt: skip
+
+
+# --- a folder of micrographs to files ---------------------------------------------------------
+
+
+def expand_micrographs(patterns: Sequence[str | os.PathLike]) -> list[Path]:
+    """Micrograph files from files, folders (their micrograph files) and globs, in order, without repeats.
+
+    Raises:
+        HydraPickerError: a pattern that matches no micrograph, or two micrographs with the
+            same stem (their output files would collide).
+    """
+    found: list[Path] = []
+    for pattern in patterns:
+        text = str(pattern)
+        if Path(text).is_dir():
+            matches = sorted(p for p in Path(text).iterdir() if p.is_file() and is_micrograph_path(p))
+        elif glob.has_magic(text):
+            matches = sorted(Path(p) for p in glob.glob(text, recursive=True) if is_micrograph_path(p))
+        else:
+            matches = [Path(text)]  # a missing file is reported with the others when read
+            if not is_micrograph_path(text):
+                raise HydraPickerError(f"{text}: not a micrograph file name (expected one of {', '.join(MICROGRAPH_SUFFIXES)})")
+        if not matches:
+            raise HydraPickerError(f"{text}: matches no micrograph files")
+        found.extend(matches)
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    stems: dict[str, Path] = {}
+    for path in unique:
+        stem = micrograph_stem(path)
+        if stem in stems:
+            raise HydraPickerError(f"{stems[stem]} and {path} have the same name {stem!r}: their picks would overwrite each other")
+        stems[stem] = path
+    return unique
+
+
+def output_paths(out_dir: str | os.PathLike, stem: str, formats: Sequence[str]) -> dict[str, Path]:
+    """Per-micrograph coordinate files: ``{format: OUT/<format>/<stem><suffix>}``; CSV always."""
+    out_dir = Path(out_dir)
+    return {fmt: out_dir / fmt / f"{stem}{COORDINATE_FORMATS[fmt]}" for fmt in dict.fromkeys([*formats, "csv"])}
+
+
+def check_formats(formats: Sequence[str]) -> list[str]:
+    """The format names, checked; a user error naming an unknown one."""
+    for fmt in formats:
+        if fmt not in COORDINATE_FORMATS:
+            raise HydraPickerError(f"unknown coordinate format {fmt!r} (choose from {', '.join(COORDINATE_FORMATS)})")
+    if not formats:
+        raise HydraPickerError("no coordinate format asked for")
+    return list(dict.fromkeys(formats))
+
+
+@dataclass
+class PickReport:
+    """What a run of :func:`pick_files` did."""
+
+    picked: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # path -> one-line reason
+    n_picks: int = 0
+    seconds: float = 0.0
+
+
+def pick_files(
+    paths: Sequence[Path],
+    out_dir: str | os.PathLike,
+    picker: Picker,
+    formats: Sequence[str] = tuple(COORDINATE_FORMATS),
+    *,
+    overlay_dir: str | os.PathLike | None = None,
+    workers: int = 2,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> PickReport:
+    """Pick every micrograph of ``paths`` into ``out_dir``; returns what happened.
+
+    Micrographs whose output files (every format in ``formats``, the CSV, and the overlay
+    when asked for) all exist are skipped unless ``overwrite``: every file is written
+    atomically, so one that exists is complete. A micrograph that cannot be read or
+    prepared is reported through ``log`` (one line) and skipped. ``workers`` threads read
+    and prepare micrographs ahead of the network; one thread writes. At the end
+    ``out_dir/picks.csv`` is rebuilt from every per-micrograph CSV in ``out_dir/csv``.
+    """
+    from tqdm import tqdm
+
+    formats = check_formats(formats)
+    if workers < 1:
+        raise HydraPickerError(f"--workers must be at least 1, got {workers}")
+    out_dir = Path(out_dir)
+    overlay = Path(overlay_dir) if overlay_dir is not None else None
+    say = log or (lambda line: tqdm.write(line, file=sys.stderr))
+    report = PickReport()
+    start = time.perf_counter()
+
+    def expected(path: Path) -> list[Path]:
+        stem = micrograph_stem(path)
+        files = list(output_paths(out_dir, stem, formats).values())
+        return files + ([overlay / f"{stem}.png"] if overlay is not None else [])
+
+    todo = []
+    for path in paths:
+        if not overwrite and all(p.is_file() for p in expected(path)):
+            report.skipped.append(micrograph_stem(path))
+        else:
+            todo.append(path)
+
+    def write(picks: Picks, prepared: Prepared) -> None:
+        for fmt, target in output_paths(out_dir, picks.micrograph, formats).items():
+            write_picks(target, picks, fmt)
+        if overlay is not None:
+            write_overlay(overlay / f"{picks.micrograph}.png", prepared.data, picks)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="pick-read") as readers, \
+            ThreadPoolExecutor(1, thread_name_prefix="pick-write") as writer:  # fmt: skip
+        ahead = workers + 1  # micrographs in flight: enough to keep the network fed, memory bounded
+        reads = {i: readers.submit(picker.prepare, todo[i]) for i in range(min(ahead, len(todo)))}
+        writes = []
+        bar = tqdm(total=len(todo), unit="mic", desc="picking", disable=progress is False if progress is not None else None)
+        for i, path in enumerate(todo):
+            if i + ahead < len(todo):
+                reads[i + ahead] = readers.submit(picker.prepare, todo[i + ahead])
+            try:
+                prepared = reads.pop(i).result()
+            except (HydraPickerError, OSError) as exc:
+                report.failed[str(path)] = str(exc)
+                say(f"skipped {exc}" if str(exc).startswith(str(path)) else f"skipped {path}: {exc}")
+                bar.update(1)
+                continue
+            picks = picker.pick(prepared)
+            writes.append((path, picks, writer.submit(write, picks, prepared)))
+            bar.update(1)
+            # Surface write errors as they come, and keep finished futures from piling up.
+            while writes and writes[0][2].done():
+                _finish_write(writes.pop(0), report, say)
+        for item in writes:
+            _finish_write(item, report, say)
+        bar.close()
+    rebuild_picks_csv(out_dir)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _finish_write(item: tuple[Path, Picks, Future], report: PickReport, say: Callable[[str], None]) -> None:
+    path, picks, future = item
+    try:
+        future.result()
+    except HydraPickerError as exc:
+        report.failed[str(path)] = str(exc)
+        say(f"failed {path}: {exc}")
+        return
+    report.picked.append(picks.micrograph)
+    report.n_picks += len(picks)
+
+
+def rebuild_picks_csv(out_dir: str | os.PathLike) -> Path:
+    """Write ``out_dir/picks.csv`` (micrograph,x,y,score) from every ``out_dir/csv/*.csv``, atomically."""
+    out_dir = Path(out_dir)
+    every = []
+    for path in sorted((out_dir / "csv").glob("*.csv")):
+        every.extend(read_picks(path, "csv").values())
+    target = out_dir / "picks.csv"
+    write_picks(target, every, "csv")
+    return target
+
+
+# --- overlays ---------------------------------------------------------------------------------
+
+#: Overlays are at most this many pixels on their long side (micrographs are block-averaged).
+OVERLAY_MAX_SIZE = 1024
+
+
+def overlay_image(data: np.ndarray, picks: Picks, max_size: int = OVERLAY_MAX_SIZE):
+    """An RGB PIL image: the micrograph contrast-stretched (0.5-99.5 percentiles), reduced by a whole
+    factor to at most ``max_size`` px, with each pick's box drawn as a green square outline."""
+    from PIL import Image, ImageDraw
+
+    data = np.asarray(data, dtype=np.float32)
+    factor = max(1, -(-max(data.shape) // max_size))
+    rows, cols = data.shape[0] // factor, data.shape[1] // factor
+    small = data[: rows * factor, : cols * factor].reshape(rows, factor, cols, factor).mean(axis=(1, 3))
+    low, high = np.percentile(small, (0.5, 99.5))
+    grey = np.clip((small - low) / max(high - low, 1e-12), 0, 1)
+    image = Image.fromarray((grey * 255).astype(np.uint8)).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    box = (picks.box_size or 10.0) / factor
+    # Stored pixel x covers [x - 0.5, x + 0.5); overlay pixel u covers stored [u f - 0.5, (u + 1) f - 0.5).
+    for x, y in zip((picks.x + 0.5) / factor - 0.5, (picks.y + 0.5) / factor - 0.5):
+        h = box / 2
+        draw.rectangle([round(x - h), round(y - h), round(x + h), round(y + h)], outline=OVERLAY_COLOUR, width=1)
+    return image
+
+
+#: The colour of the boxes on an overlay (pure green, absent from a grey micrograph).
+OVERLAY_COLOUR = (0, 255, 0)
+
+
+def write_overlay(path: str | os.PathLike, data: np.ndarray, picks: Picks, max_size: int = OVERLAY_MAX_SIZE) -> None:
+    """Write :func:`overlay_image` as a PNG, atomically."""
+    image = overlay_image(data, picks, max_size)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")

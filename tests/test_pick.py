@@ -1,0 +1,280 @@
+"""Picking: tiled == whole-image inference, the folder pipeline (resume, corrupt files, formats), the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hydrapicker import pick as pick_module
+from hydrapicker.cli import main as cli_main
+from hydrapicker.errors import HydraPickerError
+from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
+from hydrapicker.model import HydraPicker, get_preset
+from hydrapicker.pick import (
+    OVERLAY_COLOUR,
+    PickSettings,
+    Picker,
+    Prepared,
+    head_outputs,
+    output_paths,
+    pick_files,
+    picks_from_outputs,
+    tile_margin,
+    tile_spans,
+)
+from hydrapicker.train import ModelMeta, TrainConfig, _checkpoint, _save
+
+FORMATS = ("star", "box", "cbox", "topaz", "cs", "csv")
+
+
+def _tiny_model(seed: int = 0) -> HydraPicker:
+    """A tiny model with weights far from their initial ones, so every layer matters."""
+    torch.manual_seed(seed)
+    model = HydraPicker(get_preset("tiny")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        torch.nn.init.normal_(model.generic.predict.weight, std=0.05)
+    return model.to(memory_format=torch.channels_last)
+
+
+def _meta(model: HydraPicker) -> ModelMeta:
+    return ModelMeta(preset=model.preset, head_names=model.head_names, target_diameter_px=40.0, anchor_stride=model.stride)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    model = _tiny_model()
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    _save(path, _checkpoint(model, TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None))
+    return path
+
+
+def _blobs(shape: tuple[int, int], centres: np.ndarray, radius: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows, cols = np.indices(shape)
+    image = rng.normal(0, 0.3, shape)
+    for x, y in centres:
+        image -= np.exp(-((cols - x) ** 2 + (rows - y) ** 2) / (2 * (radius / 2) ** 2))
+    return image.astype(np.float32)
+
+
+@pytest.fixture
+def micrographs(tmp_path) -> list[Path]:
+    """Two small MRC micrographs with dark blobs, pixel size 2 Å in the header."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for i, shape in enumerate([(200, 230), (180, 180)]):
+        centres = rng.uniform(20, min(shape) - 20, size=(8, 2))
+        path = tmp_path / "mics" / f"mic_{i}.mrc"
+        path.parent.mkdir(exist_ok=True)
+        write_mrc(path, _blobs(shape, centres, 20, seed=i), pixel_size=2.0)
+        paths.append(path)
+    return paths
+
+
+def _run(*argv: str) -> int:
+    return cli_main(["pick", *map(str, argv)])
+
+
+# --- tiles ------------------------------------------------------------------------------------
+
+
+def test_tile_spans_partition_the_anchor_grid_on_stride_aligned_tiles():
+    for length in (1, 15, 16, 17, 300, 1000):
+        spans = tile_spans(length, 160, 48, 16)
+        covered = [a for _, _, first, last in spans for a in range(first, last)]
+        assert covered == list(range(-(-length // 16)))
+        for start, stop, first, last in spans:
+            assert start % 16 == 0 and stop - start <= 160
+            assert first * 16 - start >= 48 or start == 0  # receptive field inside the tile ...
+            assert stop - last * 16 >= 48 - 16 or stop == length  # ... on both sides
+
+
+def test_tiled_picks_equal_whole_image_picks():
+    model = _tiny_model()
+    meta = _meta(model)
+    rng = np.random.default_rng(0)
+    image = _blobs((300, 270), rng.uniform(10, 260, size=(30, 2)), 40)
+    image = (image - image.mean()) / image.std()
+    tile = 160
+    assert len(tile_spans(300, tile, tile_margin(model), 16)) > 2 and len(tile_spans(270, tile, tile_margin(model), 16)) > 2
+    whole = head_outputs(model, image, tile_size=1024)
+    tiled = head_outputs(model, image, tile_size=tile, stats_size=1024)
+    assert whole.shape == tiled.shape == (3, 19, 17)
+    picks_whole = picks_from_outputs(whole, meta, 1.0, image.shape, threshold=0.0)
+    picks_tiled = picks_from_outputs(tiled, meta, 1.0, image.shape, threshold=0.0)
+    assert len(picks_whole) == len(picks_tiled) > 10
+    np.testing.assert_allclose(picks_tiled.x, picks_whole.x, atol=0.5)
+    np.testing.assert_allclose(picks_tiled.y, picks_whole.y, atol=0.5)
+    np.testing.assert_allclose(picks_tiled.score, picks_whole.score, atol=1e-4)
+
+
+def test_tiles_without_frozen_statistics_would_differ():
+    """The frozen GroupNorm statistics are what makes tiles equal: per-tile statistics do not."""
+    model = _tiny_model()
+    image = np.random.default_rng(0).normal(size=(300, 270)).astype(np.float32)
+    whole = head_outputs(model, image, tile_size=1024)
+    own_stats = head_outputs(model, image, tile_size=160, stats_size=160)  # stats from a central window only
+    assert (own_stats - whole).abs().max() > 1e-3
+
+
+# --- the folder pipeline, through the CLI -------------------------------------------------------
+
+
+def test_every_format_is_written_and_reads_back_to_the_same_coordinates(checkpoint, micrographs, tmp_path):
+    out = tmp_path / "out"
+    assert _run(*micrographs, "--out", out, "--model", checkpoint, "--diameter-A", 80, "--threshold", 0.0) == 0
+    for path in micrographs:
+        shape = read_micrograph(path).shape
+        files = output_paths(out, path.stem, FORMATS)
+        reference = read_picks(files["csv"], "csv")[path.stem]
+        assert len(reference) > 0 and reference.shape is None
+        assert np.all(reference.x >= -0.5) and np.all(reference.x < shape[1] - 0.5)
+        for fmt, file in files.items():
+            assert file.is_file(), file
+            picks = read_picks(file, fmt, micrograph=path.stem, shape=shape, box_size=40.0)[path.stem]
+            np.testing.assert_allclose(picks.x, reference.x, atol=1e-3, err_msg=fmt)
+            np.testing.assert_allclose(picks.y, reference.y, atol=1e-3, err_msg=fmt)
+            if fmt != "box":
+                np.testing.assert_allclose(picks.score, reference.score, atol=1e-4, err_msg=fmt)
+    every = read_picks(out / "picks.csv", "csv")
+    assert sorted(every) == sorted(p.stem for p in micrographs)
+    record = json.loads((out / "command.json").read_text())
+    assert record["options"]["diameter_A"] == 80
+
+
+def test_star_files_have_relion_column_names(checkpoint, micrographs, tmp_path):
+    import starfile
+
+    out = tmp_path / "out"
+    assert _run(micrographs[0], "--out", out, "--model", checkpoint, "--diameter-px", 40, "--threshold", 0.0, "--format", "star") == 0
+    table = starfile.read(out / "star" / f"{micrographs[0].stem}.star")
+    assert {"rlnCoordinateX", "rlnCoordinateY", "rlnAutopickFigureOfMerit"} <= set(table.columns)
+    assert len(table) > 0
+
+
+def test_rerun_skips_complete_outputs_and_redoes_a_micrograph_whose_output_is_missing(checkpoint, micrographs, tmp_path):
+    out = tmp_path / "out"
+    args = (*micrographs, "--out", out, "--model", checkpoint, "--diameter-px", 40, "--threshold", 0.0, "--format", "star,box")
+    assert _run(*args) == 0
+    first, second = (output_paths(out, p.stem, ("star", "box")) for p in micrographs)
+    before = {p: p.stat().st_mtime_ns for p in [*first.values(), *second.values()]}
+    first["box"].unlink()
+    (out / "picks.csv").unlink()
+
+    model, meta = pick_module.load_picking_model(checkpoint)
+    picker = Picker(model, meta, PickSettings(diameter_px=40, threshold=0.0))
+    report = pick_files(micrographs, out, picker, ("star", "box"), progress=False)
+    assert report.picked == [micrographs[0].stem] and report.skipped == [micrographs[1].stem]
+    assert first["box"].is_file() and first["star"].stat().st_mtime_ns != before[first["star"]]
+    assert all(p.stat().st_mtime_ns == before[p] for p in second.values())
+    # picks.csv is rebuilt from every per-micrograph file, the skipped one's included
+    every = read_picks(out / "picks.csv", "csv")
+    for path in micrographs:
+        single = read_picks(output_paths(out, path.stem, ())["csv"], "csv")[path.stem]
+        np.testing.assert_array_equal(every[path.stem].x, single.x)
+
+
+def test_corrupt_micrograph_is_reported_and_skipped_while_the_others_are_picked(checkpoint, micrographs, tmp_path, capsys):
+    bad = micrographs[0].parent / "broken.mrc"
+    bad.write_bytes(micrographs[0].read_bytes()[:1500])  # truncated
+    out = tmp_path / "out"
+    assert _run(*micrographs, bad, "--out", out, "--model", checkpoint, "--diameter-px", 40, "--threshold", 0.0) == 0
+    err = capsys.readouterr().err
+    assert "broken.mrc" in err and "1 micrograph(s) could not be picked" in err
+    assert all(output_paths(out, p.stem, FORMATS)["star"].is_file() for p in micrographs)
+    assert not any(p.exists() for p in output_paths(out, "broken", FORMATS).values())
+    assert "broken" not in read_picks(out / "picks.csv", "csv")
+    # every micrograph failing is the one failure that exits non-zero
+    assert _run(bad, "--out", tmp_path / "out2", "--model", checkpoint, "--diameter-px", 40) == 1
+
+
+def test_without_model_the_missing_pretrained_model_is_a_clear_error(micrographs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(pick_module, "pretrained_model_path", lambda: tmp_path / "nowhere" / "generic.pt")
+    out = tmp_path / "out"
+    assert _run(*micrographs, "--out", out, "--diameter-px", 40) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pretrained generic model" in err and "--model" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--format", "star,xml"), "unknown coordinate format 'xml'"),
+        (("--head", "nope"), "no head 'nope'"),
+        (("--threshold", "2"), "threshold must be"),
+        (("--tile", "64"), "tile size 64"),
+        (("--diameter-px", "-5"), "must be positive"),
+    ],
+)
+def test_bad_inputs_give_one_line_and_no_outputs(checkpoint, micrographs, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    size = () if "--diameter-px" in extra else ("--diameter-px", "40")
+    assert _run(*micrographs, "--out", out, "--model", checkpoint, *size, *extra) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not out.exists()
+
+
+def test_size_in_angstrom_on_files_without_pixel_size_is_refused_up_front(checkpoint, bgal_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run(bgal_dir, "--out", out, "--model", checkpoint, "--diameter-A", 191) == 1
+    assert "--pixel-size" in capsys.readouterr().err and not out.exists()
+    assert _run(tmp_path / "none_*.mrc", "--out", out, "--model", checkpoint, "--diameter-px", 40) == 1
+    assert "matches no micrograph" in capsys.readouterr().err and not out.exists()
+
+
+# --- the files draw boxes on the particles (labels stand in for the network) ----------------------
+
+
+class _LabelPicker(Picker):
+    """Returns a real micrograph's labels as its picks: pins the file and overlay geometry exactly."""
+
+    def __init__(self, labels: dict[str, Picks]) -> None:
+        self.labels = labels
+
+    def check_paths(self, paths):
+        pass
+
+    def prepare(self, path: Path) -> Prepared:
+        mic = read_micrograph(path)
+        return Prepared(mic.name, path, mic.data, mic.data, 1.0)
+
+    def pick(self, prepared: Prepared) -> Picks:
+        truth = self.labels[prepared.name]
+        score = np.linspace(1, 0.5, len(truth))
+        return Picks(prepared.name, truth.x, truth.y, score, box_size=27.0, shape=prepared.data.shape)
+
+
+def test_box_files_and_overlays_draw_boxes_on_the_labelled_particles(bgal_dir, tmp_path):
+    from PIL import Image
+
+    mic = sorted(bgal_dir.glob("*.png"))[0]
+    truth = read_picks(mic.with_suffix(".csv"), "csv", micrograph=mic.stem)
+    out, overlays = tmp_path / "out", tmp_path / "overlays"
+    report = pick_files([mic], out, _LabelPicker(truth), ("box",), overlay_dir=overlays, progress=False)
+    assert report.picked == [mic.stem]
+
+    boxes = np.loadtxt(output_paths(out, mic.stem, ("box",))["box"], ndmin=2)
+    t = truth[mic.stem]
+    np.testing.assert_allclose(boxes[:, 0] + boxes[:, 2] / 2, t.x, atol=1e-3)  # lower-left corner + half box
+    np.testing.assert_allclose(boxes[:, 1] + boxes[:, 3] / 2, t.y, atol=1e-3)
+
+    rgb = np.asarray(Image.open(overlays / f"{mic.stem}.png").convert("RGB"))
+    assert rgb.shape[:2] == read_micrograph(mic).shape  # 1024 px: drawn at full size
+    ys, xs = np.nonzero(np.all(rgb == OVERLAY_COLOUR, axis=2))
+    # Every green pixel lies on the outline of some labelled particle's 27-px box ...
+    dx = np.abs(xs[:, None] - t.x[None, :])
+    dy = np.abs(ys[:, None] - t.y[None, :])
+    on_outline = (np.abs(np.maximum(dx, dy) - 13.5) <= 1.5)
+    assert on_outline.any(axis=1).all()
+    # ... and every particle's outline is drawn (most of its 4 x 27 perimeter pixels are green)
+    drawn = on_outline.sum(axis=0)
+    assert np.all(drawn >= 0.5 * 4 * 27)
