@@ -21,6 +21,8 @@ __all__ = [
     "LAMBDA_BIAS",
     "NMS_IOU",
     "PICK_THRESHOLD",
+    "PICK_TILE_SIZE",
+    "PRETRAINED_MODEL",
     "LOCAL_NORM_WINDOW",
     "PREPARED_CACHE_SIZE",
 ]
@@ -75,6 +77,13 @@ NMS_IOU: float = 0.3
 
 #: Default score (probability) a pick needs to be written.
 PICK_THRESHOLD: float = 0.5
+
+#: Edge (rescaled px) of the largest square that picking runs the network on at once; larger
+#: micrographs are picked in overlapping tiles of this size (memory grows with its square).
+PICK_TILE_SIZE: int = 2048
+
+#: The shipped pretrained generic model, relative to the installed package folder.
+PRETRAINED_MODEL: str = "assets/models/generic.pt"
 
 # --- training data (hydrapicker.data) -----------------------------------------------------
 
