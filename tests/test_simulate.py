@@ -34,7 +34,7 @@ def quiet_config(**changes) -> SimulationConfig:
         shape=(256, 256), pixel_size=1.5, margin_px=32, ice_thickness=(0.0, 0.0), carbon_probability=0.0,
         contamination_probability=0.0, aggregate_probability=0.0, broken_fraction=(0.0, 0.0), motion=(0.0, 0.0),
         mtf=False, shot_noise=False, particles_per_micrograph=(0, 0), defocus_um=(2.0, 2.0), astigmatism=(0.0, 0.0),
-        dose=(40.0, 40.0), b_factor=(50.0, 50.0),
+        dose=(40.0, 40.0), b_factor=(50.0, 50.0), fragment_fraction=(0.0, 0.0), ice_texture=(0.0, 0.0), dqe=(1.0, 1.0),
     )
     base.update(changes)
     return SimulationConfig(**base)
@@ -121,13 +121,14 @@ def test_same_seed_gives_the_same_micrograph_and_another_seed_does_not(hvr):
     assert not np.array_equal(a.counts, c.counts)
 
 
-def test_shot_noise_mean_and_variance_are_dose_times_pixel_area(hvr):
+@pytest.mark.parametrize("dqe", [1.0, 0.6])
+def test_shot_noise_mean_is_dose_times_pixel_area_and_variance_that_over_dqe(hvr, dqe):
     dose, pixel = 37.0, 1.3
-    config = quiet_config(shot_noise=True, dose=(dose, dose), pixel_size=pixel, mtf=True)
+    config = quiet_config(shot_noise=True, dose=(dose, dose), pixel_size=pixel, mtf=True, dqe=(dqe, dqe))
     counts = simulate_micrograph(hvr, config, 3).counts.astype(np.float64)
     mean = dose * pixel**2
-    assert abs(counts.mean() - mean) < 4 * np.sqrt(mean / counts.size)
-    assert counts.var() == pytest.approx(mean, rel=0.03)
+    assert abs(counts.mean() - mean) < 4 * np.sqrt(mean / dqe / counts.size)
+    assert counts.var() == pytest.approx(mean / dqe, rel=0.03)
 
 
 def test_ice_gives_particles_lower_contrast_than_vacuum():

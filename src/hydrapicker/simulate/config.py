@@ -108,7 +108,9 @@ class SimulationConfig:
     carbon_thickness: Range = (100.0, 250.0)
     contamination_probability: float = 0.4
     aggregate_probability: float = 0.4
-    broken_fraction: Range = (0.0, 0.08)  # fraction of extra particles that are fragments
+    broken_fraction: Range = (0.0, 0.08)  # extra half-particles (broken), per true particle
+    fragment_fraction: Range = (0.0, 1.5)  # small pieces (5-30 % of a particle: dissociated subunits), per particle
+    ice_texture: Range = (5.0, 40.0)  # rms thickness variation (Å) of the film surfaces at the 30-100 Å scale
     atom_b_factor: float = 20.0
     # --- optics (300 kV, Kirkland's sign convention: positive defocus = underfocus)
     voltage_kv: float = 300.0
@@ -125,6 +127,7 @@ class SimulationConfig:
     motion: Range = (0.0, 3.0)  # residual beam-induced motion after correction, RMS Å
     mtf: bool = True  # counting-detector pixel MTF (sinc)
     shot_noise: bool = True
+    dqe: Range = (0.5, 0.9)  # detective quantum efficiency at low frequency: noise as if dose x DQE
     # --- physical constants that are crude and so exposed
     water_density: float = 0.0313  # molecules / Å^3 (vitreous ice, 0.94 g/cm^3)
     water_s0: float = 0.064  # structure factor S(0) from compressibility
@@ -189,6 +192,9 @@ class SimulationConfig:
         ordered("ice_roughness", self.ice_roughness, upper=0.5)
         ordered("carbon_thickness", self.carbon_thickness)
         ordered("broken_fraction", self.broken_fraction, upper=1.0)
+        ordered("fragment_fraction", self.fragment_fraction, upper=5.0)
+        ordered("ice_texture", self.ice_texture, upper=200.0)
+        ordered("dqe", self.dqe, allow_zero=False, upper=1.0)
         for name in ("carbon_probability", "contamination_probability", "aggregate_probability"):
             value = getattr(self, name)
             if not 0 <= value <= 1:

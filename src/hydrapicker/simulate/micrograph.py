@@ -48,6 +48,9 @@ class MicrographParams:
     n_contaminants: int
     n_aggregates: int
     broken_fraction: float
+    fragment_fraction: float
+    ice_texture: float
+    dqe: float
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -117,6 +120,9 @@ def draw_params(config: SimulationConfig, diameter: float, rng: np.random.Genera
         n_contaminants=n_contaminants,
         n_aggregates=n_aggregates,
         broken_fraction=_draw(rng, config.broken_fraction),
+        fragment_fraction=_draw(rng, config.fragment_fraction),
+        ice_texture=_draw(rng, config.ice_texture),
+        dqe=_draw(rng, config.dqe),
     )
 
 
@@ -185,6 +191,7 @@ def simulate_micrograph(
         ice_thickness=params.ice_thickness, ice_gradient=params.ice_gradient, ice_roughness=params.ice_roughness,
         carbon=params.carbon_thickness, n_contaminants=params.n_contaminants,
         n_aggregates=params.n_aggregates, n_broken=n_broken,
+        n_fragments=int(round(params.fragment_fraction * n_field)), ice_texture=params.ice_texture,
         positions=None if positions is None else (np.asarray(positions, dtype=np.float64).reshape(-1, 2) + (off_c, off_r)) * pixel,
     )
 
@@ -229,7 +236,8 @@ def simulate_micrograph(
     intensity = detector_blur(intensity, motion_path, config.mtf, workers=workers)
     intensity = intensity[off_r : off_r + rows, off_c : off_c + cols]
     expected = expected_counts(intensity, params.dose, pixel)
-    counts = shot_noise(expected, rng) if config.shot_noise else expected.astype(np.float32)
+    # Counts with the noise of dose x DQE, scaled back to the dose: mean unchanged, variance / DQE.
+    counts = shot_noise(expected * params.dqe, rng) / np.float32(params.dqe) if config.shot_noise else expected.astype(np.float32)
 
     def to_image(x: float, y: float) -> tuple[float, float]:
         return x / pixel - off_c, y / pixel - off_r

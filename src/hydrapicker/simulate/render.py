@@ -155,7 +155,7 @@ def random_rendering(rng: np.random.Generator, plain_probability: float = 0.5) -
         return Rendering("float")
     bin_ = int(rng.choice([1, 2], p=[0.6, 0.4]))
     denoise = float(rng.uniform(0.0, 0.4)) if rng.random() < 0.4 else None
-    lowpass = float(rng.uniform(10.0, 30.0)) if (denoise is None and rng.random() < 0.4) else None
+    lowpass = float(rng.uniform(10.0, 30.0)) if rng.random() < 0.4 else None
     eight_bit = str(rng.choice(["png", "jpg"])) if rng.random() < 0.6 else None
     stretch = (0.0, 100.0) if rng.random() < 0.3 else (float(rng.uniform(0.1, 2.0)), float(rng.uniform(98.0, 99.9)))
     stripes = int(rng.integers(4, 24)) if (denoise is not None and rng.random() < 0.5) else 0

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 #: Decoy kinds and the class number written for each (``rlnClassNumber`` of the decoy file).
-DECOY_KINDS: dict[str, int] = {"carbon_edge": 1, "contamination": 2, "aggregate": 3, "broken": 4}
+DECOY_KINDS: dict[str, int] = {"carbon_edge": 1, "contamination": 2, "aggregate": 3, "broken": 4, "fragment": 5}
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class PlacedParticle:
     x: float  # Å, field frame
     y: float
     rotation: np.ndarray  # [3, 3], model -> field frame
-    kind: str = "particle"  # "particle", "aggregate" (member of one), "broken"
+    kind: str = "particle"  # "particle", "aggregate" (member of one), "broken", "fragment"
     cut: tuple[np.ndarray, float] | None = None
 
 
@@ -71,6 +71,8 @@ class Layout:
     ice_gradient: tuple[float, float] = (0.0, 0.0)  # fractional change per Å along x, y
     ice_roughness: float = 0.0
     roughness_seed: int = 0
+    ice_texture: float = 0.0  # rms Å of short-range thickness variation
+    texture_length: float = 60.0  # its correlation length, Å
 
 
 @dataclass
@@ -133,6 +135,8 @@ def layout_specimen(
     n_contaminants: int,
     n_aggregates: int,
     n_broken: int,
+    n_fragments: int = 0,
+    ice_texture: float = 0.0,
     positions: np.ndarray | None = None,
 ) -> Layout:
     """Draw a specimen.
@@ -153,6 +157,8 @@ def layout_specimen(
     angle = rng.uniform(0, 2 * np.pi)
     layout.ice_gradient = (ice_gradient * np.cos(angle) / width, ice_gradient * np.sin(angle) / height)
     layout.roughness_seed = int(rng.integers(2**31))
+    layout.ice_texture = float(ice_texture)
+    layout.texture_length = float(rng.uniform(30.0, 100.0))
     x0, y0, x1, y1 = image_box
     cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
     obstacles: list[tuple[float, float, float]] = []  # x, y, keep-out radius (Å)
@@ -231,6 +237,25 @@ def layout_specimen(
         shift = rot[:2] @ kept.mean(axis=0)
         layout.particles.append(PlacedParticle(float(x), float(y), rot, "broken", (normal, offset)))
         layout.decoys.append(Decoy(float(x + shift[0]), float(y + shift[1]), "broken", diameter))
+
+    # Small pieces (dissociated subunits, denatured protein): the faint blobs that fill real
+    # backgrounds. Anywhere in the hole, overlaps allowed.
+    for _ in range(n_fragments):
+        for _try in range(10):
+            x, y = rng.uniform(0, width), rng.uniform(0, height)
+            if allowed(x, y, 0.0):
+                break
+        else:
+            continue
+        rot = _rotations(rng, 1)[0]
+        normal = rng.normal(size=3)
+        normal /= np.linalg.norm(normal)
+        keep = rng.uniform(0.05, 0.3)
+        offset = float(np.quantile(all_coords @ normal, keep))
+        kept = all_coords[all_coords @ normal < offset]
+        shift = rot[:2] @ kept.mean(axis=0)
+        layout.particles.append(PlacedParticle(float(x - shift[0]), float(y - shift[1]), rot, "fragment", (normal, offset)))
+        layout.decoys.append(Decoy(float(x), float(y), "fragment", diameter * keep ** (1 / 3)))
     return layout
 
 
@@ -347,6 +372,18 @@ def background(layout: Layout, grid: FineGrid, config, sigma: float, rng: np.ran
         noise_spectrum = scipy.fft.rfft2(noise, workers=workers) * shaping
     else:
         noise_spectrum = np.zeros((rows, cols // 2 + 1), dtype=np.complex64)
+    if layout.ice_texture > 0 and layout.ice_thickness > 0:
+        # The film's surfaces are not flat: thickness varies by some tens of Å over 30-100 Å,
+        # which the low S(0) of bulk water does not give. Drawn straight in Fourier space as
+        # Gaussian-filtered white noise (no FFT); units: water molecules x form factor per pixel.
+        q2 = grid.rfft_q2
+        filt = np.exp(-2 * np.pi**2 * layout.texture_length**2 * q2)
+        n = rows * cols
+        norm = np.sqrt(n / max(float((filt**2).mean()), 1e-30))  # real-space rms of 1 per pixel
+        white = rng.standard_normal(filt.shape, dtype=np.float32) + 1j * rng.standard_normal(filt.shape, dtype=np.float32)
+        scale = np.float32(rho_w * grid.pixel_area * layout.ice_texture * norm / np.sqrt(2))
+        f_w = radial_on_grid(grid, lambda q: water_form_factor(q**2))
+        noise_spectrum += white * (scale * filt.astype(np.float32) * f_w)
     return Background(phase=phase, noise_spectrum=noise_spectrum, amplitude=amplitude)
 
 
