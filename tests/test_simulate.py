@@ -326,3 +326,14 @@ def test_draw_params_respects_the_ranges(hvr):
     for _ in range(20):
         p = draw_params(config, 50.0, rng)
         assert 12000 <= p.defocus_u <= 14000 and p.defocus_u == p.defocus_v and 33 <= p.dose <= 34
+
+
+def test_cli_refuses_to_mix_runs_in_one_folder_unless_overwrite(tmp_path, capsys):
+    from hydrapicker.cli import main
+
+    argv = ["simulate", str(HVR), "--out", str(tmp_path / "o"), "--size", "64", "--quiet", "--n-micrographs"]
+    assert main([*argv, "2"]) == 0
+    assert main([*argv, "2"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*argv, "1", "--overwrite"]) == 0
+    assert len(list((tmp_path / "o" / "micrographs").glob("*.mrc"))) == 1

@@ -49,19 +49,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     specimen = parser.add_argument_group("specimen")
     specimen.add_argument("--particles-per-micrograph", type=int, nargs=2, metavar=("MIN", "MAX"), help="particle count range (default: from 3-40 %% area coverage)")
     specimen.add_argument("--ice-thickness", type=float, nargs="+", metavar="NM", help="ice thickness in nm (default: 25 60)")
-    specimen.add_argument("--carbon-probability", type=float, help="share of micrographs with a carbon hole edge (default: 0.3)")
-    specimen.add_argument("--contamination-probability", type=float, help="share with ice contamination blobs (default: 0.4)")
-    specimen.add_argument("--aggregate-probability", type=float, help="share with aggregates (default: 0.4)")
+    specimen.add_argument("--carbon-probability", type=float, metavar="P", help="share of micrographs with a carbon hole edge (default: 0.3)")
+    specimen.add_argument("--contamination-probability", type=float, metavar="P", help="share with ice contamination blobs (default: 0.4)")
+    specimen.add_argument("--aggregate-probability", type=float, metavar="P", help="share with aggregates (default: 0.4)")
     specimen.add_argument("--chains", help="chains to keep, e.g. ABCDEF (default: all, or one copy of known two-copy asymmetric units)")
 
+    parser.add_argument("--overwrite", action="store_true", help="replace the micrographs of an earlier run in DIR")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
     from hydrapicker.cli._common import write_run_record
+    from hydrapicker.errors import HydraPickerError
     from hydrapicker.simulate import SimulationConfig, rendering_by_name, simulate_dataset
 
     changes: dict = {"rendering": rendering_by_name(args.rendering)}
+    if args.size is not None and len(args.size) > 2:
+        raise HydraPickerError(f"--size {' '.join(map(str, args.size))}: give PX or ROWS COLS")
     if args.size is not None:
         changes["shape"] = (args.size[0], args.size[0]) if len(args.size) == 1 else tuple(args.size[:2])
     if args.pixel_size is not None:
@@ -84,7 +88,8 @@ def main(args: argparse.Namespace) -> int:
             changes[name] = getattr(args, name)
     config = SimulationConfig(**changes)
     toml = simulate_dataset(
-        args.model, args.out, config, args.n_micrographs, args.seed, name=args.name, progress=not args.quiet
+        args.model, args.out, config, args.n_micrographs, args.seed, name=args.name, progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     write_run_record(args.out, args)
     print(f"Dataset entry: {toml}")

@@ -197,17 +197,26 @@ def simulate_dataset(
     name: str | None = None,
     progress: bool = True,
     workers: int = -1,
+    overwrite: bool = False,
 ) -> Path:
     """Simulate ``n_micrographs`` micrographs of one model into ``out_dir``; returns ``dataset.toml``.
 
+    ``out_dir`` must not hold micrographs already (a dataset's glob would mix two runs) unless
+    ``overwrite``, which first removes the micrograph and coordinate files found there.
+
     Raises:
-        HydraPickerError: bad model file or settings (one line naming it).
+        HydraPickerError: bad model file or settings, or an occupied ``out_dir`` (one line).
     """
     from tqdm import tqdm
 
     if int(n_micrographs) != n_micrographs or n_micrographs < 1:
         raise HydraPickerError(f"number of micrographs {n_micrographs!r}: must be a whole number >= 1")
     plan, model = plan_dataset(model_path, out_dir, config, seed, name)
+    old = [p for sub in ("micrographs", "coordinates") for p in sorted((Path(out_dir) / sub).glob("*")) if p.is_file()]
+    if old and not overwrite:
+        raise HydraPickerError(f"{out_dir}: already holds {len(old)} micrograph/coordinate file(s) (use --overwrite to replace them)")
+    for path in old:
+        path.unlink()
     if workers == -1:
         workers = os.cpu_count() or 1
     summaries = []
