@@ -349,7 +349,7 @@ def background(layout: Layout, grid: FineGrid, config, sigma: float, rng: np.ran
         dist = np.sqrt((x - hx) ** 2 + (y - hy) ** 2) - hr
         edge = 0.5 * (1 + np.tanh(dist / 15.0))  # 0 in the hole, 1 on the carbon
         carbon = np.float32(layout.carbon_thickness) * edge
-        ice *= 1.0 - 0.5 * edge  # thinner ice over the film
+        ice *= 1.0 - 0.25 * edge  # somewhat thinner ice over the film; the film adds to it, so it looks darker
     np.clip(ice, 0.0, None, out=ice)
 
     f_w0 = float(water_form_factor(np.zeros(1))[0])
