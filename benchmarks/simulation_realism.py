@@ -31,7 +31,7 @@ from scipy import ndimage, stats
 from hydrapicker.io import read_micrograph
 from hydrapicker.simulate import SimulationConfig, load_model, particle_diameter, render, simulate_micrograph
 from hydrapicker.simulate.config import Rendering
-from hydrapicker.simulate.optics import ctf_1d, electron_wavelength
+from hydrapicker.simulate.optics import ctf_1d
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / "src" / "hydrapicker" / "assets" / "real"
@@ -217,7 +217,7 @@ def raw_thon_check(seed: int) -> tuple[float, np.ndarray, np.ndarray]:
 # --- report ---------------------------------------------------------------------------------
 
 
-def measure(images, pixel_key: int = 2) -> dict:
+def measure(images) -> list:
     rows = []
     for item in images:
         image, centres, pixel, diameter_px = item[:4]
@@ -307,7 +307,7 @@ def write_figure(path: Path, real, sims, real_rows, sim_rows) -> None:
 
     fig, axes = plt.subplots(3, 2, figsize=(11, 15), gridspec_kw={"height_ratios": [1, 1, 0.55]})
     for col, (k, title) in enumerate((("bgal", "β-gal, 7.08 Å/px, denoised + binned 8-bit"), ("t20s", "7.9 Å/px, binned + min-max 8-bit"))):
-        size = 560 if k == "bgal" else 560
+        size = 560
         axes[0, col].imshow(_display(real[k][0][0], size), cmap="gray", interpolation="nearest")
         axes[0, col].set_title(f"real: {'EMPIAR-10017 β-gal' if k == 'bgal' else 'EMPIAR-10025 T20S'}\n{title}", fontsize=10)
         axes[1, col].imshow(_display(sims[k][0][0], size), cmap="gray", interpolation="nearest")

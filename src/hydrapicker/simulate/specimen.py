@@ -113,11 +113,6 @@ def _rotations(rng: np.random.Generator, n: int) -> np.ndarray:
     return Rotation.random(n, random_state=rng).as_matrix()
 
 
-def _uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
-    lo, hi = lo_hi
-    return float(lo) if lo == hi else float(rng.uniform(lo, hi))
-
-
 def layout_specimen(
     model: AtomicModel,
     diameter: float,
