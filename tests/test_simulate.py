@@ -337,3 +337,14 @@ def test_cli_refuses_to_mix_runs_in_one_folder_unless_overwrite(tmp_path, capsys
     assert "--overwrite" in capsys.readouterr().err
     assert main([*argv, "1", "--overwrite"]) == 0
     assert len(list((tmp_path / "o" / "micrographs").glob("*.mrc"))) == 1
+
+
+def test_random_renderings_mix_plain_and_rendered_reproducibly():
+    from hydrapicker.simulate.render import random_rendering
+
+    draws = [random_rendering(np.random.default_rng(seed)) for seed in range(200)]
+    assert draws == [random_rendering(np.random.default_rng(seed)) for seed in range(200)]
+    plain = sum(d.name == "float" for d in draws) / len(draws)
+    assert 0.35 < plain < 0.65  # about half plain float sums (SIMULATION.md §6)
+    kinds = {d.eight_bit for d in draws} | {"bin2" if d.bin == 2 else None for d in draws}
+    assert {"png", "jpg", "bin2"} <= kinds and any(d.denoise is not None for d in draws)

@@ -36,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     geometry.add_argument("--size", type=int, nargs="+", metavar="PX", help="stored size: PX (square) or ROWS COLS (default: 1024)")
     geometry.add_argument("--pixel-size", type=float, metavar="A", help="Å per stored pixel (default: 1.5)")
     geometry.add_argument(
-        "--rendering", default="float", choices=sorted(RENDERINGS),
-        help="how micrographs are stored: float sums, binned, low-pass, denoised, 8-bit PNG/JPEG (default: %(default)s)",
+        "--rendering", default="float", choices=[*sorted(RENDERINGS), "random"],
+        help="how micrographs are stored: float sums, binned, low-pass, denoised, 8-bit PNG/JPEG, or one drawn "
+        "from --seed as the training collection does (default: %(default)s)",
     )
 
     imaging = parser.add_argument_group("imaging")
@@ -63,7 +64,15 @@ def main(args: argparse.Namespace) -> int:
     from hydrapicker.errors import HydraPickerError
     from hydrapicker.simulate import SimulationConfig, rendering_by_name, simulate_dataset
 
-    changes: dict = {"rendering": rendering_by_name(args.rendering)}
+    if args.rendering == "random":
+        import numpy as np
+
+        from hydrapicker.simulate.render import random_rendering
+
+        rendering = random_rendering(np.random.default_rng(np.random.SeedSequence([args.seed, 1])))
+    else:
+        rendering = rendering_by_name(args.rendering)
+    changes: dict = {"rendering": rendering}
     if args.size is not None and len(args.size) > 2:
         raise HydraPickerError(f"--size {' '.join(map(str, args.size))}: give PX or ROWS COLS")
     if args.size is not None:
