@@ -25,6 +25,7 @@ __all__ = [
     "anchor_centres",
     "square_iou",
     "match_anchors",
+    "IGNORE",
     "encode_offsets",
     "decode_outputs",
     "nms",
@@ -48,15 +49,26 @@ def square_iou(a: torch.Tensor, b: torch.Tensor, box_size: float) -> torch.Tenso
     return inter / (2 * box_size**2 - inter)
 
 
+#: :func:`match_anchors` label of an anchor that is neither matched nor background.
+IGNORE = -2
+
+
 def match_anchors(
-    anchors: torch.Tensor, particles: torch.Tensor, box_size: float, iou_threshold: float = MATCH_IOU
+    anchors: torch.Tensor,
+    particles: torch.Tensor,
+    box_size: float,
+    iou_threshold: float = MATCH_IOU,
+    ignore_iou: float | None = None,
 ) -> torch.Tensor:
-    """Assign particles to anchors: long ``[A]``, the particle index of each anchor or -1 (background).
+    """Assign particles to anchors: long ``[A]``, the particle index of each anchor, -1 (background)
+    or ``IGNORE`` (-2).
 
     An anchor takes the particle it overlaps most when that IoU exceeds ``iou_threshold``
     (paper, eq. 2). Then, as SSD does, every particle also takes its best anchor whatever the
     IoU, so no particle is left without a positive anchor: with a 40 px box and a 16 px grid,
-    a particle near a cell corner overlaps no anchor by more than 0.47.
+    a particle near a cell corner overlaps no anchor by more than 0.47. With ``ignore_iou``, an
+    unmatched anchor overlapping a particle by at least that much is ``IGNORE`` rather than
+    background (RetinaNet's band): its features are nearly those of a matched neighbour.
     """
     matched = torch.full((anchors.shape[0],), -1, dtype=torch.long)
     if particles.shape[0] == 0 or anchors.shape[0] == 0:
@@ -64,6 +76,8 @@ def match_anchors(
     iou = square_iou(anchors, particles, box_size)
     best_iou, best_particle = iou.max(dim=1)
     matched = torch.where(best_iou > iou_threshold, best_particle, matched)
+    if ignore_iou is not None:
+        matched[(matched < 0) & (best_iou >= ignore_iou)] = IGNORE
     best_anchor = iou.argmax(dim=0)
     has_overlap = iou[best_anchor, torch.arange(particles.shape[0])] > 0
     matched[best_anchor[has_overlap]] = torch.nonzero(has_overlap).reshape(-1)

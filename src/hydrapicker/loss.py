@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hydrapicker.boxes import anchor_centres, encode_offsets, match_anchors
+from hydrapicker.boxes import IGNORE, anchor_centres, encode_offsets, match_anchors
 from hydrapicker.defaults import ANCHOR_STRIDE, FOCAL_ALPHA, FOCAL_GAMMA, MATCH_IOU, PARTICLE_DIAMETER_PX
 from hydrapicker.model import HydraPicker
 
@@ -53,6 +53,7 @@ def detection_loss(
     box_size: float = PARTICLE_DIAMETER_PX,
     stride: int = ANCHOR_STRIDE,
     iou_threshold: float = MATCH_IOU,
+    ignore_iou: float | None = None,
     alpha: float = FOCAL_ALPHA,
     gamma: float = FOCAL_GAMMA,
 ) -> DetectionLoss:
@@ -61,6 +62,8 @@ def detection_loss(
     Args:
         outputs: ``[B, 3, h, w]`` head output ``(dx, dy, logit)``.
         centres: per image, float ``[n_i, 2]`` particle centres (x, y) in input pixels.
+        ignore_iou: unmatched anchors overlapping a particle this much are left out of the
+            classification loss (``None``: every unmatched anchor is background, as the paper).
     """
     b, _, h, w = outputs.shape
     if len(centres) != b:
@@ -72,13 +75,14 @@ def detection_loss(
     matched_total = 0
     for k in range(b):
         particles = centres[k].to(device=outputs.device, dtype=torch.float32).reshape(-1, 2)
-        matched = match_anchors(anchors, particles, box_size, iou_threshold).to(outputs.device)
+        matched = match_anchors(anchors, particles, box_size, iou_threshold, ignore_iou).to(outputs.device)
         positive = matched >= 0
         n_pos = int(positive.sum())
         if n_pos:
             target = encode_offsets(anchors[positive], particles[matched[positive]], stride)
             loc = loc + (flat[k, :2, positive].T - target).abs().sum()
-        cls = cls + focal_loss(flat[k, 2], positive.to(outputs.dtype), alpha, gamma)
+        scored = matched != IGNORE
+        cls = cls + focal_loss(flat[k, 2, scored], positive[scored].to(outputs.dtype), alpha, gamma)
         matched_total += n_pos
     norm = max(matched_total, 1)
     return DetectionLoss(loc=loc / norm, cls=cls / norm, matched=matched_total)
