@@ -35,6 +35,7 @@ def quiet_config(**changes) -> SimulationConfig:
         contamination_probability=0.0, aggregate_probability=0.0, broken_fraction=(0.0, 0.0), motion=(0.0, 0.0),
         mtf=False, shot_noise=False, particles_per_micrograph=(0, 0), defocus_um=(2.0, 2.0), astigmatism=(0.0, 0.0),
         dose=(40.0, 40.0), b_factor=(50.0, 50.0), fragment_fraction=(0.0, 0.0), ice_texture=(0.0, 0.0), dqe=(1.0, 1.0),
+        hot_pixels=(0.0, 0.0),
     )
     base.update(changes)
     return SimulationConfig(**base)

@@ -110,7 +110,7 @@ class SimulationConfig:
     aggregate_probability: float = 0.4
     broken_fraction: Range = (0.0, 0.08)  # extra half-particles (broken), per true particle
     fragment_fraction: Range = (0.0, 1.5)  # small pieces (5-30 % of a particle: dissociated subunits), per particle
-    ice_texture: Range = (5.0, 40.0)  # rms thickness variation (Å) of the film surfaces at the 30-100 Å scale
+    ice_texture: Range = (5.0, 40.0)  # rms thickness variation (Å) of the film surfaces at the 20-70 Å scale
     atom_b_factor: float = 20.0
     # --- optics (300 kV, Kirkland's sign convention: positive defocus = underfocus)
     voltage_kv: float = 300.0
@@ -128,6 +128,7 @@ class SimulationConfig:
     mtf: bool = True  # counting-detector pixel MTF (sinc)
     shot_noise: bool = True
     dqe: Range = (0.5, 0.9)  # detective quantum efficiency at low frequency: noise as if dose x DQE
+    hot_pixels: Range = (0.0, 1e-5)  # share of pixels left bright by an imperfect gain reference
     # --- physical constants that are crude and so exposed
     water_density: float = 0.0313  # molecules / Å^3 (vitreous ice, 0.94 g/cm^3)
     water_s0: float = 0.064  # structure factor S(0) from compressibility
@@ -195,6 +196,7 @@ class SimulationConfig:
         ordered("fragment_fraction", self.fragment_fraction, upper=5.0)
         ordered("ice_texture", self.ice_texture, upper=200.0)
         ordered("dqe", self.dqe, allow_zero=False, upper=1.0)
+        ordered("hot_pixels", self.hot_pixels, upper=0.01)
         for name in ("carbon_probability", "contamination_probability", "aggregate_probability"):
             value = getattr(self, name)
             if not 0 <= value <= 1:

@@ -51,6 +51,7 @@ class MicrographParams:
     fragment_fraction: float
     ice_texture: float
     dqe: float
+    hot_pixels: float
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -123,6 +124,7 @@ def draw_params(config: SimulationConfig, diameter: float, rng: np.random.Genera
         fragment_fraction=_draw(rng, config.fragment_fraction),
         ice_texture=_draw(rng, config.ice_texture),
         dqe=_draw(rng, config.dqe),
+        hot_pixels=_draw(rng, config.hot_pixels),
     )
 
 
@@ -238,6 +240,11 @@ def simulate_micrograph(
     expected = expected_counts(intensity, params.dose, pixel)
     # Counts with the noise of dose x DQE, scaled back to the dose: mean unchanged, variance / DQE.
     counts = shot_noise(expected * params.dqe, rng) / np.float32(params.dqe) if config.shot_noise else expected.astype(np.float32)
+    n_hot = int(rng.poisson(params.hot_pixels * counts.size)) if params.hot_pixels > 0 else 0
+    if n_hot:
+        # Outliers a real sum carries; they also squeeze min-max 8-bit exports as real ones are.
+        hot = rng.integers(0, counts.size, size=n_hot)
+        counts.flat[hot] *= rng.uniform(1.5, 4.0, size=n_hot).astype(np.float32)
 
     def to_image(x: float, y: float) -> tuple[float, float]:
         return x / pixel - off_c, y / pixel - off_r

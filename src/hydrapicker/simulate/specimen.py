@@ -72,7 +72,7 @@ class Layout:
     ice_roughness: float = 0.0
     roughness_seed: int = 0
     ice_texture: float = 0.0  # rms Å of short-range thickness variation
-    texture_length: float = 60.0  # its correlation length, Å
+    texture_length: float = 40.0  # its correlation length, Å
 
 
 @dataclass
@@ -153,7 +153,7 @@ def layout_specimen(
     layout.ice_gradient = (ice_gradient * np.cos(angle) / width, ice_gradient * np.sin(angle) / height)
     layout.roughness_seed = int(rng.integers(2**31))
     layout.ice_texture = float(ice_texture)
-    layout.texture_length = float(rng.uniform(30.0, 100.0))
+    layout.texture_length = float(rng.uniform(20.0, 70.0))
     x0, y0, x1, y1 = image_box
     cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
     obstacles: list[tuple[float, float, float]] = []  # x, y, keep-out radius (Å)
@@ -368,7 +368,7 @@ def background(layout: Layout, grid: FineGrid, config, sigma: float, rng: np.ran
     else:
         noise_spectrum = np.zeros((rows, cols // 2 + 1), dtype=np.complex64)
     if layout.ice_texture > 0 and layout.ice_thickness > 0:
-        # The film's surfaces are not flat: thickness varies by some tens of Å over 30-100 Å,
+        # The film's surfaces are not flat: thickness varies by some tens of Å over 20-70 Å,
         # which the low S(0) of bulk water does not give. Drawn straight in Fourier space as
         # Gaussian-filtered white noise (no FFT); units: water molecules x form factor per pixel.
         q2 = grid.rfft_q2
