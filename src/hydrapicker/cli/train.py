@@ -1,0 +1,65 @@
+"""Train trunk + one head per dataset + the generic head from a project file of labelled datasets.
+
+Stage 1 trains a single head on all datasets pooled (Adam, cosine annealing with warm restarts);
+stage 2 starts every dataset head and the generic head from it and trains them together (SGD
+with momentum), the generic head tied to the others by the head-similarity loss. Each stage
+writes OUT/stageN/{best,last}.pt, log.csv, log.json and loss.png; OUT/model.pt is the final
+model (the best checkpoint of the last stage run) for `hydrapicker pick --model`.
+
+A killed run continues with --resume from the last finished epoch.
+
+Example:
+  hydrapicker train project.toml --out run/ --preset small --epochs 120 --stage2-epochs 40
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_arguments", "main"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from hydrapicker.model import PRESETS
+    from hydrapicker.train import STAGES, TrainConfig
+
+    defaults = TrainConfig()
+    parser.add_argument("project", type=Path, help="project TOML listing the labelled datasets")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    group = parser.add_argument_group("model and schedule")
+    group.add_argument("--preset", choices=sorted(PRESETS), default=defaults.preset, help="network size (default: %(default)s)")
+    group.add_argument("--stage", choices=STAGES, default=defaults.stage, help="which stage(s) to run (default: %(default)s)")
+    group.add_argument("--epochs", type=int, default=defaults.epochs, help="stage-1 epochs (default: %(default)s)")
+    group.add_argument("--stage2-epochs", type=int, default=defaults.stage2_epochs, help="stage-2 epochs (default: %(default)s)")
+    group.add_argument("--batches-per-epoch", type=int, default=defaults.batches_per_epoch,
+                       help="mini-batches per epoch (default: %(default)s)")  # fmt: skip
+    group.add_argument("--val-batches", type=int, default=defaults.val_batches,
+                       help="validation mini-batches measured after each epoch (default: %(default)s)")  # fmt: skip
+    group = parser.add_argument_group("run")
+    group.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    group.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
+    group.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from hydrapicker.cli._common import write_run_record
+    from hydrapicker.data import load_project
+    from hydrapicker.train import TrainConfig, train
+
+    config = TrainConfig(
+        preset=args.preset,
+        stage=args.stage,
+        epochs=args.epochs,
+        stage2_epochs=args.stage2_epochs,
+        batches_per_epoch=args.batches_per_epoch,
+        val_batches=args.val_batches,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    datasets = load_project(args.project)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_run_record(args.out, args)
+    model = train(datasets, args.out, config, resume=args.resume)
+    print(f"Model: {model.resolve()}")
+    return 0
