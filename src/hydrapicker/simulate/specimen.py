@@ -67,6 +67,8 @@ class Layout:
     hole: tuple[float, float, float] | None = None  # carbon hole (cx, cy, radius), carbon outside
     carbon_thickness: float = 0.0
     contaminants: list[tuple[float, float, float, float]] = field(default_factory=list)  # x, y, radius, height
+    # Hexagonal ice crystals: x, y, apothem, thickness, angle (rad), Bragg loss length (Å).
+    crystals: list[tuple[float, float, float, float, float, float]] = field(default_factory=list)
     ice_thickness: float = 0.0
     ice_gradient: tuple[float, float] = (0.0, 0.0)  # fractional change per Å along x, y
     ice_roughness: float = 0.0
@@ -177,8 +179,15 @@ def layout_specimen(
         radius = float(np.exp(rng.uniform(np.log(0.5 * diameter), np.log(3.5 * diameter))))
         radius = min(radius, 0.15 * min(x1 - x0, y1 - y0))
         x, y = rng.uniform(x0, x1), rng.uniform(y0, y1)
-        height = float(min(rng.uniform(1.0, 2.0) * radius, 4000.0))
-        layout.contaminants.append((float(x), float(y), radius, height))
+        if rng.random() < 0.35:
+            # A crystalline-ice plate: flat, angular, and dark from Bragg scattering out of the
+            # aperture, unlike the round amorphous ice balls.
+            thickness = float(rng.uniform(200.0, 1200.0))
+            loss = float(np.exp(rng.uniform(np.log(1500.0), np.log(12000.0))))
+            layout.crystals.append((float(x), float(y), radius, thickness, float(rng.uniform(0, np.pi / 3)), loss))
+        else:
+            height = float(min(rng.uniform(1.0, 2.0) * radius, 4000.0))
+            layout.contaminants.append((float(x), float(y), radius, height))
         layout.decoys.append(Decoy(float(x), float(y), "contamination", 2 * radius))
         obstacles.append((float(x), float(y), radius + 0.5 * diameter))
 
@@ -338,6 +347,23 @@ def background(layout: Layout, grid: FineGrid, config, sigma: float, rng: np.ran
             continue
         r2 = ((x[:, c0:c1] - cx) ** 2 + (y[r0:r1] - cy) ** 2) / radius**2
         ice[r0:r1, c0:c1] += np.float32(h) * np.sqrt(np.clip(1.0 - r2, 0.0, None))
+    bragg = None
+    for cx, cy, apothem, thickness, angle, loss_length in layout.crystals:
+        reach = apothem / np.cos(np.pi / 6) + 30.0
+        r0, r1 = max(0, int((cy - reach) / s) - 1), min(rows, int((cy + reach) / s) + 2)
+        c0, c1 = max(0, int((cx - reach) / s) - 1), min(cols, int((cx + reach) / s) + 2)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        dx, dy = x[:, c0:c1] - cx, y[r0:r1] - cy
+        # Signed distance to a regular hexagon: the largest projection on its three face normals.
+        inside_by = np.max(
+            [np.abs(dx * np.cos(angle + k * np.pi / 3) + dy * np.sin(angle + k * np.pi / 3)) for k in range(3)], axis=0
+        ) - apothem
+        plate = (0.5 * (1 - np.tanh(inside_by / 8.0))).astype(np.float32)
+        ice[r0:r1, c0:c1] += np.float32(thickness) * plate
+        if bragg is None:
+            bragg = np.zeros_like(ice)
+        bragg[r0:r1, c0:c1] += np.float32(thickness / (2 * loss_length)) * plate
     carbon = None
     if layout.hole is not None:
         hx, hy, hr = layout.hole
@@ -360,6 +386,8 @@ def background(layout: Layout, grid: FineGrid, config, sigma: float, rng: np.ran
         phase += np.float32(scale * rho_c * f_c0) * carbon
         loss += carbon / np.float32(2 * config.inelastic_mfp_carbon)
         variance += np.float32(rho_c * grid.pixel_area * (f_c0 / f_w0) ** 2) * carbon
+    if bragg is not None:
+        loss += bragg
     amplitude = np.exp(-loss)
     if float(variance.max()) > 0:
         noise = rng.standard_normal(grid.shape, dtype=np.float32) * np.sqrt(variance)
