@@ -349,3 +349,21 @@ def test_random_renderings_mix_plain_and_rendered_reproducibly():
     assert 0.35 < plain < 0.65  # about half plain float sums (SIMULATION.md §6)
     kinds = {d.eight_bit for d in draws} | {"bin2" if d.bin == 2 else None for d in draws}
     assert {"png", "jpg", "bin2"} <= kinds and any(d.denoise is not None for d in draws)
+
+
+def test_particles_keep_off_carbon_and_contamination_which_are_recorded_as_decoys(hvr):
+    config = quiet_config(
+        shape=(384, 384), particles_per_micrograph=(60, 60), carbon_probability=1.0, contamination_probability=1.0,
+        ice_thickness=(300.0, 300.0),
+    )
+    sim = simulate_micrograph(hvr, config, 12)
+    kinds = sim.decoys["kind"]
+    assert "carbon_edge" in set(kinds) and "contamination" in set(kinds) and len(sim.particles["x"]) > 0
+    radius_px = particle_diameter(hvr) / sim.pixel_size / 2
+    xy = np.stack([sim.particles["x"], sim.particles["y"]], axis=1)
+    for x, y, kind, diameter in zip(sim.decoys["x"], sim.decoys["y"], kinds, sim.decoys["diameter"]):
+        distance = np.hypot(xy[:, 0] - x, xy[:, 1] - y).min()
+        if kind == "contamination":
+            assert distance >= diameter / 2 - 1e-6
+        elif kind == "carbon_edge":  # rim sampled every half diameter; particles sit a radius inside it
+            assert distance >= radius_px * 0.85

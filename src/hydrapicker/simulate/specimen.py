@@ -189,7 +189,7 @@ def layout_specimen(
             height = float(min(rng.uniform(1.0, 2.0) * radius, 4000.0))
             layout.contaminants.append((float(x), float(y), radius, height))
         layout.decoys.append(Decoy(float(x), float(y), "contamination", 2 * radius))
-        obstacles.append((float(x), float(y), radius + 0.5 * diameter))
+        obstacles.append((float(x), float(y), 1.16 * radius + 0.5 * diameter))  # 1.16: a hexagon's corners
 
     def allowed(x: float, y: float, margin: float) -> bool:
         if layout.hole is not None:
