@@ -168,7 +168,8 @@ def simulated_set(kind: str, n: int, seed: int, defocus_um: tuple[float, float])
     """Simulated micrographs in the rendering of the real set ``kind``: (image, centres, pixel, D px, defocus).
 
     Settings a user would pick to match the session (pixel size, rendering, crowding, defocus);
-    the specimen ranges (ice texture, fragments) are within the collection's defaults.
+    the specimen ranges (ice texture, fragments) are within the collection's defaults. No carbon or
+    contamination: the real frames show (almost) none, and one dark blob swamps the noise statistics.
     """
     model = load_model(STRUCTURES / "5a1a.cif.gz")
     diameter = particle_diameter(model)
@@ -176,7 +177,7 @@ def simulated_set(kind: str, n: int, seed: int, defocus_um: tuple[float, float])
         config = SimulationConfig(
             shape=(1024, 1024), pixel_size=BGAL_PIXEL, particles_per_micrograph=(550, 850), min_distance=(0.8, 0.95),
             defocus_um=defocus_um, dose=(30.0, 40.0), ice_thickness=(300.0, 500.0), carbon_probability=0.0,
-            contamination_probability=0.3, aggregate_probability=0.5, ice_texture=(20.0, 40.0), fragment_fraction=(0.5, 1.5),
+            contamination_probability=0.0, aggregate_probability=0.5, ice_texture=(20.0, 40.0), fragment_fraction=(0.5, 1.5),
             rendering=Rendering(
                 "bgal-like", bin=2, denoise=0.15, lowpass_A=25.0, border_stripes_px=16, eight_bit="png", stretch=(0.02, 99.98)
             ),
@@ -185,7 +186,7 @@ def simulated_set(kind: str, n: int, seed: int, defocus_um: tuple[float, float])
         config = SimulationConfig(
             shape=(619, 640), pixel_size=T20S_PIXEL, particles_per_micrograph=(300, 450), min_distance=(0.8, 0.95),
             defocus_um=defocus_um, dose=(40.0, 55.0), ice_thickness=(300.0, 500.0), carbon_probability=0.0,
-            contamination_probability=0.3, aggregate_probability=0.3,
+            contamination_probability=0.0, aggregate_probability=0.3,
             rendering=Rendering("t20s-like", bin=2, lowpass_A=1.2 * T20S_PIXEL, eight_bit="png", stretch=(0.0, 100.0)),
         )
     out = []
