@@ -96,17 +96,23 @@ def test_tile_spans_partition_the_anchor_grid_on_stride_aligned_tiles():
             assert stop - last * 16 >= 48 - 16 or stop == length  # ... on both sides
 
 
-def test_tiled_picks_equal_whole_image_picks():
+@pytest.fixture(scope="module")
+def whole_image():
+    """A tiny model, a normalised 200 x 170 image of blobs, and its whole-image head outputs."""
     model = _tiny_model()
-    meta = _meta(model)
     rng = np.random.default_rng(0)
-    image = _blobs((300, 270), rng.uniform(10, 260, size=(30, 2)), 40)
+    image = _blobs((200, 170), rng.uniform(10, 160, size=(15, 2)), 40)
     image = (image - image.mean()) / image.std()
+    return model, image, head_outputs(model, image, tile_size=1024)
+
+
+def test_tiled_picks_equal_whole_image_picks(whole_image):
+    model, image, whole = whole_image
     tile = 160
-    assert len(tile_spans(300, tile, tile_margin(model), 16)) > 2 and len(tile_spans(270, tile, tile_margin(model), 16)) > 2
-    whole = head_outputs(model, image, tile_size=1024)
+    assert len(tile_spans(200, tile, tile_margin(model), 16)) > 2 and len(tile_spans(170, tile, tile_margin(model), 16)) > 2
     tiled = head_outputs(model, image, tile_size=tile, stats_size=1024)
-    assert whole.shape == tiled.shape == (3, 19, 17)
+    assert whole.shape == tiled.shape == (3, 13, 11)
+    meta = _meta(model)
     picks_whole = picks_from_outputs(whole, meta, 1.0, image.shape, threshold=0.0)
     picks_tiled = picks_from_outputs(tiled, meta, 1.0, image.shape, threshold=0.0)
     assert len(picks_whole) == len(picks_tiled) > 10
@@ -115,13 +121,19 @@ def test_tiled_picks_equal_whole_image_picks():
     np.testing.assert_allclose(picks_tiled.score, picks_whole.score, atol=1e-4)
 
 
-def test_tiles_without_frozen_statistics_would_differ():
-    """The frozen GroupNorm statistics are what makes tiles equal: per-tile statistics do not."""
-    model = _tiny_model()
-    image = np.random.default_rng(0).normal(size=(300, 270)).astype(np.float32)
-    whole = head_outputs(model, image, tile_size=1024)
-    own_stats = head_outputs(model, image, tile_size=160, stats_size=160)  # stats from a central window only
-    assert (own_stats - whole).abs().max() > 1e-3
+def test_whole_image_outputs_equal_the_models_own_forward(whole_image):
+    model, image, whole = whole_image
+    with torch.inference_mode():
+        native = model(torch.from_numpy(image)[None, None])[0]
+    torch.testing.assert_close(torch.sigmoid(whole[2]), torch.sigmoid(native[2]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(whole[:2] * 16, native[:2] * 16, atol=1e-2, rtol=0)
+
+
+def test_tiles_with_statistics_of_a_smaller_window_differ(whole_image):
+    """The whole-image GroupNorm statistics, frozen, are what makes tiles equal; a window's do not."""
+    model, image, whole = whole_image
+    window_stats = head_outputs(model, image, tile_size=160, stats_size=112)
+    assert (window_stats - whole).abs().max() > 1e-3
 
 
 # --- the folder pipeline, through the CLI -------------------------------------------------------

@@ -8,7 +8,7 @@ map back to the stored micrograph's pixel frame (:func:`hydrapicker.data.from_re
 Large micrographs (tiles): the net is fully convolutional, but its GroupNorm layers normalise
 each channel group by its mean and variance over *all* positions of the image, so a tile run
 on its own would see other statistics than the whole micrograph. :func:`head_outputs` therefore
-measures every GroupNorm's statistics once, in a native pass over a central window of at most
+measures every GroupNorm's statistics once, in a pass over a central window of at most
 ``tile_size`` px (the whole micrograph when it fits), then runs the tiles with those statistics
 frozen (each GroupNorm becomes a per-channel affine map). Tiles start on multiples of the anchor
 stride and overlap by the receptive field of trunk + head, so every anchor is computed from
@@ -142,60 +142,56 @@ def tile_spans(length: int, tile_size: int, margin: int, stride: int) -> list[tu
     return spans
 
 
-class _FrozenGroupNorm(nn.Module):
-    """A GroupNorm with given statistics: ``x * scale + shift`` per channel."""
+class _GroupNorm(nn.Module):
+    """GroupNorm that can measure its statistics on one image and then keep them (frozen) for tiles.
 
-    def __init__(self, norm: nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor) -> None:
+    ``frozen = False``: normalise by the input's own statistics and store them, like
+    ``nn.GroupNorm`` on one image. ``frozen = True``: normalise by the stored ones.
+    The statistics are per-channel moments pooled per group in float64, and the mean is
+    subtracted before scaling: torch's float32 GroupNorm kernel is off by ~1e-3 in variance on a
+    2000² map, which its own next GroupNorm hides but frozen statistics would not.
+    """
+
+    def __init__(self, norm: nn.GroupNorm) -> None:
         super().__init__()
-        per_group = norm.num_channels // norm.num_groups
-        inv_std = torch.rsqrt(var.double() + norm.eps).repeat_interleave(per_group)
-        weight = norm.weight.double() if norm.affine else torch.ones_like(inv_std)
-        bias = norm.bias.double() if norm.affine else torch.zeros_like(inv_std)
-        scale = weight * inv_std
-        shift = bias - mean.double().repeat_interleave(per_group) * scale
-        self.register_buffer("scale", scale.float().reshape(1, -1, 1, 1))
-        self.register_buffer("shift", shift.float().reshape(1, -1, 1, 1))
+        self.groups, self.eps = norm.num_groups, norm.eps
+        channels = norm.num_channels
+        self.weight = nn.Parameter(norm.weight.detach().clone() if norm.affine else torch.ones(channels), requires_grad=False)
+        self.bias = nn.Parameter(norm.bias.detach().clone() if norm.affine else torch.zeros(channels), requires_grad=False)
+        self.frozen = False
+        self.mean: torch.Tensor | None = None  # [1, C, 1, 1]
+        self.scale: torch.Tensor | None = None  # [1, C, 1, 1]: weight / std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.shift.to(x.dtype), x, self.scale.to(x.dtype))
+        if not self.frozen:
+            if x.shape[0] != 1:
+                raise ValueError(f"statistics are measured on one image at a time, got a batch of {x.shape[0]}")
+            var_c, mean_c = torch.var_mean(x[0].float(), dim=(1, 2), correction=0)
+            mean_c, second_c = mean_c.double(), var_c.double() + mean_c.double() ** 2
+            mean = mean_c.reshape(self.groups, -1).mean(1)
+            var = (second_c.reshape(self.groups, -1).mean(1) - mean**2).clamp(min=0)
+            per_group = x.shape[1] // self.groups
+            self.mean = mean.repeat_interleave(per_group).float().reshape(1, -1, 1, 1)
+            inv_std = torch.rsqrt(var + self.eps).repeat_interleave(per_group)
+            self.scale = (self.weight.double() * inv_std).float().reshape(1, -1, 1, 1)
+        assert self.mean is not None and self.scale is not None, "frozen before any statistics were measured"
+        return torch.addcmul(self.bias.reshape(1, -1, 1, 1).to(x.dtype), x - self.mean.to(x.dtype), self.scale.to(x.dtype))
 
 
-def _group_norms(module: nn.Module) -> list[tuple[nn.Module, str, nn.GroupNorm]]:
-    return [
-        (parent, name, child)
-        for parent in module.modules()
-        for name, child in parent.named_children()
-        if isinstance(child, nn.GroupNorm)
-    ]
+def _with_measured_norms(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` whose GroupNorms are :class:`_GroupNorm` (not frozen)."""
+    copied = copy.deepcopy(net)
+    for name, module in list(copied.named_modules()):
+        if isinstance(module, nn.GroupNorm):
+            parent_name, _, child = name.rpartition(".")
+            setattr(copied.get_submodule(parent_name) if parent_name else copied, child, _GroupNorm(module))
+    return copied
 
 
-def _record_statistics(net: nn.Module) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], list]:
-    """Hooks that store each GroupNorm's (mean, var) per group of the batch's first image."""
-    stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def hook(norm: nn.GroupNorm, inputs: tuple[torch.Tensor]) -> None:
-        x = inputs[0][0].float()
-        # Per-channel moments need no reshaped copy of a channels-last map; groups pool them.
-        var_c, mean_c = torch.var_mean(x, dim=(1, 2), correction=0)
-        mean_c, second_c = mean_c.double(), var_c.double() + mean_c.double() ** 2
-        mean = mean_c.reshape(norm.num_groups, -1).mean(1)
-        var = second_c.reshape(norm.num_groups, -1).mean(1) - mean**2
-        stats[id(norm)] = (mean, var.clamp(min=0))
-
-    handles = [norm.register_forward_pre_hook(hook) for _, _, norm in _group_norms(net)]
-    return stats, handles
-
-
-def _frozen_copy(net: nn.Module, stats: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> nn.Module:
-    """A copy of ``net`` whose GroupNorms use ``stats`` (measured on ``net``) instead of their input's."""
-    by_name = {name: stats[id(norm)] for name, norm in net.named_modules() if isinstance(norm, nn.GroupNorm)}
-    frozen = copy.deepcopy(net)
-    for module_name, norm in list(frozen.named_modules()):
-        if isinstance(norm, nn.GroupNorm):
-            parent_name, _, child = module_name.rpartition(".")
-            parent = frozen.get_submodule(parent_name) if parent_name else frozen
-            setattr(parent, child, _FrozenGroupNorm(norm, *by_name[module_name]))
-    return frozen
+def _freeze_norms(net: nn.Module, frozen: bool = True) -> None:
+    for module in net.modules():
+        if isinstance(module, _GroupNorm):
+            module.frozen = frozen
 
 
 def head_outputs(
@@ -211,7 +207,7 @@ def head_outputs(
     """Run trunk + ``head`` over a prepared (rescaled, normalised) image: float32 ``[3, ceil(H/16), ceil(W/16)]`` on the CPU.
 
     An image no larger than ``tile_size`` in both axes goes through in one pass. A larger
-    one: GroupNorm statistics from a native pass over its central ``stats_size`` window
+    one: GroupNorm statistics from a pass over its central ``stats_size`` window
     (default ``tile_size``; the whole image when it fits), then tiles of at most
     ``tile_size`` px with those statistics frozen (see the module docstring). ``bf16`` runs
     the convs under bfloat16 autocast (CPU: about 1.6x the conv rate, scores within ~1e-2).
@@ -224,30 +220,25 @@ def head_outputs(
     stride = model.stride
     device = torch.device(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    net = nn.Sequential(model.trunk, model.head(head)).to(device).eval()
+    net = _with_measured_norms(nn.Sequential(model.trunk, model.head(head))).to(device).eval()
 
-    def run(network: nn.Module, crop: torch.Tensor) -> torch.Tensor:
+    def run(crop: torch.Tensor) -> torch.Tensor:
         with autocast:
-            return network(model.pad(crop[None, None].to(device))).float()[0].cpu()
+            return net(model.pad(crop[None, None].to(device))).float()[0].cpu()
 
     with torch.inference_mode():
         if rows <= tile_size and cols <= tile_size:
-            return run(net, x)
+            return run(x)
         window = stats_size or tile_size
         r0 = max(0, (rows - window) // 2) // stride * stride
         c0 = max(0, (cols - window) // 2) // stride * stride
-        stats, handles = _record_statistics(net)
-        try:
-            run(net, x[r0 : r0 + window, c0 : c0 + window])
-        finally:
-            for handle in handles:
-                handle.remove()
-        frozen = _frozen_copy(net, stats).eval()
+        run(x[r0 : r0 + window, c0 : c0 + window])
+        _freeze_norms(net)
         margin = tile_margin(model)
         out = torch.empty(3, -(-rows // stride), -(-cols // stride))
         for r_start, r_stop, r_first, r_last in tile_spans(rows, tile_size, margin, stride):
             for c_start, c_stop, c_first, c_last in tile_spans(cols, tile_size, margin, stride):
-                tile = run(frozen, x[r_start:r_stop, c_start:c_stop])
+                tile = run(x[r_start:r_stop, c_start:c_stop])
                 i0, j0 = r_first - r_start // stride, c_first - c_start // stride
                 out[:, r_first:r_last, c_first:c_last] = tile[:, i0 : i0 + r_last - r_first, j0 : j0 + c_last - c_first]
         return out
