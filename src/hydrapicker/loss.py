@@ -11,6 +11,12 @@
 
 Loc and cls come from the output of the head assigned to the batch's dataset only, so the
 generic head receives no gradient from them.
+
+Partial labels (few-shot, :func:`pu_focal_loss`): when a user labels 50 of 600 particles, an
+anchor that matches no label is *unlabelled*, not background. ``detection_loss`` then takes the
+expected number of particles per image and scores the anchors with a non-negative
+positive-unlabelled risk (Kiryo et al. 2017) instead of calling every unlabelled anchor
+background.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from hydrapicker.boxes import IGNORE, anchor_centres, encode_offsets, match_anch
 from hydrapicker.defaults import ANCHOR_STRIDE, FOCAL_ALPHA, FOCAL_GAMMA, MATCH_IOU, PARTICLE_DIAMETER_PX
 from hydrapicker.model import HydraPicker
 
-__all__ = ["DetectionLoss", "detection_loss", "focal_loss", "head_bias_loss"]
+__all__ = ["DetectionLoss", "detection_loss", "focal_loss", "head_bias_loss", "pu_focal_loss"]
 
 
 @dataclass(frozen=True)
@@ -39,11 +45,57 @@ class DetectionLoss:
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = FOCAL_ALPHA, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
     """Summed sigmoid focal loss ``-alpha_c (1 - p_c)^gamma log p_c``; ``targets`` are 0/1 floats."""
+    return _focal_terms(logits, targets, alpha, gamma).sum()
+
+
+def pu_focal_loss(
+    logits: torch.Tensor,
+    labelled: torch.Tensor,
+    hidden: float,
+    alpha: float = FOCAL_ALPHA,
+    gamma: float = FOCAL_GAMMA,
+) -> torch.Tensor:
+    """Summed focal loss when the unlabelled anchors hide about ``hidden`` particle anchors.
+
+    The non-negative PU risk of Kiryo et al. (2017), in sums: with ``l+``/``l-`` the focal loss
+    of an anchor scored as particle/background, P the labelled anchors and U the others,
+
+        ``sum_P l+  +  hidden * mean_P l+  +  max(0, sum_U l-  -  hidden * mean_P l-)``.
+
+    The hidden particles are assumed to look like the labelled ones (labels a random sample
+    of the particles), so their share of the background term, which plain focal loss pays to
+    push them down, is estimated from the labelled anchors and taken off, and their share of
+    the particle term is added. ``hidden = 0`` gives exactly the plain focal loss. The ``max``
+    keeps the background estimate from going negative when the head scores its labelled
+    particles above the hidden ones (overfitting to the labels). With no labelled anchor
+    there is nothing to say what a particle looks like: the loss is 0 unless ``hidden`` is 0.
+
+    Args:
+        logits: ``[N]`` particle logits of the scored anchors.
+        labelled: bool ``[N]``, True for anchors matched to a labelled particle.
+        hidden: expected particle anchors among the unlabelled ones (>= 0).
+    """
+    labelled = labelled.bool()
+    ones, zeros = torch.ones_like(logits), torch.zeros_like(logits)
+    as_particle = _focal_terms(logits, ones, alpha, gamma)
+    as_background = _focal_terms(logits, zeros, alpha, gamma)
+    n_labelled = int(labelled.sum())
+    background = as_background[~labelled].sum()
+    if hidden <= 0:
+        return as_particle[labelled].sum() + background
+    if n_labelled == 0:
+        return logits.sum() * 0.0
+    positive = as_particle[labelled].sum() * (1.0 + hidden / n_labelled)
+    return positive + torch.clamp(background - hidden * as_background[labelled].mean(), min=0.0)
+
+
+def _focal_terms(logits: torch.Tensor, targets: torch.Tensor, alpha: float = FOCAL_ALPHA, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
+    """Per-anchor sigmoid focal loss ``-alpha_c (1 - p_c)^gamma log p_c`` (``targets`` 0/1 floats)."""
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p = torch.sigmoid(logits)
     p_correct = p * targets + (1 - p) * (1 - targets)
     weight = alpha * targets + (1 - alpha) * (1 - targets)
-    return (weight * (1 - p_correct) ** gamma * ce).sum()
+    return weight * (1 - p_correct) ** gamma * ce
 
 
 def detection_loss(
@@ -56,6 +108,7 @@ def detection_loss(
     ignore_iou: float | None = None,
     alpha: float = FOCAL_ALPHA,
     gamma: float = FOCAL_GAMMA,
+    expected_particles: Sequence[float] | None = None,
 ) -> DetectionLoss:
     """Localisation and focal classification loss of one head's output.
 
@@ -64,6 +117,12 @@ def detection_loss(
         centres: per image, float ``[n_i, 2]`` particle centres (x, y) in input pixels.
         ignore_iou: unmatched anchors overlapping a particle this much are left out of the
             classification loss (``None``: every unmatched anchor is background, as the paper).
+        expected_particles: per image, how many particles it holds, labelled or not (partial
+            labels). The classification term is then :func:`pu_focal_loss`, with the hidden
+            particle anchors of an image estimated as ``max(0, expected * r - matched)``
+            (``r``: matched anchors per labelled particle, of the image, or of the batch when
+            the image has no label), and normalised by matched + hidden anchors. ``None``:
+            the labels are complete and every unmatched anchor is background.
     """
     b, _, h, w = outputs.shape
     if len(centres) != b:
@@ -73,6 +132,7 @@ def detection_loss(
     loc = outputs.new_zeros(())
     cls = outputs.new_zeros(())
     matched_total = 0
+    pu_logits, pu_labelled, pu_counts = [], [], []  # partial labels: pooled over the batch
     for k in range(b):
         particles = centres[k].to(device=outputs.device, dtype=torch.float32).reshape(-1, 2)
         matched = match_anchors(anchors, particles, box_size, iou_threshold, ignore_iou).to(outputs.device)
@@ -82,10 +142,26 @@ def detection_loss(
             target = encode_offsets(anchors[positive], particles[matched[positive]], stride)
             loc = loc + (flat[k, :2, positive].T - target).abs().sum()
         scored = matched != IGNORE
-        cls = cls + focal_loss(flat[k, 2, scored], positive[scored].to(outputs.dtype), alpha, gamma)
+        if expected_particles is None:
+            cls = cls + focal_loss(flat[k, 2, scored], positive[scored].to(outputs.dtype), alpha, gamma)
+        else:
+            pu_logits.append(flat[k, 2, scored])
+            pu_labelled.append(positive[scored])
+            pu_counts.append((n_pos, particles.shape[0]))
         matched_total += n_pos
     norm = max(matched_total, 1)
-    return DetectionLoss(loc=loc / norm, cls=cls / norm, matched=matched_total)
+    if expected_particles is None:
+        return DetectionLoss(loc=loc / norm, cls=cls / norm, matched=matched_total)
+    if len(expected_particles) != b:
+        raise ValueError(f"{len(expected_particles)} expected particle counts for a batch of {b}")
+    labelled_particles = sum(n for _, n in pu_counts)
+    batch_ratio = matched_total / labelled_particles if labelled_particles else 1.0
+    hidden = sum(
+        max(0.0, float(expected) * (n_pos / n if n else batch_ratio) - n_pos)
+        for expected, (n_pos, n) in zip(expected_particles, pu_counts)
+    )
+    cls = pu_focal_loss(torch.cat(pu_logits), torch.cat(pu_labelled), hidden, alpha, gamma)
+    return DetectionLoss(loc=loc / norm, cls=cls / max(matched_total + hidden, 1.0), matched=matched_total)
 
 
 def head_bias_loss(model: HydraPicker) -> torch.Tensor:

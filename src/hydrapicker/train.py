@@ -8,6 +8,11 @@
   constant learning rate; ``L = L_loc + lambda_cls L_cls + lambda_bias L_bias`` with loc and cls
   through the batch's dataset head (see :mod:`hydrapicker.loss`).
 
+- **Fine-tuning** (stage 3, :mod:`hydrapicker.finetune`): a given model whose parameters are
+  frozen except one new head's (``requires_grad``); Adam with cosine annealing as stage 1, loc
+  and cls through the batch's dataset head, no bias term; partial labels may be scored as
+  positive-unlabelled (``particle_density``).
+
 An epoch is ``batches_per_epoch`` batches. After each epoch the data loss (loc + lambda_cls cls)
 is measured on a fixed set of validation crops (the ``val`` split; the ``train`` split, said so
 in the log, when no dataset has one); the checkpoint with the lowest value is ``best.pt``, the
@@ -30,7 +35,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,17 +61,28 @@ from hydrapicker.io.files import atomic_path, atomic_write_text
 from hydrapicker.loss import detection_loss, head_bias_loss
 from hydrapicker.model import GENERIC, HydraPicker, ModelPreset, get_preset
 
-__all__ = ["TrainConfig", "ModelMeta", "train", "train_stage", "load_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = ["TrainConfig", "ModelMeta", "train", "train_stage", "load_checkpoint", "CHECKPOINT_FORMAT", "FINETUNE_STAGE"]
 
 #: Tag of the checkpoint layout; bump when it changes.
 CHECKPOINT_FORMAT = "hydrapicker-checkpoint/1"
 
 STAGES = ("1", "2", "both")
 
+#: The stage number of a fine-tuning run (one new head trained, everything else frozen).
+FINETUNE_STAGE = 3
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a training run (saved with every checkpoint and in ``config.json``)."""
+    """Everything that decides a training run (saved with every checkpoint and in ``config.json``).
+
+    Paper values: Adam with warm restarts every 40 epochs (``t0_epochs``), SGD with momentum in
+    stage 2, focal gamma 2, match IoU 0.6, 4 crops of 368 px from canvases of at least 520 px.
+    The paper gives no learning rates, lambdas, dropout or epoch length; ``lr`` is Adam's usual
+    1e-3, ``stage2_lr`` RetinaNet's SGD rate 0.01, ``max_grad_norm`` guards the first steps.
+    ``ignore_iou`` (None: off, as the paper) leaves anchors that overlap a particle that much
+    but are not matched out of the classification loss. ``channels_last`` only changes speed.
+    """
 
     preset: str = "small"
     stage: str = "both"
@@ -76,7 +92,7 @@ class TrainConfig:
     val_batches: int = 8
     lr: float = 1e-3
     t0_epochs: int = 40
-    stage2_lr: float = 1e-3
+    stage2_lr: float = 1e-2
     stage2_momentum: float = 0.9
     weight_decay: float = 0.0
     max_grad_norm: float | None = 10.0
@@ -252,7 +268,18 @@ def _validation_split(datasets: Sequence) -> str:
     return "train (no val split)"
 
 
-def _batch_losses(model: HydraPicker, batch, head: str, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _expected_particles(batch, density: Mapping[tuple[str, str], float] | None) -> list[float] | None:
+    # Particles expected in each crop: the micrograph's density times the crop's area that
+    # shows the micrograph (not padding).
+    if density is None:
+        return None
+    areas = (~batch.padding).flatten(1).sum(1).tolist()
+    return [density[(batch.dataset, stem)] * area for stem, area in zip(batch.micrographs, areas)]
+
+
+def _batch_losses(
+    model: HydraPicker, batch, head: str, config: TrainConfig, density: Mapping[tuple[str, str], float] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     outputs = model(batch.images, head)
     loss = detection_loss(
         outputs,
@@ -263,17 +290,18 @@ def _batch_losses(model: HydraPicker, batch, head: str, config: TrainConfig) -> 
         ignore_iou=config.ignore_iou,
         alpha=config.focal_alpha,
         gamma=config.focal_gamma,
+        expected_particles=_expected_particles(batch, density),
     )
     return loss.loc, loss.cls
 
 
-def _validate(model: HydraPicker, batches, stage: int, config: TrainConfig) -> dict[str, float]:
+def _validate(model: HydraPicker, batches, stage: int, config: TrainConfig, density=None) -> dict[str, float]:
     model.eval()
     batches.set_epoch(0)  # the same crops every epoch, so epochs compare
     locs, clss = [], []
     with torch.no_grad():
         for batch in batches:
-            loc, cls = _batch_losses(model, batch, GENERIC if stage == 1 else batch.dataset, config)
+            loc, cls = _batch_losses(model, batch, GENERIC if stage == 1 else batch.dataset, config, density)
             locs.append(loc.item())
             clss.append(cls.item())
     loc, cls = float(np.mean(locs)), float(np.mean(clss))
@@ -334,12 +362,13 @@ def _build_stage_model(stage: int, datasets: Sequence, config: TrainConfig, init
 
 
 def _optimiser(model: HydraPicker, stage: int, config: TrainConfig):
-    if stage == 1:
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen ones stay bit-identical
+    if stage in (1, FINETUNE_STAGE):
+        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=config.t0_epochs)
         return opt, sched
     opt = torch.optim.SGD(
-        model.parameters(), lr=config.stage2_lr, momentum=config.stage2_momentum, weight_decay=config.weight_decay
+        params, lr=config.stage2_lr, momentum=config.stage2_momentum, weight_decay=config.weight_decay
     )
     return opt, None
 
@@ -353,19 +382,27 @@ def train_stage(
     init_from: str | Path | None = None,
     resume: bool = False,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    model: HydraPicker | None = None,
+    particle_density: Mapping[tuple[str, str], float] | None = None,
 ) -> Path:
     """Run one training stage into ``out_dir``; returns the path of its ``best.pt``.
 
     Args:
-        stage: 1 (single head, pooled, Adam) or 2 (multi-head, SGD; needs ``init_from``).
+        stage: 1 (single head, pooled, Adam), 2 (multi-head, SGD; needs ``init_from``) or
+            ``FINETUNE_STAGE`` (needs ``model``).
         datasets: the project's :class:`hydrapicker.data.DatasetSpec` list.
         init_from: stage-1 checkpoint that stage 2 starts from.
+        model: the model to train instead of one built for the stage; only its parameters
+            with ``requires_grad`` are optimised (fine-tuning: one new head).
+        particle_density: partial labels: expected particles per rescaled px² of each
+            ``(dataset, micrograph stem)``; its unlabelled anchors are then scored as
+            positive-unlabelled (``expected_particles`` of :func:`hydrapicker.loss.detection_loss`).
         resume: continue from ``out_dir/last.pt``; a finished stage is left as it is.
         on_epoch_end: called with (epoch, log row) after each epoch's checkpoint is written.
     """
     out_dir = Path(out_dir)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    n_epochs = config.epochs if stage == 1 else config.stage2_epochs
+    n_epochs = config.stage2_epochs if stage == 2 else config.epochs
     if config.threads:
         torch.set_num_threads(config.threads)
     if last_path.exists() and not resume:
@@ -375,7 +412,8 @@ def train_stage(
     if state is not None and state["epoch"] + 1 >= n_epochs:
         return best_path
     _seed_everything(config.seed + 1000 * stage)
-    model = _build_stage_model(stage, datasets, config, Path(init_from) if init_from else None)
+    if model is None:
+        model = _build_stage_model(stage, datasets, config, Path(init_from) if init_from else None)
     if config.channels_last:
         # 2-3x faster convs on CPU (benchmarks/train_step.py); the numbers are the same layout-free.
         model = model.to(memory_format=torch.channels_last)
@@ -403,7 +441,7 @@ def train_stage(
         bar = tqdm(train_batches, total=config.batches_per_epoch, desc=f"stage {stage} epoch {epoch + 1}/{n_epochs}",
                    leave=False, disable=None)  # fmt: skip
         for step, batch in enumerate(bar):
-            loc, cls = _batch_losses(model, batch, GENERIC if stage == 1 else batch.dataset, config)
+            loc, cls = _batch_losses(model, batch, GENERIC if stage == 1 else batch.dataset, config, particle_density)
             bias = head_bias_loss(model) if stage == 2 else loc.new_zeros(())
             loss = loc + config.lambda_cls * cls + config.lambda_bias * bias
             optimiser.zero_grad(set_to_none=True)
@@ -425,7 +463,7 @@ def train_stage(
             "train_loc": float(train_loc),
             "train_cls": float(train_cls),
             "train_bias": float(train_bias),
-            **_validate(model, val_batches, stage, config),
+            **_validate(model, val_batches, stage, config, particle_density),
             "lr": float(optimiser.param_groups[0]["lr"]),
         }
         row["seconds"] = round(time.perf_counter() - t0, 3)

@@ -1,0 +1,340 @@
+"""Few-shot fine-tuning: a new head for a new dataset from a few labelled micrographs, all else frozen.
+
+The paper's few-shot protocol (section 4): the new head starts as a copy of the generic head and
+is the only part trained; trunk, generic head and every other dataset head stay bit-identical.
+Training is :func:`hydrapicker.train.train_stage` (stage ``FINETUNE_STAGE``): its epoch loop,
+validation, ``best.pt``/``last.pt``, logs and resume. The result is a checkpoint with one head
+more, for ``hydrapicker pick --head NAME``.
+
+Partial labels: a user who labels 50 of 600 particles leaves 550 particles unlabelled. Plain
+focal loss calls each of them background and teaches the new head to suppress exactly what it
+should find. With ``labels="partial"`` (the default) every anchor that matches no label is
+*unlabelled*, and the classification loss is a non-negative positive-unlabelled risk
+(:func:`hydrapicker.loss.pu_focal_loss`) given the number of particles each micrograph holds:
+``expected_particles`` when the user knows it, else the number of picks the generic head makes
+on it (at least the number labelled). ``labels="complete"``: every unlabelled anchor is
+background, as in training.
+
+Micrographs and coordinates given directly (no project file) become an in-memory
+:class:`hydrapicker.data.DatasetSpec`: coordinate files are matched to micrographs by file stem,
+or one file holding many micrographs (RELION STAR, cryoSPARC ``.cs``) serves them all.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hydrapicker.defaults import BATCH_SIZE, CROP_SIZE, PAD_TO, PICK_THRESHOLD
+from hydrapicker.errors import HydraPickerError
+from hydrapicker.io.coordinates import guess_format, read_picks
+from hydrapicker.io.files import atomic_path, atomic_write_text
+from hydrapicker.io.micrograph import micrograph_stem, read_micrograph
+from hydrapicker.model import GENERIC, HydraPicker
+
+__all__ = [
+    "LABELS",
+    "FinetuneConfig",
+    "LabelledMicrographs",
+    "add_frozen_head",
+    "expected_particle_counts",
+    "finetune",
+    "labelled_micrographs",
+    "run_folder",
+]
+
+#: How the labels given cover the particles: ``partial`` (positive-unlabelled loss) or ``complete``.
+LABELS: tuple[str, ...] = ("partial", "complete")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything that decides a fine-tuning run besides the data and the base model.
+
+    Attributes:
+        name: the new head's name (the dataset's name).
+        epochs, batches_per_epoch, val_batches: the schedule; Adam at ``lr``, annealed to 0
+            over the run (one cosine).
+        labels: ``partial`` (unlabelled anchors are unlabelled) or ``complete`` (background).
+        expected_particles: particles per micrograph, for ``partial``; ``None``: estimated
+            from the generic head's picks on each micrograph.
+        batch_size, crop_size, pad_to: the crops, as in :class:`hydrapicker.train.TrainConfig`.
+    """
+
+    name: str
+    epochs: int = 15
+    batches_per_epoch: int = 20
+    val_batches: int = 4
+    lr: float = 1e-3
+    labels: str = "partial"
+    expected_particles: float | None = None
+    batch_size: int = BATCH_SIZE
+    crop_size: int = CROP_SIZE
+    pad_to: int = PAD_TO
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise HydraPickerError("the new head needs a non-empty --name")
+        if self.name == GENERIC:
+            raise HydraPickerError(f"--name {GENERIC!r} is the generic head, which fine-tuning leaves frozen: choose another name")
+        if self.labels not in LABELS:
+            raise HydraPickerError(f"labels must be one of {', '.join(LABELS)}, got {self.labels!r}")
+        if self.expected_particles is not None and not (math.isfinite(self.expected_particles) and self.expected_particles > 0):
+            raise HydraPickerError(f"expected particles per micrograph must be positive, got {self.expected_particles!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise HydraPickerError(f"learning rate must be positive, got {self.lr!r}")
+
+
+@dataclass(frozen=True)
+class LabelledMicrographs:
+    """The fine-tuning data: a dataset spec plus what was read to check it.
+
+    Attributes:
+        spec: the in-memory dataset (``train`` and optional ``val`` splits).
+        shapes: micrograph stem -> ``(rows, cols)`` as stored.
+        labelled: micrograph stem -> number of labelled particles.
+    """
+
+    spec: object  # hydrapicker.data.DatasetSpec (imported lazily with the data pipeline)
+    shapes: dict[str, tuple[int, int]]
+    labelled: dict[str, int]
+
+
+def _expand_coordinates(patterns: Sequence[str | os.PathLike]) -> list[Path]:
+    files: list[Path] = []
+    for pattern in patterns:
+        text = str(pattern)
+        if glob.has_magic(text):
+            matches = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise HydraPickerError(f"{text}: matches no coordinate files")
+            files.extend(matches)
+        else:
+            if not Path(text).is_file():
+                raise HydraPickerError(f"{text}: no such coordinate file")
+            files.append(Path(text))
+    return list(dict.fromkeys(files))
+
+
+def _coordinate_stem(path: Path) -> str:
+    return micrograph_stem(path.name[: -len(path.suffix)] if path.suffix else path.name)
+
+
+def _match(micrographs: list[Path], coordinates: list[Path], role: str) -> dict[str, Path]:
+    by_stem = {_coordinate_stem(p): p for p in coordinates}
+    stems = [micrograph_stem(p) for p in micrographs]
+    if len(coordinates) == 1 and stems[0] not in by_stem:
+        # One file for the whole set (a RELION STAR or cryoSPARC .cs): each micrograph reads its rows.
+        return {stem: coordinates[0] for stem in stems}
+    matched = {}
+    for path, stem in zip(micrographs, stems):
+        if stem not in by_stem:
+            raise HydraPickerError(f"{path}: no coordinate file named {stem}.* among --{role}coords")
+        matched[stem] = by_stem[stem]
+    return matched
+
+
+def labelled_micrographs(
+    name: str,
+    micrographs: Sequence[str | os.PathLike],
+    coordinates: Sequence[str | os.PathLike],
+    *,
+    diameter_px: float | None = None,
+    diameter_A: float | None = None,
+    pixel_size: float | None = None,
+    coords_format: str | None = None,
+    val_micrographs: Sequence[str | os.PathLike] = (),
+    val_coordinates: Sequence[str | os.PathLike] = (),
+) -> LabelledMicrographs:
+    """Micrographs and their coordinate files as an in-memory dataset called ``name``.
+
+    Every micrograph is read and its labels checked up front (inside the micrograph, at
+    least one particle), so bad input fails before any training with one line naming the
+    file. ``val_*``: micrographs of the ``val`` split (else validation falls back to fixed
+    crops of the training micrographs).
+    """
+    from hydrapicker.data import DatasetSpec
+    from hydrapicker.pick import expand_micrographs
+
+    if (diameter_A is None) == (diameter_px is None):
+        raise HydraPickerError("give the particle diameter either in Å (with --pixel-size) or in pixels, not both or neither")
+    if diameter_A is not None and pixel_size is None:
+        raise HydraPickerError(f"a particle diameter of {diameter_A} Å needs the pixel size (--pixel-size, Å/px)")
+    size, diameter = (1.0, diameter_px) if diameter_px is not None else (pixel_size, diameter_A)
+    for label, value in (("particle diameter", diameter), ("pixel size", size)):
+        if not (math.isfinite(value) and value > 0):
+            raise HydraPickerError(f"{label} must be positive, got {value!r}")
+    if bool(val_micrographs) != bool(val_coordinates):
+        raise HydraPickerError("validation micrographs need their coordinates: give both --val-micrographs and --val-coords, or neither")
+
+    train_paths = expand_micrographs(micrographs)
+    val_paths = expand_micrographs(val_micrographs) if val_micrographs else []
+    train_coords = _match(train_paths, _expand_coordinates(coordinates), "")
+    val_coords = _match(val_paths, _expand_coordinates(val_coordinates), "val-") if val_paths else {}
+    overlap = set(train_coords) & set(val_coords)
+    if overlap:
+        raise HydraPickerError(f"micrograph {sorted(overlap)[0]!r} is both a training and a validation micrograph")
+    coords = {**train_coords, **val_coords}
+
+    if coords_format is None:
+        formats = {guess_format(p) for p in set(coords.values())}
+        if len(formats) != 1:
+            raise HydraPickerError(f"the coordinate files mix formats {sorted(formats)}: give --coords-format")
+        coords_format = formats.pop()
+    shapes, labelled = {}, {}
+    for path in train_paths + val_paths:
+        stem = micrograph_stem(path)
+        shape = read_micrograph(path).shape
+        picks = read_picks(coords[stem], coords_format, micrograph=stem, shape=shape)[stem]
+        if len(picks) == 0:
+            raise HydraPickerError(f"{coords[stem]}: no labelled particle for micrograph {stem!r}")
+        shapes[stem], labelled[stem] = shape, len(picks)
+    spec = DatasetSpec(
+        name=name,
+        micrographs=tuple(train_paths + val_paths),
+        coordinates=coords,
+        format=coords_format,
+        pixel_size=float(size),
+        diameter=float(diameter),
+        splits={"train": tuple(micrograph_stem(p) for p in train_paths), "val": tuple(micrograph_stem(p) for p in val_paths), "test": ()},
+    )
+    return LabelledMicrographs(spec, shapes, labelled)
+
+
+def add_frozen_head(model: HydraPicker, name: str) -> HydraPicker:
+    """Add head ``name`` as a copy of the generic head and freeze every other parameter."""
+    if name == GENERIC or name in model.head_names:
+        known = ", ".join((GENERIC,) + model.head_names)
+        raise HydraPickerError(f"the model already has a head {name!r} (it has: {known}): choose another --name")
+    model.add_head(name, init_from=GENERIC)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for param in model.heads[name].parameters():
+        param.requires_grad_(True)
+    return model
+
+
+def expected_particle_counts(
+    model: HydraPicker, meta, data: LabelledMicrographs, per_micrograph: float | None = None
+) -> dict[str, float]:
+    """Particles each micrograph holds, labelled or not: ``per_micrograph`` if given, else the
+    number of generic-head picks scoring at least ``PICK_THRESHOLD``; never fewer than labelled."""
+    from hydrapicker.pick import pick_micrograph
+
+    spec = data.spec
+    counts = {}
+    for path in spec.micrographs:
+        stem = micrograph_stem(path)
+        if per_micrograph is not None:
+            estimate = float(per_micrograph)
+        else:
+            image = read_micrograph(path).data
+            picks = pick_micrograph(model, meta, image, spec.pixel_size, diameter_A=spec.diameter, head=GENERIC,
+                                    threshold=PICK_THRESHOLD, name=stem)  # fmt: skip
+            estimate = float(len(picks))
+        counts[stem] = max(estimate, float(data.labelled[stem]))
+    return counts
+
+
+def run_folder(out: str | os.PathLike) -> Path:
+    """The folder of a fine-tuning run writing checkpoint ``out``: ``NAME.pt`` -> ``NAME.finetune/``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".finetune")
+
+
+def _validation_note(data: LabelledMicrographs) -> str:
+    if data.spec.splits["val"]:
+        return f"validation: {len(data.spec.splits['val'])} held-out labelled micrograph(s)"
+    return (
+        "validation: no --val-micrographs, so a fixed set of unrotated crops of the training micrographs "
+        "(held back from the random training crops, but the same micrographs: it measures fit, not generalisation)"
+    )
+
+
+def finetune(
+    data: LabelledMicrographs,
+    out: str | os.PathLike,
+    config: FinetuneConfig,
+    *,
+    model_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    say: Callable[[str], None] = print,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> Path:
+    """Fine-tune a new head ``config.name`` on ``data`` and write the checkpoint ``out``.
+
+    Args:
+        data: from :func:`labelled_micrographs` (its dataset's name must be ``config.name``).
+        out: the checkpoint to write (the best validation epoch); the run's logs, ``best.pt``
+            and ``last.pt`` go to :func:`run_folder` of it.
+        model_path: the base checkpoint; ``None``: the shipped pretrained generic model.
+        resume: continue a killed run from its last finished epoch.
+        say: where progress lines go.
+
+    Returns:
+        ``out``, a checkpoint with every head of the base model plus ``config.name``.
+    """
+    from hydrapicker.data import rescale_factor
+    from hydrapicker.pick import load_picking_model
+    from hydrapicker.train import FINETUNE_STAGE, TrainConfig, train_stage
+
+    out = Path(out)
+    spec = data.spec
+    if spec.name != config.name:
+        raise HydraPickerError(f"the data are dataset {spec.name!r} but the head to add is {config.name!r}")
+    if out.suffix != ".pt":
+        raise HydraPickerError(f"--out {out}: a checkpoint file name ending in .pt")
+    model, meta = load_picking_model(model_path)
+    add_frozen_head(model, config.name)
+    train_config = TrainConfig(
+        preset=meta.preset.name, stage="1", epochs=config.epochs, batches_per_epoch=config.batches_per_epoch,
+        val_batches=config.val_batches, lr=config.lr, t0_epochs=config.epochs, target_diameter_px=meta.target_diameter_px,
+        crop_size=config.crop_size, pad_to=config.pad_to, batch_size=config.batch_size, seed=config.seed, threads=config.threads,
+    )  # fmt: skip
+
+    density, counts = None, None
+    if config.labels == "partial":
+        say("estimating particles per micrograph" + ("" if config.expected_particles else " from the generic head's picks"))
+        counts = expected_particle_counts(model, meta, data, config.expected_particles)
+        scale = rescale_factor(spec.pixel_size, spec.diameter, meta.target_diameter_px)
+        density = {
+            (spec.name, stem): count / (data.shapes[stem][0] * data.shapes[stem][1] * scale**2) for stem, count in counts.items()
+        }
+    folder = run_folder(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    note = _validation_note(data)
+    record = {
+        "base_model": str(model_path) if model_path is not None else "shipped pretrained generic model",
+        "head": config.name,
+        "config": asdict(config),
+        "train_micrographs": list(spec.splits["train"]),
+        "val_micrographs": list(spec.splits["val"]),
+        "labelled_particles": data.labelled,
+        "expected_particles": counts,
+        "loss": "positive-unlabelled focal (hydrapicker.loss.pu_focal_loss)" if density else "focal, unlabelled = background",
+        "validation": note,
+    }
+    atomic_write_text(folder / "finetune.json", json.dumps(record, indent=2) + "\n")
+    say(f"fine-tuning head {config.name!r} on {len(spec.splits['train'])} micrograph(s), "
+        f"{sum(data.labelled[s] for s in spec.splits['train'])} labelled particles; {note}")  # fmt: skip
+    if counts is not None:
+        say("particles per micrograph (labelled / expected): " + ", ".join(f"{s} {data.labelled[s]}/{counts[s]:.0f}" for s in counts))
+
+    def report(epoch: int, row: dict) -> None:
+        say(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f} ({row['seconds']:.0f} s)")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+
+    best = train_stage(FINETUNE_STAGE, [spec], folder, train_config, resume=resume, on_epoch_end=report, model=model,
+                       particle_density=density)  # fmt: skip
+    with atomic_path(out) as tmp:
+        shutil.copyfile(best, tmp)
+    return out
