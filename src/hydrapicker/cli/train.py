@@ -36,10 +36,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="mini-batches per epoch (default: %(default)s)")  # fmt: skip
     group.add_argument("--val-batches", type=int, default=defaults.val_batches,
                        help="validation mini-batches measured after each epoch (default: %(default)s)")  # fmt: skip
+    group.add_argument("--t0-epochs", type=int, default=defaults.t0_epochs,
+                       help="stage-1 epochs between warm restarts of the learning rate (default: %(default)s)")  # fmt: skip
+    group.add_argument("--scale-jitter", type=float, nargs=2, default=defaults.scale_jitter, metavar=("LO", "HI"),
+                       help="extra rescale of each training crop, log-uniform in [LO, HI] (default: %(default)s)")  # fmt: skip
     group = parser.add_argument_group("run")
     group.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     group.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
     group.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    group.add_argument("--cache-dir", type=Path, default=None,
+                       help="keep prepared micrographs here on disk between epochs and runs (default: none)")  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
@@ -54,8 +60,11 @@ def main(args: argparse.Namespace) -> int:
         stage2_epochs=args.stage2_epochs,
         batches_per_epoch=args.batches_per_epoch,
         val_batches=args.val_batches,
+        t0_epochs=args.t0_epochs,
+        scale_jitter=tuple(args.scale_jitter),
         seed=args.seed,
         threads=args.threads,
+        cache_dir=str(args.cache_dir) if args.cache_dir else None,
     )
     datasets = load_project(args.project)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,70 @@
+"""Write the shippable generic model: trunk + generic head of a training checkpoint, nothing else.
+
+Dataset heads (stage 2 adds one per training dataset), optimiser state, RNG state and the
+training log are dropped, so the file stays a few MB whatever the collection's size; the
+metadata ``pick`` needs (preset, target diameter, stride, normalisation) and the training
+config, epoch and validation loss are kept. The result loads with
+``hydrapicker.train.load_checkpoint`` like any checkpoint.
+
+Usage: .venv/bin/python scripts/ship_generic.py runs/pretrained/model.pt src/hydrapicker/assets/models/generic.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from hydrapicker.errors import HydraPickerError
+from hydrapicker.io.files import atomic_path
+from hydrapicker.model import GENERIC
+from hydrapicker.train import load_checkpoint
+
+#: Checkpoint entries that describe the model rather than the training run's state.
+KEPT = ("format", "version", "preset", "target_diameter_px", "anchor_stride", "normalisation", "config", "stage", "epoch", "val_loss")
+
+
+def ship_generic(checkpoint: Path, out: Path, trained_on: list[str] | None = None) -> dict:
+    """Write trunk + generic head of ``checkpoint`` to ``out``, with the names of the datasets
+    it was ``trained_on`` (so the file itself says what it must not be called zero-shot on);
+    returns what was written."""
+    load_checkpoint(checkpoint)  # refuse anything that is not a loadable checkpoint
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    prefixes = ("trunk.", f"{GENERIC}.")
+    weights = {k: v.contiguous() for k, v in payload["model"].items() if k.startswith(prefixes)}
+    shipped = {key: payload[key] for key in KEPT}
+    shipped.update(head_names=[], model=weights, source=str(checkpoint), trained_on=list(trained_on or []))
+    buffer = io.BytesIO()
+    torch.save(shipped, buffer)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    load_checkpoint(out)  # the shipped file must load on its own
+    return shipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--run-record", type=Path, help="the run's config.json (from `hydrapicker train`): its dataset names are stored")
+    args = parser.parse_args(argv)
+    try:
+        trained_on = json.loads(args.run_record.read_text())["datasets"] if args.run_record else None
+        shipped = ship_generic(args.checkpoint, args.out, trained_on)
+    except HydraPickerError as exc:
+        print(f"ship_generic: error: {exc}", file=sys.stderr)
+        return 1
+    size = args.out.stat().st_size / 1e6
+    print(f"{args.out}: trunk + generic head, preset {shipped['preset']['name']}, stage {shipped['stage']}, "
+          f"epoch {shipped['epoch']}, validation loss {shipped['val_loss']:.4g}, "
+          f"{len(shipped['trained_on'])} training datasets, {size:.2f} MB")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
