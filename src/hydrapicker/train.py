@@ -74,15 +74,7 @@ FINETUNE_STAGE = 3
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a training run (saved with every checkpoint and in ``config.json``).
-
-    Paper values: Adam with warm restarts every 40 epochs (``t0_epochs``), SGD with momentum in
-    stage 2, focal gamma 2, match IoU 0.6, 4 crops of 368 px from canvases of at least 520 px.
-    The paper gives no learning rates, lambdas, dropout or epoch length; ``lr`` is Adam's usual
-    1e-3, ``stage2_lr`` RetinaNet's SGD rate 0.01, ``max_grad_norm`` guards the first steps.
-    ``ignore_iou`` (None: off, as the paper) leaves anchors that overlap a particle that much
-    but are not matched out of the classification loss. ``channels_last`` only changes speed.
-    """
+    """Everything that decides a training run (saved with every checkpoint and in ``config.json``)."""
 
     preset: str = "small"
     stage: str = "both"
@@ -92,7 +84,7 @@ class TrainConfig:
     val_batches: int = 8
     lr: float = 1e-3
     t0_epochs: int = 40
-    stage2_lr: float = 1e-2
+    stage2_lr: float = 1e-3
     stage2_momentum: float = 0.9
     weight_decay: float = 0.0
     max_grad_norm: float | None = 10.0
