@@ -16,7 +16,9 @@ Usage:
   checkpoint, whose scores mean something; else a random-weight tiny model perturbed so that
   scores spread over (0, 1)).
 ``memory`` picks a random SIZE² micrograph at 1 rescaled px per stored px (so SIZE² rescaled px,
-tiles of --tile px) in a fresh subprocess per size and reports its peak RSS.
+tiles of --tile px) in a fresh subprocess per size and reports its peak RSS: with the micrograph
+in memory, after preparing it (rescale + normalisation, whole-micrograph NumPy arrays), after
+the network (tiles), after decoding.
 """
 
 from __future__ import annotations
@@ -140,20 +142,25 @@ def bf16_error(args: argparse.Namespace) -> None:
 
 
 def _memory_child(size: int, preset: str, tile: int) -> None:
-    from hydrapicker.pick import pick_micrograph
+    from hydrapicker.pick import picks_from_outputs, prepare_micrograph
     from hydrapicker.train import ModelMeta
+
+    def peak() -> int:
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
     torch.manual_seed(0)
     model = HydraPicker(get_preset(preset)).eval().to(memory_format=torch.channels_last)
     meta = ModelMeta(preset=model.preset, head_names=(), target_diameter_px=40.0, anchor_stride=model.stride)
     image = np.random.default_rng(0).normal(size=(size, size)).astype(np.float32)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row = {"size": size, "preset": preset, "tile": tile, "rss_with_micrograph_mib": peak()}
     t0 = time.perf_counter()
-    picks = pick_micrograph(model, meta, image, None, diameter_px=40.0, threshold=0.5, tile_size=tile)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"size": size, "preset": preset, "tile": tile, "peak_rss_mib": round(peak),
-                      "rss_before_picking_mib": round(base), "seconds": round(time.perf_counter() - t0, 1),
-                      "picks": len(picks)}))  # fmt: skip
+    prepared = prepare_micrograph(image, 1.0, meta.target_diameter_px)
+    row["peak_after_prepare_mib"] = peak()
+    outputs = head_outputs(model, prepared, tile_size=tile)
+    row["peak_after_network_mib"] = peak()
+    picks = picks_from_outputs(outputs, meta, 1.0, image.shape, 0.5)
+    row.update(peak_total_mib=peak(), seconds=round(time.perf_counter() - t0, 1), picks=len(picks))
+    print(json.dumps(row))
 
 
 def memory(args: argparse.Namespace) -> None:

@@ -136,6 +136,24 @@ def test_tiles_with_statistics_of_a_smaller_window_differ(whole_image):
     assert (window_stats - whole).abs().max() > 1e-3
 
 
+def test_picks_off_the_micrograph_are_dropped_and_whole_boxes_keeps_only_boxes_inside():
+    model = _tiny_model()
+    meta = _meta(model)
+    outputs = torch.zeros(3, 8, 8)
+    outputs[2] = -10.0
+    outputs[2, :, 0] = outputs[2, 0, :] = 10.0  # confident anchors along the top and left edges
+    outputs[0, 3, 0] = -1.0  # this one's offset puts its centre left of column -0.5
+    outputs[2, 4, 4] = 10.0  # one well inside
+    shape = (128, 128)
+    picks = picks_from_outputs(outputs, meta, 1.0, shape, 0.5, nms_iou=1.0)
+    assert len(picks) == 8 + 8 - 1 - 1 + 1  # the corner anchor counted once, the pushed-out one dropped
+    assert np.all(picks.x >= -0.5)
+    whole = picks_from_outputs(outputs, meta, 1.0, shape, 0.5, nms_iou=1.0, whole_boxes=True)
+    half = meta.target_diameter_px / 2
+    assert len(whole) >= 1 and np.all(whole.x - half >= -0.5) and np.all(whole.y - half >= -0.5)
+    assert len(whole) < len(picks)
+
+
 # --- the folder pipeline, through the CLI -------------------------------------------------------
 
 

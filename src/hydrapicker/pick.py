@@ -551,16 +551,17 @@ def pick_files(
                 reads[i + ahead] = readers.submit(picker.prepare, todo[i + ahead])
             try:
                 prepared = reads.pop(i).result()
+                picks = picker.pick(prepared)
             except (HydraPickerError, OSError) as exc:
                 report.failed[str(path)] = str(exc)
                 say(f"skipped {exc}" if str(exc).startswith(str(path)) else f"skipped {path}: {exc}")
                 bar.update(1)
                 continue
-            picks = picker.pick(prepared)
             writes.append((path, picks, writer.submit(write, picks, prepared)))
+            del prepared
             bar.update(1)
-            # Surface write errors as they come, and keep finished futures from piling up.
-            while writes and writes[0][2].done():
+            # Surface write errors as they come; wait when writing falls behind (memory stays bounded).
+            while writes and (writes[0][2].done() or len(writes) > ahead):
                 _finish_write(writes.pop(0), report, say)
         for item in writes:
             _finish_write(item, report, say)
