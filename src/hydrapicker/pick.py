@@ -59,27 +59,29 @@ from hydrapicker.model import GENERIC, HydraPicker
 from hydrapicker.train import ModelMeta
 
 __all__ = [
-    "PickReport",
+    "OVERLAY_COLOUR",
+    "OVERLAY_MAX_SIZE",
     "check_formats",
-    "PickSettings",
-    "Picker",
-    "Prepared",
     "expand_micrographs",
     "head_outputs",
     "load_picking_model",
     "output_paths",
     "overlay_image",
     "pick_files",
+    "pick_micrograph",
+    "Picker",
+    "picking_scale",
+    "PickReport",
+    "picks_from_outputs",
+    "PickSettings",
+    "prepare_micrograph",
+    "Prepared",
     "pretrained_model_path",
     "rebuild_picks_csv",
-    "write_overlay",
-    "pick_micrograph",
-    "picking_scale",
-    "picks_from_outputs",
-    "prepare_micrograph",
     "receptive_radius",
     "tile_margin",
     "tile_spans",
+    "write_overlay",
 ]
 
 
@@ -100,12 +102,12 @@ def picking_scale(meta: ModelMeta, pixel_size: float | None, diameter_A: float |
 
 
 def receptive_radius(model: HydraPicker) -> int:
-    """Input pixels each side of an anchor's cell centre that its output depends on.
+    """How far the input an anchor's output depends on reaches: anchor ``j`` (its cell starts at
+    input px ``16 j``) depends on input px ``16 j - r .. 16 j + r`` (which covers its cell).
 
     Walks the convs in the order the network runs them (trunk, then a head): each adds
     ``(kernel // 2) * dilation`` times the stride accumulated before it. Identity skips add
-    nothing, so this is exact for the trunk + head chain (45 px for four stride-2 head blocks
-    after a 2 + 4 x 3 conv trunk).
+    nothing, so this is exact for the trunk + head chain (``paper``: 14 + 31 = 45 px).
     """
     radius, jump = 0, 1
     for module in (*model.trunk.modules(), *model.generic.modules()):
@@ -599,6 +601,9 @@ def rebuild_picks_csv(out_dir: str | os.PathLike) -> Path:
 #: Overlays are at most this many pixels on their long side (micrographs are block-averaged).
 OVERLAY_MAX_SIZE = 1024
 
+#: The colour of the boxes on an overlay (pure green, absent from a grey micrograph).
+OVERLAY_COLOUR = (0, 255, 0)
+
 
 def overlay_image(data: np.ndarray, picks: Picks, max_size: int = OVERLAY_MAX_SIZE):
     """An RGB PIL image: the micrograph contrast-stretched (0.5-99.5 percentiles), reduced by a whole
@@ -613,16 +618,11 @@ def overlay_image(data: np.ndarray, picks: Picks, max_size: int = OVERLAY_MAX_SI
     grey = np.clip((small - low) / max(high - low, 1e-12), 0, 1)
     image = Image.fromarray((grey * 255).astype(np.uint8)).convert("RGB")
     draw = ImageDraw.Draw(image)
-    box = (picks.box_size or 10.0) / factor
+    h = (picks.box_size or 10.0) / factor / 2
     # Stored pixel x covers [x - 0.5, x + 0.5); overlay pixel u covers stored [u f - 0.5, (u + 1) f - 0.5).
     for x, y in zip((picks.x + 0.5) / factor - 0.5, (picks.y + 0.5) / factor - 0.5):
-        h = box / 2
         draw.rectangle([round(x - h), round(y - h), round(x + h), round(y + h)], outline=OVERLAY_COLOUR, width=1)
     return image
-
-
-#: The colour of the boxes on an overlay (pure green, absent from a grey micrograph).
-OVERLAY_COLOUR = (0, 255, 0)
 
 
 def write_overlay(path: str | os.PathLike, data: np.ndarray, picks: Picks, max_size: int = OVERLAY_MAX_SIZE) -> None:
