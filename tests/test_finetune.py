@@ -17,8 +17,15 @@ from hydrapicker import pick as pick_module
 from hydrapicker.boxes import anchor_centres
 from hydrapicker.cli import main as cli_main
 from hydrapicker.errors import HydraPickerError
-from hydrapicker.finetune import FinetuneConfig, add_frozen_head, finetune, labelled_micrographs, run_folder
-from hydrapicker.io import read_picks, write_mrc
+from hydrapicker.finetune import (
+    FinetuneConfig,
+    add_frozen_head,
+    expected_particle_counts,
+    finetune,
+    labelled_micrographs,
+    run_folder,
+)
+from hydrapicker.io import Picks, read_picks, write_mrc
 from hydrapicker.loss import detection_loss, pu_focal_loss
 from hydrapicker.model import GENERIC
 from hydrapicker.train import TrainConfig, load_checkpoint, train
@@ -213,3 +220,20 @@ def test_pu_background_term_never_goes_negative():
     loss = pu_focal_loss(logits, labelled, hidden=3.0)
     positive_only = pu_focal_loss(logits[:2], labelled[:2], hidden=3.0)
     assert torch.allclose(loss, positive_only)
+
+
+def test_particle_count_is_twice_the_generic_picks_above_the_median_score_at_the_labels(labelled, tmp_path, monkeypatch):
+    # 20 particles scored 0.05 ... 1.0 by the generic head, every other one labelled, plus 5
+    # low-scored picks on background: half the particles score above the labels' median.
+    mic, _ = labelled[0]
+    xy = np.column_stack([np.arange(20) * 7.0 + 10, np.full(20, 40.0)])
+    scores = 0.05 * np.arange(1, 21)
+    coords = tmp_path / f"{mic.stem}.csv"
+    coords.write_text("x,y\n" + "".join(f"{x},{y}\n" for x, y in xy[1::2]))
+    data = labelled_micrographs("x", [mic], [coords], diameter_px=6.0)
+    background = np.column_stack([np.arange(5) * 20.0 + 10, np.full(5, 120.0)])
+    fake = Picks(mic.stem, np.r_[xy[:, 0], background[:, 0]], np.r_[xy[:, 1], background[:, 1]],
+                 np.r_[scores, np.full(5, 0.3)], box_size=6.0)  # fmt: skip
+    monkeypatch.setattr(pick_module, "pick_micrograph", lambda *args, **kwargs: fake)
+    assert expected_particle_counts(None, None, data) == {mic.stem: 20.0}
+    assert expected_particle_counts(None, None, data, per_micrograph=5.0) == {mic.stem: 10.0}  # never below the labels
