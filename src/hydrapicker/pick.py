@@ -131,10 +131,14 @@ def tile_spans(length: int, tile_size: int, margin: int, stride: int) -> list[tu
     field lies inside the tile or reaches past it only where the micrograph itself ends. The
     trusted ranges partition ``[0, ceil(length / stride))``.
     """
-    core = (tile_size - 2 * margin) // stride  # anchors per tile
-    if core < 1:
+    most = (tile_size - 2 * margin) // stride  # anchors a tile can be trusted for
+    if most < 1:
         raise HydraPickerError(f"tile size {tile_size} px is too small: it must exceed twice the overlap of {margin} px")
     n_anchors = -(-length // stride)
+    # As few tiles as fit, sharing the anchors evenly: 4096 px in tiles of at most 2048 is three
+    # tiles of ~1470 px, not two full ones and a sliver.
+    n_tiles = -(-n_anchors // most)
+    core = -(-n_anchors // n_tiles)
     spans = []
     for first in range(0, n_anchors, core):
         last = min(first + core, n_anchors)
