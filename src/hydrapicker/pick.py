@@ -551,7 +551,7 @@ def pick_files(
         ahead = workers + 1  # micrographs in flight: enough to keep the network fed, memory bounded
         reads = {i: readers.submit(picker.prepare, todo[i]) for i in range(min(ahead, len(todo)))}
         writes = []
-        bar = tqdm(total=len(todo), unit="mic", desc="picking", disable=progress is False if progress is not None else None)
+        bar = tqdm(total=len(todo), unit="mic", desc="picking", disable=None if progress is None else not progress)
         for i, path in enumerate(todo):
             if i + ahead < len(todo):
                 reads[i + ahead] = readers.submit(picker.prepare, todo[i + ahead])
