@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hydrapicker-installed
 
-.PHONY: demo test test-all install clean
+.PHONY: demo test test-all install clean pretrained
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m ""
+
+# The shipped generic model (MODEL_CARD.md): simulate, train (resumable: rerun to continue), ship.
+pretrained: $(STAMP)
+	scripts/train_pretrained.sh
 
 clean:
 	rm -rf $(VENV) demo-output
