@@ -72,7 +72,8 @@ class ModelPreset:
 PRESETS: dict[str, ModelPreset] = {
     "paper": ModelPreset("paper", trunk_channels=64, residual_blocks=3, head_channels=(128, 256, 512, 1024)),
     "small": ModelPreset("small", trunk_channels=32, residual_blocks=3, head_channels=(32, 64, 128, 256), groups=8),
-    "tiny": ModelPreset("tiny", trunk_channels=16, residual_blocks=2, head_channels=(16, 32, 64, 64), groups=4),
+    # tiny: the head is cheap (it runs at stride 2..16), so it keeps more width than the trunk.
+    "tiny": ModelPreset("tiny", trunk_channels=16, residual_blocks=2, head_channels=(32, 64, 128, 128), groups=8),
 }
 
 
