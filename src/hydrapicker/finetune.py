@@ -32,13 +32,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial import cKDTree
 
+from hydrapicker.data import DatasetSpec, rescale_factor
 from hydrapicker.defaults import BATCH_SIZE, CROP_SIZE, PAD_TO
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.coordinates import guess_format, read_picks
 from hydrapicker.io.files import atomic_path, atomic_write_text
 from hydrapicker.io.micrograph import micrograph_stem, read_micrograph
 from hydrapicker.model import GENERIC, HydraPicker
+from hydrapicker.train import FINETUNE_STAGE, ModelMeta, TrainConfig, train_stage
 
 __all__ = [
     "LABELS",
@@ -105,7 +108,7 @@ class LabelledMicrographs:
         labelled: micrograph stem -> number of labelled particles.
     """
 
-    spec: object  # hydrapicker.data.DatasetSpec (imported lazily with the data pipeline)
+    spec: DatasetSpec
     shapes: dict[str, tuple[int, int]]
     labelled: dict[str, int]
 
@@ -163,7 +166,6 @@ def labelled_micrographs(
     file. ``val_*``: micrographs of the ``val`` split (else validation falls back to fixed
     crops of the training micrographs).
     """
-    from hydrapicker.data import DatasetSpec
     from hydrapicker.pick import expand_micrographs
 
     if (diameter_A is None) == (diameter_px is None):
@@ -225,7 +227,7 @@ def add_frozen_head(model: HydraPicker, name: str) -> HydraPicker:
 
 
 def expected_particle_counts(
-    model: HydraPicker, meta, data: LabelledMicrographs, per_micrograph: float | None = None
+    model: HydraPicker, meta: ModelMeta, data: LabelledMicrographs, per_micrograph: float | None = None
 ) -> dict[str, float]:
     """Particles each micrograph holds, labelled or not: ``per_micrograph`` if given, else estimated.
 
@@ -238,8 +240,6 @@ def expected_particle_counts(
     benchmarks/finetune_partial_labels.py). Either way the count is kept between the number
     labelled and the number of particle-sized squares the micrograph holds.
     """
-    from scipy.spatial import cKDTree
-
     from hydrapicker.pick import pick_micrograph
 
     spec = data.spec
@@ -307,9 +307,7 @@ def finetune(
     Returns:
         ``out``, a checkpoint with every head of the base model plus ``config.name``.
     """
-    from hydrapicker.data import rescale_factor
     from hydrapicker.pick import load_picking_model
-    from hydrapicker.train import FINETUNE_STAGE, TrainConfig, train_stage
 
     out = Path(out)
     spec = data.spec
