@@ -1,17 +1,18 @@
 """Picking speed per 1024² (rescaled) micrograph for each preset, against the conv FLOP floor; peak memory.
 
 Usage:
-  python benchmarks/pick_speed.py speed [--presets paper,small,tiny] [--model CKPT] [--repeats 2]
+  python benchmarks/pick_speed.py speed [--presets paper,small,tiny] [--model CKPT] [--repeats 2] [--size 1024]
   python benchmarks/pick_speed.py memory [--sizes 4096,8192] [--preset paper] [--tile 2048]
 
 ``speed`` measures, in one process (so the ratios compare like with like on a shared machine):
 - the conv rate: a 64->64 3x3 conv on a 1024² map, NCHW fp32, channels-last fp32, channels-last
   under bf16 autocast (DESIGN.md's "FLOP floor" reference);
 - each preset's conv FLOPs for a 1024² input (trunk + one head, counted from the layers);
-- the seconds :func:`hydrapicker.pick.head_outputs` takes on a 1024² prepared micrograph
+- the seconds :func:`hydrapicker.pick.head_outputs` takes on a 1024² prepared micrograph (timed
+  on a --size² one and scaled by pixels when the machine is too busy for 1024²)
   (random weights: the cost does not depend on them) under inference_mode, NCHW vs channels-last
   fp32 vs bf16 autocast, with 1 and with all threads; and the ratio to the floor (FLOPs / conv
-  rate of the same layout and precision);
+  rate of the same layout and precision, all threads);
 - the bf16 score error: max |score(bf16) - score(fp32)| over every anchor (--model: a trained
   checkpoint, whose scores mean something; else a random-weight tiny model perturbed so that
   scores spread over (0, 1)).
@@ -87,34 +88,36 @@ def speed(args: argparse.Namespace) -> None:
           f"ratios are measured in this one run")  # fmt: skip
     rates = {layout: conv_rate(layout, args.repeats) for layout in ("nchw", "channels_last", "bf16")}
     print("conv 64->64 3x3 on 1024²: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()))
-    image = np.random.default_rng(0).normal(size=(1024, 1024)).astype(np.float32)
+    size = args.size
+    per_1024 = (1024 / size) ** 2  # the cost is linear in pixels: seconds per 1024² micrograph
+    image = np.random.default_rng(0).normal(size=(size, size)).astype(np.float32)
+    configs = [
+        ("nchw_fp32", torch.contiguous_format, False, threads),
+        ("cl_fp32", torch.channels_last, False, threads),
+        ("cl_bf16", torch.channels_last, True, threads),
+        ("cl_fp32_1thread", torch.channels_last, False, 1),
+    ]
+    configs = [c for c in configs if c[0] in args.configs.split(",")]
     rows = []
     for name in args.presets.split(","):
         torch.manual_seed(0)
         model = HydraPicker(get_preset(name)).eval()
         flops = conv_flops(model)
         row = {"preset": name, "gflop": flops / 1e9}
-        for label, layout, bf16, n_threads in (
-            ("nchw_fp32", torch.contiguous_format, False, threads),
-            ("cl_fp32", torch.channels_last, False, threads),
-            ("cl_bf16", torch.channels_last, True, threads),
-            ("cl_fp32_1thread", torch.channels_last, False, 1),
-        ):
+        for label, layout, bf16, n_threads in configs:
             torch.set_num_threads(n_threads)
             model = model.to(memory_format=layout)
-            row[label] = _best_time(lambda: head_outputs(model, image, bf16=bf16), args.repeats)
+            row[label] = per_1024 * _best_time(lambda: head_outputs(model, image, bf16=bf16), args.repeats)
             torch.set_num_threads(threads)
-        row["floor_cl_fp32"] = flops / (rates["channels_last"] * 1e9)
-        row["floor_bf16"] = flops / (rates["bf16"] * 1e9)
-        row["ratio_cl_fp32"] = row["cl_fp32"] / row["floor_cl_fp32"]
-        row["ratio_bf16"] = row["cl_bf16"] / row["floor_bf16"]
+        floors = {"nchw_fp32": rates["nchw"], "cl_fp32": rates["channels_last"], "cl_bf16": rates["bf16"],
+                  "cl_fp32_1thread": rates["channels_last"]}  # fmt: skip
+        parts = []
+        for label, *_ in configs:
+            floor = flops / (floors[label] * 1e9)
+            row[f"ratio_{label}"] = row[label] / floor
+            parts.append(f"{label} {row[label]:.2f} s (floor {floor:.2f} s, ratio {row[f'ratio_{label}']:.2f})")
         rows.append(row)
-        print(
-            f"{name:6s} {row['gflop']:8.1f} GFLOP | s/micrograph: NCHW {row['nchw_fp32']:.2f}, channels-last {row['cl_fp32']:.2f}"
-            f" (1 thread {row['cl_fp32_1thread']:.2f}), bf16 {row['cl_bf16']:.2f} | floor {row['floor_cl_fp32']:.2f} fp32,"
-            f" {row['floor_bf16']:.2f} bf16 | ratio {row['ratio_cl_fp32']:.2f} fp32, {row['ratio_bf16']:.2f} bf16",
-            flush=True,
-        )
+        print(f"{name:6s} {row['gflop']:8.1f} GFLOP per 1024² | " + "; ".join(parts), flush=True)
     print(json.dumps({"conv_gflops": rates, "presets": rows}, indent=1))
     bf16_error(args)
 
@@ -182,6 +185,8 @@ if __name__ == "__main__":
     s.add_argument("--presets", default="paper,small,tiny")
     s.add_argument("--model")
     s.add_argument("--repeats", type=int, default=2)
+    s.add_argument("--size", type=int, default=1024, help="micrograph edge timed (seconds are scaled to 1024²)")
+    s.add_argument("--configs", default="nchw_fp32,cl_fp32,cl_bf16,cl_fp32_1thread")
     m = sub.add_parser("memory")
     m.add_argument("--sizes", default="4096,8192")
     m.add_argument("--preset", default="paper")

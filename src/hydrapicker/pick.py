@@ -152,10 +152,11 @@ class _GroupNorm(nn.Module):
     """GroupNorm that can measure its statistics on one image and then keep them (frozen) for tiles.
 
     ``frozen = False``: normalise by the input's own statistics and store them, like
-    ``nn.GroupNorm`` on one image. ``frozen = True``: normalise by the stored ones.
-    The statistics are per-channel moments pooled per group in float64, and the mean is
-    subtracted before scaling: torch's float32 GroupNorm kernel is off by ~1e-3 in variance on a
-    2000² map, which its own next GroupNorm hides but frozen statistics would not.
+    ``nn.GroupNorm`` on one image. ``frozen = True``: normalise by the stored ones. Either
+    way the normalisation is one per-channel affine map ``x * scale + shift``.
+    The statistics are per-channel sums (float32, ~5e-7 relative) pooled per group in float64:
+    torch's own float32 GroupNorm kernel is off by up to ~1e-3 in variance on a 1500² map, an
+    error its next GroupNorm hides but frozen statistics would pass on (2e-3 in score).
     """
 
     def __init__(self, norm: nn.GroupNorm) -> None:
@@ -165,23 +166,36 @@ class _GroupNorm(nn.Module):
         self.weight = nn.Parameter(norm.weight.detach().clone() if norm.affine else torch.ones(channels), requires_grad=False)
         self.bias = nn.Parameter(norm.bias.detach().clone() if norm.affine else torch.zeros(channels), requires_grad=False)
         self.frozen = False
-        self.mean: torch.Tensor | None = None  # [1, C, 1, 1]
-        self.scale: torch.Tensor | None = None  # [1, C, 1, 1]: weight / std
+        self.scale: torch.Tensor | None = None  # [1, C, 1, 1]
+        self.shift: torch.Tensor | None = None  # [1, C, 1, 1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.frozen:
-            if x.shape[0] != 1:
-                raise ValueError(f"statistics are measured on one image at a time, got a batch of {x.shape[0]}")
-            var_c, mean_c = torch.var_mean(x[0].float(), dim=(1, 2), correction=0)
-            mean_c, second_c = mean_c.double(), var_c.double() + mean_c.double() ** 2
-            mean = mean_c.reshape(self.groups, -1).mean(1)
-            var = (second_c.reshape(self.groups, -1).mean(1) - mean**2).clamp(min=0)
-            per_group = x.shape[1] // self.groups
-            self.mean = mean.repeat_interleave(per_group).float().reshape(1, -1, 1, 1)
-            inv_std = torch.rsqrt(var + self.eps).repeat_interleave(per_group)
-            self.scale = (self.weight.double() * inv_std).float().reshape(1, -1, 1, 1)
-        assert self.mean is not None and self.scale is not None, "frozen before any statistics were measured"
-        return torch.addcmul(self.bias.reshape(1, -1, 1, 1).to(x.dtype), x - self.mean.to(x.dtype), self.scale.to(x.dtype))
+            self._measure(x)
+        assert self.scale is not None and self.shift is not None, "frozen before any statistics were measured"
+        return torch.addcmul(self.shift.to(x.dtype), x, self.scale.to(x.dtype))
+
+    def _measure(self, x: torch.Tensor) -> None:
+        if x.shape[0] != 1:
+            raise ValueError(f"statistics are measured on one image at a time, got a batch of {x.shape[0]}")
+        channels = x.shape[1]
+        # Sums over pixels as a reduction over the outer axis of a [pixels, C] or [C, pixels] view
+        # (no copy): 2-3x faster than var_mean over the spatial dims of a channels-last map.
+        if x.is_contiguous(memory_format=torch.channels_last):
+            values, axis = x[0].permute(1, 2, 0).reshape(-1, channels), 0
+        else:
+            values, axis = x[0].reshape(channels, -1), 1
+        values = values.float()
+        n = values.shape[axis]
+        mean_c = values.sum(axis).double() / n
+        second_c = torch.square(values).sum(axis).double() / n
+        mean = mean_c.reshape(self.groups, -1).mean(1)
+        var = (second_c.reshape(self.groups, -1).mean(1) - mean**2).clamp(min=0)
+        per_group = channels // self.groups
+        scale = self.weight.double() * torch.rsqrt(var + self.eps).repeat_interleave(per_group)
+        shift = self.bias.double() - mean.repeat_interleave(per_group) * scale
+        self.scale = scale.float().reshape(1, -1, 1, 1)
+        self.shift = shift.float().reshape(1, -1, 1, 1)
 
 
 def _with_measured_norms(net: nn.Module) -> nn.Module:
