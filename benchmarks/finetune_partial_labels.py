@@ -11,7 +11,9 @@ each, scoring AP (hydrapicker.evaluate) against the third's full labels:
   generic head's picks (what a user gets by default);
 - ``pu10-true``: the same, with the true particle count per micrograph given (--expected-particles).
 
-Each run's wall time is printed. Validation (no val micrograph: the third is the test) uses fixed
+Besides AP (a ranking measure), each head's picks at the default threshold are scored: recall
+and precision there show what the scale of its scores does for a user. Each run's wall time is
+printed; a run whose checkpoint exists in OUT is evaluated again, not retrained (--retrain). Validation (no val micrograph: the third is the test) uses fixed
 crops of the training micrographs.
 
 Usage:
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hydrapicker.defaults import PICK_THRESHOLD
 from hydrapicker.demo import bundled_datasets
 from hydrapicker.evaluate import evaluate
 from hydrapicker.finetune import FinetuneConfig, finetune, labelled_micrographs
@@ -51,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS))
+    parser.add_argument("--retrain", action="store_true", help="fine-tune again where OUT/RUN.pt exists (default: evaluate it)")
+    parser.add_argument("--results", default="results.json", help="file name of the summary in OUT (default: %(default)s)")
     args = parser.parse_args(argv)
 
     bgal = next(d for d in bundled_datasets() if d.name == "empiar10017_bgal_bin4")
@@ -74,16 +79,25 @@ def main(argv: list[str] | None = None) -> int:
     test_image = read_micrograph(test_mic).data
     test_truth = {test_mic.stem: truth[test_mic.stem]}
 
-    def ap_of(checkpoint: Path, head: str) -> float:
+    def scores(checkpoint: Path, head: str) -> dict:
+        # AP ranks every pick; at the default threshold a user sees what the scores' scale does.
         model, meta = load_checkpoint(checkpoint)
         picks = pick_micrograph(model, meta, test_image, bgal.pixel_size, diameter_A=diameter_A, head=head,
                                 threshold=0.001, name=test_mic.stem)  # fmt: skip
-        return evaluate({test_mic.stem: picks}, test_truth, bgal.box_size).ap
+        kept = picks.score >= PICK_THRESHOLD
+        at_default = evaluate({test_mic.stem: Picks(test_mic.stem, picks.x[kept], picks.y[kept], picks.score[kept])},
+                              test_truth, bgal.box_size)  # fmt: skip
+        return {
+            "ap": evaluate({test_mic.stem: picks}, test_truth, bgal.box_size).ap,
+            "picks_at_default_threshold": int(kept.sum()),
+            "recall_at_default_threshold": at_default.tp / max(at_default.n_true, 1),
+            "precision_at_default_threshold": at_default.tp / max(int(kept.sum()), 1),
+        }
 
     results: dict[str, dict] = {}
     for run in args.runs:
         if run == "generic":
-            results[run] = {"ap": ap_of(args.model, GENERIC), "seconds": 0.0}
+            results[run] = {**scores(args.model, GENERIC), "seconds": 0.0}
             print(f"{run:10s} AP {results[run]['ap']:.3f}", flush=True)
             continue
         coords = full_coords if run == "full" else partial_coords
@@ -98,13 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         out = args.out / f"{run}.pt"
         t0 = time.perf_counter()
-        finetune(data, out, config, model_path=args.model, resume=(out.parent / f"{run}.finetune" / "last.pt").exists(),
-                 say=lambda line: print(f"  [{run}] {line}", flush=True))  # fmt: skip
-        seconds = time.perf_counter() - t0
+        if out.exists() and not args.retrain:
+            seconds = None  # finished earlier: evaluated again, not retrained
+        else:
+            finetune(data, out, config, model_path=args.model, resume=(out.parent / f"{run}.finetune" / "last.pt").exists(),
+                     say=lambda line: print(f"  [{run}] {line}", flush=True))  # fmt: skip
+            seconds = time.perf_counter() - t0
         record = json.loads((out.parent / f"{run}.finetune" / "finetune.json").read_text())
-        results[run] = {"ap": ap_of(out, data.spec.name), "seconds": seconds, "expected_particles": record["expected_particles"],
+        results[run] = {**scores(out, data.spec.name), "seconds": seconds, "expected_particles": record["expected_particles"],
                         "labelled": record["labelled_particles"]}  # fmt: skip
-        print(f"{run:10s} AP {results[run]['ap']:.3f}  ({seconds:.0f} s)", flush=True)
+        print(f"{run:10s} AP {results[run]['ap']:.3f}  ({seconds or float('nan'):.0f} s)", flush=True)
 
     summary = {
         "base_model": str(args.model),
@@ -114,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "results": results,
     }
-    (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print("\nAP on", test_mic.stem, "(full labels):")
+    (args.out / args.results).write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\non {test_mic.stem} (full labels): AP; at the default threshold {PICK_THRESHOLD}: picks, recall, precision")
     for run, r in results.items():
-        print(f"  {run:10s} {r['ap']:.3f}")
+        print(f"  {run:10s} AP {r['ap']:.3f}   {r['picks_at_default_threshold']:4d} picks, recall {r['recall_at_default_threshold']:.3f}, "
+              f"precision {r['precision_at_default_threshold']:.3f}")
     return 0
 
 
