@@ -232,7 +232,8 @@ def head_outputs(
     one: GroupNorm statistics from a pass over its central ``stats_size`` window
     (default ``tile_size``; the whole image when it fits), then tiles of at most
     ``tile_size`` px with those statistics frozen (see the module docstring). ``bf16`` runs
-    the convs under bfloat16 autocast (CPU: about 1.6x the conv rate, scores within ~1e-2).
+    the convs under bfloat16 autocast: 1.6-1.7x the fp32 channels-last conv rate on our CPUs;
+    on a held-out real micrograph scores moved by at most 2.5e-3 and AP from 0.689 to 0.688.
     """
     model.head(head)  # a clear error for an unknown head before any work
     x = torch.as_tensor(image, dtype=torch.float32)
