@@ -338,7 +338,7 @@ def _plot_losses(path: Path, rows: list[dict], stage: int, val_split: str) -> No
     epochs = [r["epoch"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [r["train_loss"] for r in rows], label="train (loc + cls)")
-    ax.plot(epochs, [r["val_loss"] for r in rows], label=f"validation ({val_split} split)")
+    ax.plot(epochs, [r["val_loss"] for r in rows], label=f"validation: {val_split}")
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
