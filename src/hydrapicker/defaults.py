@@ -82,7 +82,9 @@ NMS_IOU: float = 0.3
 PICK_THRESHOLD: float = 0.35
 
 #: Edge (rescaled px) of the largest square that picking runs the network on at once; larger
-#: micrographs are picked in overlapping tiles of this size (memory grows with its square).
+#: micrographs are picked in overlapping tiles of this size. Memory grows with its square: the
+#: paper preset peaks at 5.5 GB RSS on one 2048² tile, tiny at 2.1-2.4 GB on 4096²/8192²
+#: micrographs (benchmarks/pick_speed.py memory); --tile 1024 quarters the network's share.
 PICK_TILE_SIZE: int = 2048
 
 #: The shipped pretrained generic model, relative to the installed package folder.
