@@ -13,7 +13,11 @@ should find. With ``labels="partial"`` (the default) every anchor that matches n
 (:func:`hydrapicker.loss.pu_focal_loss`) given the number of particles each micrograph holds:
 ``expected_particles`` when the user knows it, else an estimate from the generic head's picks
 and the labels (:func:`expected_particle_counts`). ``labels="complete"``: every unlabelled anchor is
-background, as in training.
+background, as in training. Measured (benchmarks/finetune_partial_labels.py, 10 % of the labels
+of two β-gal micrographs, the third picked): both losses rank the picks equally well (AP 0.653),
+but under plain focal loss every score sinks (2 picks scoring over 0.35, recall 0.004)
+while the PU head's picks there have the recall and precision of a head trained on every
+label (0.77 / 0.63 against 0.82 / 0.62).
 
 Micrographs and coordinates given directly (no project file) become an in-memory
 :class:`hydrapicker.data.DatasetSpec`: coordinate files are matched to micrographs by file stem,
