@@ -56,10 +56,14 @@ def test_padding_does_not_move_predictions_of_the_unpadded_image():
 
 
 def test_logit_bias_starts_at_the_low_prior():
+    # The last conv's weights are small (std 0.01) but sum over 9 x head-width inputs, so the
+    # probabilities scatter around the prior: pin the median and a factor-3 band.
+    torch.manual_seed(0)
     model = HydraPicker(PRESETS["tiny"]).eval()
     with torch.no_grad():
         p = torch.sigmoid(model(torch.randn(1, 1, 64, 64))[:, 2])
-    assert torch.allclose(p, torch.full_like(p, LOGIT_PRIOR), atol=0.01)
+    assert abs(p.median().item() - LOGIT_PRIOR) < 0.003
+    assert bool(((p > LOGIT_PRIOR / 3) & (p < LOGIT_PRIOR * 3)).all())
 
 
 def test_add_head_copies_the_generic_head_and_owns_its_weights():
