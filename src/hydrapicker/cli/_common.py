@@ -1,4 +1,4 @@
-"""Helpers shared by the CLI verbs: the run record written into every output folder."""
+"""Helpers shared by the CLI verbs: the particle-size options and the run record of an output folder."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from hydrapicker import __version__
 from hydrapicker.io.files import atomic_write_text
 
-__all__ = ["write_run_record"]
+__all__ = ["add_particle_size_arguments", "write_run_record"]
 
 
 def write_run_record(out_dir: str | Path, args: argparse.Namespace, name: str = "command.json") -> Path:
@@ -28,3 +28,12 @@ def write_run_record(out_dir: str | Path, args: argparse.Namespace, name: str = 
     path = Path(out_dir) / name
     atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
     return path
+
+
+def add_particle_size_arguments(parser: argparse.ArgumentParser, pixel_size_help: str) -> None:
+    """The particle diameter, in pixels or in Å with the pixel size (one of the two is required)."""
+    size = parser.add_argument_group("particle size (one of)")
+    sizes = size.add_mutually_exclusive_group(required=True)
+    sizes.add_argument("--diameter-px", type=float, metavar="N", help="particle diameter in micrograph pixels")
+    sizes.add_argument("--diameter-A", type=float, metavar="N", help="particle diameter in Å (needs the pixel size)")
+    size.add_argument("--pixel-size", type=float, metavar="A", help=pixel_size_help)

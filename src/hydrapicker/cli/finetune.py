@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hydrapicker.cli._common import add_particle_size_arguments
+
 __all__ = ["add_arguments", "main"]
 
 
@@ -43,11 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--val-micrographs", nargs="+", default=[], metavar="MIC", help="labelled micrographs to validate on")
     inputs.add_argument("--val-coords", nargs="+", default=[], metavar="FILE", help="their coordinate files")
     inputs.add_argument("--out", type=Path, required=True, metavar="CKPT", help="the checkpoint to write (.pt)")
-    size = parser.add_argument_group("particle size (one of)")
-    sizes = size.add_mutually_exclusive_group(required=True)
-    sizes.add_argument("--diameter-px", type=float, metavar="N", help="particle diameter in micrograph pixels")
-    sizes.add_argument("--diameter-A", type=float, metavar="N", help="particle diameter in Å (with --pixel-size)")
-    size.add_argument("--pixel-size", type=float, metavar="A", help="Å per pixel of the micrographs")
+    add_particle_size_arguments(parser, "Å per pixel of the micrographs")
     labels = parser.add_argument_group("labels")
     labels.add_argument("--labels", choices=LABELS, default=defaults.labels,
                         help="partial: unlabelled particles may remain (positive-unlabelled loss); "

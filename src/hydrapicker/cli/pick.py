@@ -20,6 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from hydrapicker.cli._common import add_particle_size_arguments
 from hydrapicker.defaults import COORDINATE_FORMATS, NMS_IOU, PICK_THRESHOLD, PICK_TILE_SIZE
 
 __all__ = ["add_arguments", "main"]
@@ -35,11 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     inputs.add_argument("--model", type=Path, metavar="CKPT", help="checkpoint from `hydrapicker train` (default: the shipped generic model)")
     inputs.add_argument("--head", default="generic", metavar="NAME", help="head to pick with (default: %(default)s, zero-shot)")
-    size = parser.add_argument_group("particle size (one of)")
-    sizes = size.add_mutually_exclusive_group(required=True)
-    sizes.add_argument("--diameter-px", type=float, metavar="N", help="particle diameter in micrograph pixels")
-    sizes.add_argument("--diameter-A", type=float, metavar="N", help="particle diameter in Å (needs the pixel size)")
-    size.add_argument("--pixel-size", type=float, metavar="A", help="Å per pixel (default: from the MRC header)")
+    add_particle_size_arguments(parser, "Å per pixel (default: from the MRC header)")
     picking = parser.add_argument_group("picking")
     picking.add_argument(
         "--threshold", type=float, default=PICK_THRESHOLD, metavar="T",
