@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from _synthetic import gaussian_spots
 from hydrapicker import data
 from hydrapicker.data import (
     CropBatches,
@@ -33,11 +34,7 @@ from conftest import REAL_BGAL, REAL_T20S
 
 def _blobs(shape: tuple[int, int], xy: np.ndarray, sigma: float = 1.5, noise: float = 0.02, seed: int = 0) -> np.ndarray:
     """Bright Gaussian spots at ``xy`` (x = column, y = row) on weak white noise."""
-    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
-    image = np.random.default_rng(seed).normal(0.0, noise, shape)
-    for x, y in xy:
-        image += np.exp(-((cols - x) ** 2 + (rows - y) ** 2) / (2 * sigma**2))
-    return image.astype(np.float32)
+    return gaussian_spots(shape, xy, sigma, noise=noise, seed=seed)
 
 
 def _write_dataset(folder: Path, n: int, shape=(64, 80), per_mic: int = 3, seed: int = 0) -> dict[str, np.ndarray]:

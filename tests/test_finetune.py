@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from _synthetic import gaussian_spots
 from hydrapicker import pick as pick_module
 from hydrapicker.boxes import anchor_centres
 from hydrapicker.cli import main as cli_main
@@ -35,12 +36,7 @@ SMALL = dict(epochs=2, batches_per_epoch=2, val_batches=1, batch_size=2, crop_si
 
 
 def _blobs(shape: tuple[int, int], centres: np.ndarray, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    rows, cols = np.indices(shape)
-    image = rng.normal(0, 0.3, shape)
-    for x, y in centres:
-        image -= np.exp(-((cols - x) ** 2 + (rows - y) ** 2) / (2 * (DIAMETER / 4) ** 2))
-    return image.astype(np.float32)
+    return gaussian_spots(shape, centres, DIAMETER / 4, contrast=-1.0, noise=0.3, seed=seed)
 
 
 @pytest.fixture(scope="module")

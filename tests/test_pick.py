@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from _synthetic import gaussian_spots
 from hydrapicker import pick as pick_module
 from hydrapicker.cli import main as cli_main
 from hydrapicker.errors import HydraPickerError
@@ -56,12 +57,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def _blobs(shape: tuple[int, int], centres: np.ndarray, radius: float, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    rows, cols = np.indices(shape)
-    image = rng.normal(0, 0.3, shape)
-    for x, y in centres:
-        image -= np.exp(-((cols - x) ** 2 + (rows - y) ** 2) / (2 * (radius / 2) ** 2))
-    return image.astype(np.float32)
+    return gaussian_spots(shape, centres, radius / 2, contrast=-1.0, noise=0.3, seed=seed)
 
 
 @pytest.fixture
