@@ -508,7 +508,7 @@ class PickReport:
 
     picked: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # path -> one-line reason
+    failed: dict[str, str] = field(default_factory=dict)  # path -> one-line reason naming the micrograph once
     n_picks: int = 0
     seconds: float = 0.0
 
@@ -576,8 +576,8 @@ def pick_files(
                 prepared = reads.pop(i).result()
                 picks = picker.pick(prepared)
             except (HydraPickerError, OSError) as exc:
-                report.failed[str(path)] = str(exc)
-                say(f"skipped {exc}" if str(exc).startswith(str(path)) else f"skipped {path}: {exc}")
+                report.failed[str(path)] = _naming(path, exc)
+                say(f"skipped {report.failed[str(path)]}")
                 bar.update(1)
                 continue
             writes.append((path, picks, writer.submit(write, picks, prepared)))
@@ -594,13 +594,18 @@ def pick_files(
     return report
 
 
+def _naming(path: Path, exc: Exception) -> str:
+    """The error as one line that names the micrograph once (our errors usually start with it)."""
+    return str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
+
+
 def _finish_write(item: tuple[Path, Picks, Future], report: PickReport, say: Callable[[str], None]) -> None:
     path, picks, future = item
     try:
         future.result()
     except HydraPickerError as exc:
-        report.failed[str(path)] = str(exc)
-        say(f"failed {path}: {exc}")
+        report.failed[str(path)] = _naming(path, exc)
+        say(f"failed {report.failed[str(path)]}")
         return
     report.picked.append(picks.micrograph)
     report.n_picks += len(picks)

@@ -85,8 +85,8 @@ def main(args: argparse.Namespace) -> int:
     )
     if report.failed:
         print(f"{len(report.failed)} micrograph(s) could not be picked:", file=sys.stderr)
-        for path, reason in report.failed.items():
-            print(f"  {path}: {reason}", file=sys.stderr)
+        for reason in report.failed.values():
+            print(f"  {reason}", file=sys.stderr)  # each names its micrograph
     if report.failed and not report.picked and not report.skipped:
         return 1
     return 0
