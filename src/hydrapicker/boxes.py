@@ -70,7 +70,7 @@ def match_anchors(
     unmatched anchor overlapping a particle by at least that much is ``IGNORE`` rather than
     background (RetinaNet's band): its features are nearly those of a matched neighbour.
     """
-    matched = torch.full((anchors.shape[0],), -1, dtype=torch.long)
+    matched = torch.full((anchors.shape[0],), -1, dtype=torch.long, device=anchors.device)
     if particles.shape[0] == 0 or anchors.shape[0] == 0:
         return matched
     iou = square_iou(anchors, particles, box_size)
@@ -79,7 +79,7 @@ def match_anchors(
     if ignore_iou is not None:
         matched[(matched < 0) & (best_iou >= ignore_iou)] = IGNORE
     best_anchor = iou.argmax(dim=0)
-    has_overlap = iou[best_anchor, torch.arange(particles.shape[0])] > 0
+    has_overlap = iou[best_anchor, torch.arange(particles.shape[0], device=anchors.device)] > 0
     matched[best_anchor[has_overlap]] = torch.nonzero(has_overlap).reshape(-1)
     return matched
 

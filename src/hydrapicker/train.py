@@ -112,6 +112,8 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     channels_last: bool = True
+    #: Where the network trains ("cpu" or "cuda"); data are prepared on the CPU either way.
+    device: str = "cpu"
     #: Folder for prepared (rescaled, normalised) micrographs (CropBatches' ``cache_dir``);
     #: a big collection outgrows the in-memory cache, and re-preparing costs ~20x a disk read.
     cache_dir: str | None = None
@@ -285,10 +287,11 @@ def _expected_particles(batch, density: Mapping[tuple[str, str], float] | None) 
 def _batch_losses(
     model: HydraPicker, batch, head: str, config: TrainConfig, density: Mapping[tuple[str, str], float] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    outputs = model(batch.images, head)
+    device = next(model.parameters()).device
+    outputs = model(batch.images.to(device, non_blocking=True), head)
     loss = detection_loss(
         outputs,
-        batch.centres,
+        [c.to(device) for c in batch.centres],
         box_size=config.target_diameter_px,
         stride=model.stride,
         iou_threshold=config.match_iou,
@@ -419,6 +422,9 @@ def train_stage(
     _seed_everything(config.seed + 1000 * stage)
     if model is None:
         model = _build_stage_model(stage, datasets, config, Path(init_from) if init_from else None)
+    if config.device != "cpu" and not torch.cuda.is_available():
+        raise HydraPickerError(f"device {config.device!r}: no CUDA device is available here (use cpu)")
+    model = model.to(config.device)
     if config.channels_last:
         # 2-3x faster convs on CPU (benchmarks/train_step.py); the numbers are the same layout-free.
         model = model.to(memory_format=torch.channels_last)

@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     group.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
     group.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    group.add_argument("--device", default=defaults.device, choices=("cpu", "cuda"), help="where the network trains (default: %(default)s)")
     group.add_argument("--cache-dir", type=Path, default=None,
                        help="keep prepared micrographs here on disk between epochs and runs (default: none)")  # fmt: skip
 
@@ -64,6 +65,7 @@ def main(args: argparse.Namespace) -> int:
         scale_jitter=tuple(args.scale_jitter),
         seed=args.seed,
         threads=args.threads,
+        device=args.device,
         cache_dir=str(args.cache_dir) if args.cache_dir else None,
     )
     datasets = load_project(args.project)
