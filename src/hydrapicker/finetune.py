@@ -74,6 +74,7 @@ class FinetuneConfig:
         expected_particles: particles per micrograph, for ``partial``; ``None``: estimated
             from the generic head's picks on each micrograph.
         batch_size, crop_size, pad_to: the crops, as in :class:`hydrapicker.train.TrainConfig`.
+        device: where the head trains (``"cpu"`` or ``"cuda"``).
     """
 
     name: str
@@ -88,6 +89,7 @@ class FinetuneConfig:
     pad_to: int = PAD_TO
     seed: int = 0
     threads: int | None = None
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if not self.name.strip():
@@ -324,7 +326,7 @@ def finetune(
     train_config = TrainConfig(
         preset=meta.preset.name, stage="1", epochs=config.epochs, batches_per_epoch=config.batches_per_epoch,
         val_batches=config.val_batches, lr=config.lr, t0_epochs=config.epochs, target_diameter_px=meta.target_diameter_px,
-        crop_size=config.crop_size, pad_to=config.pad_to, batch_size=config.batch_size, seed=config.seed, threads=config.threads,
+        crop_size=config.crop_size, pad_to=config.pad_to, batch_size=config.batch_size, seed=config.seed, threads=config.threads, device=config.device,
     )  # fmt: skip
 
     density, counts = None, None
