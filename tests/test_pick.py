@@ -266,6 +266,7 @@ class _LabelPicker(Picker):
 
     def __init__(self, labels: dict[str, Picks]) -> None:
         self.labels = labels
+        self.settings = PickSettings(threshold=0.0)
 
     def check_paths(self, paths):
         pass
@@ -274,7 +275,7 @@ class _LabelPicker(Picker):
         mic = read_micrograph(path)
         return Prepared(mic.name, path, mic.data, mic.data, 1.0)
 
-    def pick(self, prepared: Prepared) -> Picks:
+    def candidates(self, prepared: Prepared) -> Picks:
         truth = self.labels[prepared.name]
         score = np.linspace(1, 0.5, len(truth))
         return Picks(prepared.name, truth.x, truth.y, score, box_size=27.0, shape=prepared.data.shape)

@@ -22,6 +22,9 @@ __all__ = [
     "NMS_IOU",
     "PICK_THRESHOLD",
     "PICK_TILE_SIZE",
+    "CANDIDATE_FLOOR",
+    "WATCH_POLL_S",
+    "WATCH_IDLE_S",
     "PRETRAINED_MODEL",
     "LOCAL_NORM_WINDOW",
     "PREPARED_CACHE_SIZE",
@@ -87,6 +90,19 @@ PICK_THRESHOLD: float = 0.25
 #: paper preset peaks at 5.5 GB RSS on one 2048² tile, tiny at 2.1-2.4 GB on 4096²/8192²
 #: micrographs (benchmarks/pick_speed.py memory); --tile 1024 quarters the network's share.
 PICK_TILE_SIZE: int = 2048
+
+#: Lowest score recorded in OUT/candidates/ by every pick run, whatever --threshold is, so that
+#: `hydrapicker threshold` can re-write the outputs at any threshold down to this one without
+#: running the network again. With the shipped generic model a bundled 1024² β-gal micrograph
+#: keeps about 2,800 candidates after NMS at this floor (a CSV of ~100 kB).
+CANDIDATE_FLOOR: float = 0.01
+
+#: `pick --watch`: seconds between two looks at the folder. A micrograph is complete when its
+#: size and modification time are the same on two looks in a row and it reads as a micrograph.
+WATCH_POLL_S: float = 5.0
+
+#: `pick --watch`: stop after this many seconds with nothing new (None: only on Ctrl-C).
+WATCH_IDLE_S: float | None = None
 
 #: The shipped pretrained generic model, relative to the installed package folder.
 PRETRAINED_MODEL: str = "assets/models/generic.pt"

@@ -23,13 +23,17 @@ A folder (:func:`pick_files`): reading and preparing the next micrographs (threa
 (this thread) and writing (a thread) overlap; outputs are written atomically, per format in
 ``OUT/<format>/<stem><suffix>``; a rerun skips micrographs whose outputs are all there;
 unreadable micrographs are reported and skipped; ``OUT/picks.csv`` is rebuilt at the end from
-the per-micrograph CSV files (always written for that reason).
+the per-micrograph CSV files (always written for that reason). Every candidate down to
+``CANDIDATE_FLOOR`` is kept in ``OUT/candidates/<stem>.csv`` (with ``<stem>.json``: box size
+and micrograph shape), so :mod:`hydrapicker.threshold` can re-write the outputs at another
+threshold without the network.
 """
 
 from __future__ import annotations
 
 import copy
 import glob
+import json
 import os
 import sys
 import time
@@ -45,6 +49,7 @@ from torch import nn
 
 from hydrapicker.boxes import decode_outputs, nms
 from hydrapicker.defaults import (
+    CANDIDATE_FLOOR,
     COORDINATE_FORMATS,
     MICROGRAPH_SUFFIXES,
     NMS_IOU,
@@ -54,7 +59,7 @@ from hydrapicker.defaults import (
 )
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.coordinates import read_picks, write_picks
-from hydrapicker.io.files import atomic_path
+from hydrapicker.io.files import atomic_path, atomic_write_text
 from hydrapicker.io.micrograph import is_micrograph_path, micrograph_stem, read_micrograph
 from hydrapicker.io.picks import Picks
 from hydrapicker.model import GENERIC, HydraPicker
@@ -63,8 +68,10 @@ from hydrapicker.train import ModelMeta
 __all__ = [
     "OVERLAY_COLOUR",
     "OVERLAY_MAX_SIZE",
+    "candidate_paths",
     "check_formats",
     "expand_micrographs",
+    "expected_outputs",
     "head_outputs",
     "load_picking_model",
     "output_paths",
@@ -442,14 +449,23 @@ class Picker:
         image = prepare_micrograph(micrograph.data, scale, self.meta.target_diameter_px, str(path))
         return Prepared(micrograph.name, path, micrograph.data, image, scale)
 
-    def pick(self, prepared: Prepared) -> Picks:
-        """The picks of one prepared micrograph, in its stored frame."""
+    def candidates(self, prepared: Prepared) -> Picks:
+        """Every pick of one prepared micrograph down to ``CANDIDATE_FLOOR`` (or the threshold, if lower), in its stored frame.
+
+        NMS is greedy in descending score, so a pick survives it or not whatever the picks
+        below it are: the picks at any threshold ``t`` above the floor are exactly
+        ``candidates(...).above(t)``, and one network pass gives both.
+        """
         s = self.settings
         outputs = head_outputs(self.model, prepared.image, s.head, tile_size=s.tile_size, device=s.device, bf16=s.bf16)
         return picks_from_outputs(
-            outputs, self.meta, prepared.scale, prepared.data.shape, s.threshold,
+            outputs, self.meta, prepared.scale, prepared.data.shape, min(CANDIDATE_FLOOR, s.threshold),
             name=prepared.name, nms_iou=s.nms_iou, whole_boxes=s.whole_boxes,
         )  # fmt: skip
+
+    def pick(self, prepared: Prepared) -> Picks:
+        """The picks of one prepared micrograph at the threshold, in its stored frame."""
+        return self.candidates(prepared).above(self.settings.threshold)
 
 
 # --- a folder of micrographs to files ---------------------------------------------------------
@@ -492,6 +508,20 @@ def output_paths(out_dir: str | os.PathLike, stem: str, formats: Sequence[str]) 
     return {fmt: out_dir / fmt / f"{stem}{COORDINATE_FORMATS[fmt]}" for fmt in dict.fromkeys([*formats, "csv"])}
 
 
+def candidate_paths(out_dir: str | os.PathLike, stem: str) -> tuple[Path, Path]:
+    """``OUT/candidates/<stem>.csv`` (every candidate, CSV) and ``<stem>.json`` (its box size and micrograph shape)."""
+    folder = Path(out_dir) / "candidates"
+    return folder / f"{stem}.csv", folder / f"{stem}.json"
+
+
+def expected_outputs(
+    out_dir: str | os.PathLike, stem: str, formats: Sequence[str], overlay_dir: str | os.PathLike | None = None
+) -> list[Path]:
+    """Every file :func:`pick_files` writes for one micrograph: all there means it is done."""
+    files = [*output_paths(out_dir, stem, formats).values(), *candidate_paths(out_dir, stem)]
+    return files + ([Path(overlay_dir) / f"{stem}.png"] if overlay_dir is not None else [])
+
+
 def check_formats(formats: Sequence[str]) -> list[str]:
     """The format names, checked; a user error naming an unknown one."""
     for fmt in formats:
@@ -524,6 +554,7 @@ def pick_files(
     overwrite: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> PickReport:
     """Pick every micrograph of ``paths`` into ``out_dir``; returns what happened.
 
@@ -533,6 +564,8 @@ def pick_files(
     prepared is reported through ``log`` (one line) and skipped. ``workers`` threads read
     and prepare micrographs ahead of the network; one thread writes. At the end
     ``out_dir/picks.csv`` is rebuilt from every per-micrograph CSV in ``out_dir/csv``.
+    ``stop`` (asked before each micrograph; ``pick --watch`` sets it on Ctrl-C) ends the run
+    early, after the micrographs in flight are written.
     """
     from tqdm import tqdm
 
@@ -545,19 +578,18 @@ def pick_files(
     report = PickReport()
     start = time.perf_counter()
 
-    def expected(path: Path) -> list[Path]:
-        stem = micrograph_stem(path)
-        files = list(output_paths(out_dir, stem, formats).values())
-        return files + ([overlay / f"{stem}.png"] if overlay is not None else [])
-
     todo = []
     for path in paths:
-        if not overwrite and all(p.is_file() for p in expected(path)):
+        if not overwrite and all(p.is_file() for p in expected_outputs(out_dir, micrograph_stem(path), formats, overlay)):
             report.skipped.append(micrograph_stem(path))
         else:
             todo.append(path)
 
-    def write(picks: Picks, prepared: Prepared) -> None:
+    def write(picks: Picks, candidates: Picks, prepared: Prepared) -> None:
+        # Candidates first: a micrograph whose outputs exist then always has its candidates too.
+        table, sidecar = candidate_paths(out_dir, picks.micrograph)
+        atomic_write_text(sidecar, json.dumps({"micrograph": picks.micrograph, "box_size": picks.box_size, "shape": picks.shape}) + "\n")
+        write_picks(table, candidates, "csv")
         for fmt, target in output_paths(out_dir, picks.micrograph, formats).items():
             write_picks(target, picks, fmt)
         if overlay is not None:
@@ -570,17 +602,22 @@ def pick_files(
         writes = []
         bar = tqdm(total=len(todo), unit="mic", desc="picking", disable=None if progress is None else not progress)
         for i, path in enumerate(todo):
+            if stop is not None and stop():
+                for future in reads.values():
+                    future.cancel()
+                break
             if i + ahead < len(todo):
                 reads[i + ahead] = readers.submit(picker.prepare, todo[i + ahead])
             try:
                 prepared = reads.pop(i).result()
-                picks = picker.pick(prepared)
+                candidates = picker.candidates(prepared)
+                picks = candidates.above(picker.settings.threshold)
             except (HydraPickerError, OSError) as exc:
                 report.failed[str(path)] = _naming(path, exc)
                 say(f"skipped {report.failed[str(path)]}")
                 bar.update(1)
                 continue
-            writes.append((path, picks, writer.submit(write, picks, prepared)))
+            writes.append((path, picks, writer.submit(write, picks, candidates, prepared)))
             del prepared
             bar.update(1)
             # Surface write errors as they come; wait when writing falls behind (memory stays bounded).
