@@ -1,0 +1,92 @@
+"""Run as a RELION 5 External job: pick the micrographs of --in_mics into the job folder --o.
+
+RELION calls the External job's executable from the project folder as
+  EXECUTABLE --o External/job005/ --in_mics CtfFind/job003/micrographs_ctf.star --LABEL VALUE ... --j N
+so set, in RELION's External job: Input tab, "External executable" = hydrapicker-relion (or
+"hydrapicker relion"), "Input micrographs" = a micrographs STAR file; Params tab, one row per
+option below without its leading dashes, e.g. label diameter-A, value 190. The pixel size comes
+from the optics table of --in_mics.
+
+Writes OUT/star/<name>.star per micrograph, OUT/autopick.star (the list of coordinate files that
+RELION's Extract job takes as its input coordinates), RELION_OUTPUT_NODES.star and
+RELION_JOB_EXIT_SUCCESS (or RELION_JOB_EXIT_FAILURE), plus the usual OUT/csv, OUT/picks.csv and
+OUT/candidates, so `hydrapicker report OUT` works on the job folder too.
+
+Example (from the RELION project folder):
+  hydrapicker relion --o External/job005/ --in_mics CtfFind/job003/micrographs_ctf.star --diameter-A 190
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydrapicker.cli._common import add_particle_size_arguments
+from hydrapicker.defaults import NMS_IOU, PICK_THRESHOLD, PICK_TILE_SIZE
+
+__all__ = ["add_arguments", "main", "entry_point"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    relion = parser.add_argument_group("what RELION passes")
+    relion.add_argument("--o", dest="job_dir", type=Path, required=True, metavar="DIR", help="the job folder (External/jobNNN/)")
+    relion.add_argument("--in_mics", type=Path, required=True, metavar="STAR", help="micrographs STAR file (data_optics + data_micrographs)")
+    relion.add_argument("--j", dest="threads", type=int, default=None, metavar="N", help="CPU threads for the network")
+    relion.add_argument("--pipeline_control", metavar="DIR", help=argparse.SUPPRESS)  # passed by some RELION versions; unused
+    add_particle_size_arguments(parser, "Å per pixel (default: _rlnMicrographPixelSize of each optics group)")
+    picking = parser.add_argument_group("picking (RELION Params tab: label without the dashes)")
+    picking.add_argument("--model", type=Path, metavar="CKPT", help="checkpoint (default: the shipped generic model)")
+    picking.add_argument("--head", default="generic", metavar="NAME", help="head to pick with (default: %(default)s)")
+    picking.add_argument("--threshold", type=float, default=PICK_THRESHOLD, metavar="T", help="lowest score written (default: %(default)s)")
+    picking.add_argument("--nms-iou", type=float, default=NMS_IOU, metavar="IOU", help="duplicate suppression IoU (default: %(default)s)")
+    picking.add_argument("--whole-boxes", action="store_true", help="drop picks whose box reaches past the micrograph edge")
+    picking.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the network runs (default: %(default)s)")
+    picking.add_argument("--tile", type=int, default=PICK_TILE_SIZE, metavar="PX", help="tile edge in rescaled px (default: %(default)s)")
+    picking.add_argument("--bf16", action="store_true", help="bfloat16 convolutions")
+    picking.add_argument("--overwrite", action="store_true", help="pick again micrographs whose outputs exist")
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from hydrapicker.cli._common import write_run_record
+    from hydrapicker.pick import PickSettings, Picker, load_picking_model
+    from hydrapicker.relion import mark_job_finished, read_micrographs_star, run_external_job
+
+    try:
+        if args.threads is not None and args.threads > 0:
+            torch.set_num_threads(args.threads)
+        model, meta = load_picking_model(args.model)
+        settings = PickSettings(
+            diameter_A=args.diameter_A, diameter_px=args.diameter_px, pixel_size=args.pixel_size, head=args.head,
+            threshold=args.threshold, nms_iou=args.nms_iou, tile_size=args.tile, whole_boxes=args.whole_boxes,
+            device=args.device, bf16=args.bf16,
+        )  # fmt: skip
+        # the run record names the micrographs picked, as `pick`'s does (hydrapicker report reads it)
+        args.micrographs = [str(m.path.resolve()) for m in read_micrographs_star(args.in_mics)]
+        args.job_dir.mkdir(parents=True, exist_ok=True)
+        write_run_record(args.job_dir, args)
+        report = run_external_job(
+            args.in_mics, args.job_dir, lambda s: Picker(model, meta, s), settings,
+            workers=2, overwrite=args.overwrite, log=lambda line: print(line, file=sys.stderr),
+        )  # fmt: skip
+    except BaseException:
+        mark_job_finished(args.job_dir, success=False)
+        raise
+    mark_job_finished(args.job_dir, success=True)
+    print(
+        f"picked {len(report.picked)} micrographs ({report.n_picks} particles), skipped {len(report.skipped)} already done, "
+        f"{len(report.failed)} failed; coordinates for RELION in {args.job_dir / 'autopick.star'}"
+    )
+    for reason in report.failed.values():
+        print(f"  not picked: {reason}", file=sys.stderr)
+    return 0
+
+
+def entry_point(argv: Sequence[str] | None = None) -> int:
+    """The ``hydrapicker-relion`` console script: one executable name for RELION's External job field."""
+    from hydrapicker.cli import main as cli_main
+
+    return cli_main(["relion", *(sys.argv[1:] if argv is None else argv)])
