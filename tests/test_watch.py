@@ -1,0 +1,170 @@
+"""Following a folder: complete = size stable over two looks and readable; batches through pick_files; idle, stop, restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _synthetic import gaussian_spots
+from hydrapicker.io import read_picks, write_mrc
+from hydrapicker.model import HydraPicker, get_preset
+from hydrapicker.pick import PickSettings, Picker, expected_outputs
+from hydrapicker.train import ModelMeta
+from hydrapicker.watch import FolderWatch, _InterruptToStop, watch_folder
+
+N_MICROGRAPHS = 20
+HALF_WRITTEN = 5  # this one first appears truncated and stays so for many looks
+POLL = 0.05
+FORMATS = ("csv",)  # every format's writer is pick's business (test_pick.py)
+
+
+@pytest.fixture(scope="module")
+def picker() -> Picker:
+    """An untrained tiny model: these tests are about files, not accuracy."""
+    torch.manual_seed(0)
+    model = HydraPicker(get_preset("tiny")).eval()
+    meta = ModelMeta(preset=model.preset, head_names=model.head_names, target_diameter_px=40.0, anchor_stride=model.stride)
+    # An 80-px particle: the network sees the 256² micrographs at 128², which keeps the test fast.
+    return Picker(model, meta, PickSettings(diameter_px=80, threshold=0.0))
+
+
+@pytest.fixture(scope="module")
+def mrc_bytes(tmp_path_factory) -> list[bytes]:
+    """The bytes of 20 small (256²) MRC micrographs with dark spots."""
+    folder = tmp_path_factory.mktemp("sources")
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(N_MICROGRAPHS):
+        path = folder / f"{i}.mrc"
+        write_mrc(path, gaussian_spots((256, 256), rng.uniform(20, 236, size=(6, 2)), 8, contrast=-1.0, noise=0.3, seed=i), pixel_size=2.0)
+        out.append(path.read_bytes())
+    return out
+
+
+def _slow_writer(
+    folder: Path,
+    data: list[bytes],
+    gap: float,
+    *,
+    truncated_seen: threading.Event | None = None,
+    stop_after: int | None = None,
+    stop: threading.Event | None = None,
+) -> threading.Thread:
+    """Drops the micrographs into ``folder`` one by one, each in two writes (a copy in progress);
+    micrograph HALF_WRITTEN is left truncated while the next five arrive and until
+    ``truncated_seen`` is set (the watch reported it), then completed."""
+
+    def run() -> None:
+        for i, content in enumerate(data):
+            path = folder / f"mic_{i:02d}.mrc"
+            with open(path, "wb") as handle:
+                handle.write(content[: len(content) // 2])
+                handle.flush()
+                if i != HALF_WRITTEN:
+                    time.sleep(POLL / 5)
+                    handle.write(content[len(content) // 2 :])
+            if i == HALF_WRITTEN + 5:
+                if truncated_seen is not None:
+                    truncated_seen.wait(timeout=30)
+                (folder / f"mic_{HALF_WRITTEN:02d}.mrc").write_bytes(data[HALF_WRITTEN])
+            if stop_after is not None and i + 1 == stop_after and stop is not None:
+                stop.set()
+                return
+            time.sleep(gap)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_twenty_micrographs_dropped_slowly_are_each_picked_once_complete_and_a_restart_picks_nothing_new(picker, mrc_bytes, tmp_path):
+    folder, out = tmp_path / "incoming", tmp_path / "out"
+    folder.mkdir()
+    lines: list[str] = []
+    truncated_seen = threading.Event()
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if f"mic_{HALF_WRITTEN:02d}.mrc" in line:
+            truncated_seen.set()
+
+    writer = _slow_writer(folder, mrc_bytes, gap=2 * POLL, truncated_seen=truncated_seen)
+    report = watch_folder([folder / "*.mrc"], out, picker, FORMATS, poll=POLL, idle=1.0, log=log)
+    writer.join()
+
+    stems = [f"mic_{i:02d}" for i in range(N_MICROGRAPHS)]
+    assert report.stopped_by == "idle"
+    assert sorted(report.picked) == stems and not report.failed and not report.skipped
+    # The truncated micrograph was stable for many looks: reported once, then picked when completed.
+    truncated = [line for line in lines if f"mic_{HALF_WRITTEN:02d}.mrc" in line and "not picked" in line]
+    assert len(truncated) == 1
+    for stem in stems:
+        assert all(p.is_file() for p in expected_outputs(out, stem, FORMATS)), stem
+    # Its outputs are those of the complete file (the truncated version never reached the network).
+    path = folder / f"mic_{HALF_WRITTEN:02d}.mrc"
+    direct = picker.pick(picker.prepare(path))
+    written = read_picks(out / "csv" / f"mic_{HALF_WRITTEN:02d}.csv", "csv")[path.stem]
+    assert len(direct) > 0
+    np.testing.assert_allclose(written.x, direct.x, atol=1e-3)
+    np.testing.assert_allclose(written.score, direct.score, atol=1e-6)
+    assert sorted(read_picks(out / "picks.csv", "csv")) == stems
+
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = watch_folder([folder], out, picker, FORMATS, poll=POLL, idle=0.3, log=lines.append)
+    assert again.stopped_by == "idle" and again.picked == [] and sorted(again.skipped) == stems
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_growing_file_is_not_ready_and_a_stable_unreadable_one_is_reported_once_until_it_changes(mrc_bytes, tmp_path):
+    path = tmp_path / "a.mrc"
+    watch = FolderWatch([tmp_path])
+    path.write_bytes(mrc_bytes[0][:3000])
+    assert watch.poll().changed  # first sight
+    first = watch.poll()
+    assert first.unreadable.keys() == {path.resolve()} and not first.ready
+    again = watch.poll()
+    assert not again.unreadable and not again.ready and not again.changed
+    with open(path, "ab") as handle:
+        handle.write(mrc_bytes[0][3000:])
+    grown = watch.poll()
+    assert grown.changed and not grown.ready
+    assert watch.poll().ready == [path.resolve()]
+    assert watch.poll().ready == []  # handed out once
+
+
+def test_hidden_temporary_files_and_other_suffixes_are_ignored(mrc_bytes, tmp_path):
+    (tmp_path / ".a.x1y2.tmp.mrc").write_bytes(mrc_bytes[0])
+    (tmp_path / "notes.txt").write_text("x")
+    watch = FolderWatch([tmp_path])
+    watch.poll()
+    found = watch.poll()
+    assert not found.ready and not found.unreadable and not found.changed
+
+
+def test_stop_ends_the_watch_between_micrographs_with_complete_outputs(picker, mrc_bytes, tmp_path):
+    folder, out = tmp_path / "incoming", tmp_path / "out"
+    folder.mkdir()
+    stop = threading.Event()
+    writer = _slow_writer(folder, mrc_bytes[:4], gap=2 * POLL, stop_after=3, stop=stop)
+    report = watch_folder([folder], out, picker, FORMATS, poll=POLL, idle=None, log=lambda line: None, stop=stop)
+    writer.join()
+    assert report.stopped_by == "stop" and len(report.picked) <= 3
+    for stem in report.picked:
+        assert all(p.is_file() for p in expected_outputs(out, stem, FORMATS))
+    if report.picked:
+        assert sorted(read_picks(out / "picks.csv", "csv")) == sorted(report.picked)
+
+
+def test_first_ctrl_c_asks_to_stop_and_a_second_one_aborts():
+    stop = threading.Event()
+    handler = _InterruptToStop(stop, lambda line: None)
+    handler(2, None)
+    assert stop.is_set()
+    with pytest.raises(KeyboardInterrupt):
+        handler(2, None)
+
