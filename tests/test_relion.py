@@ -255,3 +255,15 @@ def test_bad_micrographs_star_names_the_field(tmp_path, optics, micrographs, mes
 def test_a_coords_suffix_name_is_refused_because_extract_would_read_it_the_old_way(tmp_path):
     with pytest.raises(HydraPickerError, match="coords_suffix"):
         write_coordinate_list(tmp_path / "coords_suffix_autopick.star", [("a.mrc", "a.star")])
+
+
+def test_an_abort_request_from_relion_stops_the_job_and_answers_with_the_aborted_marker(project, monkeypatch):
+    monkeypatch.chdir(project)
+    (project / JOB).mkdir(parents=True)
+    (project / JOB / "RELION_JOB_ABORT_NOW").touch()  # what RELION's Abort button leaves
+    status = cli_main(["relion", "--o", JOB, "--in_mics", "CtfFind/job003/micrographs_ctf.star", "--diameter-A", "20", "--j", "1"])
+    assert status == 1
+    assert (project / JOB / "RELION_JOB_EXIT_ABORTED").is_file()
+    assert not (project / JOB / "RELION_JOB_ABORT_NOW").exists()
+    assert not (project / JOB / "RELION_JOB_EXIT_SUCCESS").exists()
+    assert not (project / JOB / "autopick.star").exists()

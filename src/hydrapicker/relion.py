@@ -17,7 +17,9 @@ RELION's External job (``src/pipeline_jobs.cpp``, ``RelionJob::getCommandsExtern
 - the per-micrograph files: a ``data_`` block with ``_rlnCoordinateX`` / ``_rlnCoordinateY``
   (column / row of the micrograph as stored, our convention) and ``_rlnAutopickFigureOfMerit``,
   which :func:`hydrapicker.pick.pick_files` writes as ``OUT/star/<stem>.star``.
-- ``RELION_JOB_EXIT_SUCCESS`` or ``RELION_JOB_EXIT_FAILURE``, an empty file, when done.
+- ``RELION_JOB_EXIT_SUCCESS`` or ``RELION_JOB_EXIT_FAILURE``, an empty file, when done; and when
+  the user aborts the job, RELION leaves ``RELION_JOB_ABORT_NOW`` in the job folder and waits for
+  ``RELION_JOB_EXIT_ABORTED`` (``src/pipeline_control.h``).
 
 The pixel size of each micrograph is ``_rlnMicrographPixelSize`` of its optics group
 (``data_optics``); micrograph paths are relative to the project folder.
@@ -38,6 +40,7 @@ from hydrapicker.pick import Picker, PickReport, PickSettings, output_paths, pic
 __all__ = [
     "COORDINATE_LIST",
     "COORDINATES_NODE_TYPE",
+    "JobAborted",
     "OUTPUT_NODES",
     "RelionMicrograph",
     "mark_job_finished",
@@ -56,7 +59,13 @@ COORDINATES_NODE_TYPE = "MicrographCoordsGroup.star.relion.autopick"
 #: The file through which an External job declares its output nodes (``RELION_OUTPUT_NODES``).
 OUTPUT_NODES = "RELION_OUTPUT_NODES.star"
 
-_SUCCESS, _FAILURE = "RELION_JOB_EXIT_SUCCESS", "RELION_JOB_EXIT_FAILURE"
+#: Exit markers by outcome, and the file through which RELION asks a running job to stop.
+_MARKERS = {"success": "RELION_JOB_EXIT_SUCCESS", "failure": "RELION_JOB_EXIT_FAILURE", "aborted": "RELION_JOB_EXIT_ABORTED"}
+_ABORT_NOW = "RELION_JOB_ABORT_NOW"
+
+
+class JobAborted(HydraPickerError):
+    """RELION asked the job to stop (``RELION_JOB_ABORT_NOW``); the micrographs in flight were written."""
 
 
 @dataclass(frozen=True)
@@ -162,14 +171,15 @@ def write_output_nodes(job_dir: str | os.PathLike, nodes: Sequence[tuple[str, st
     return path
 
 
-def mark_job_finished(job_dir: str | os.PathLike, success: bool) -> Path:
-    """Leave RELION's exit marker in ``job_dir`` (and remove the other one, from an earlier run)."""
+def mark_job_finished(job_dir: str | os.PathLike, outcome: str) -> Path:
+    """Leave RELION's exit marker for ``outcome`` (success, failure, aborted) in ``job_dir``, and
+    remove the other markers (from an earlier run) and a served abort request."""
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
-    keep, drop = (_SUCCESS, _FAILURE) if success else (_FAILURE, _SUCCESS)
-    (job_dir / drop).unlink(missing_ok=True)
-    (job_dir / keep).touch()
-    return job_dir / keep
+    for name in (*_MARKERS.values(), _ABORT_NOW):
+        (job_dir / name).unlink(missing_ok=True)
+    (job_dir / _MARKERS[outcome]).touch()
+    return job_dir / _MARKERS[outcome]
 
 
 def run_external_job(
@@ -189,8 +199,9 @@ def run_external_job(
     the paths written into the STAR files start with it. Each optics group is picked at its own
     pixel size unless ``settings.pixel_size`` is set; ``make_picker`` builds the picker for one
     group's settings. Micrographs that cannot be picked are left out of ``autopick.star`` and
-    listed in the returned report; no micrograph picked at all is a HydraPickerError. Exit
-    markers are the caller's (:func:`mark_job_finished`), so that any error can mark failure.
+    listed in the returned report; no micrograph picked at all is a HydraPickerError, and an
+    abort request from RELION is :class:`JobAborted`. Exit markers are the caller's
+    (:func:`mark_job_finished`), so that any error can mark failure.
     """
     micrographs = read_micrographs_star(Path(project_dir) / in_mics, project_dir)
     stems: dict[str, str] = {}
@@ -204,16 +215,24 @@ def run_external_job(
     for mic in micrographs:
         groups.setdefault(settings.pixel_size or mic.pixel_size, []).append(mic)
     report = PickReport()
+
+    def aborted() -> bool:
+        return (out_dir / _ABORT_NOW).exists()
+
     for pixel_size, members in groups.items():
         picker = make_picker(replace(settings, pixel_size=pixel_size))
         paths = list(dict.fromkeys(m.path for m in members))
         picker.check_paths(paths)
-        part = pick_files(paths, out_dir, picker, ("star",), workers=workers, overwrite=overwrite, progress=False, log=log)
+        part = pick_files(
+            paths, out_dir, picker, ("star",), workers=workers, overwrite=overwrite, progress=False, log=log, stop=aborted
+        )  # fmt: skip
         report.picked += part.picked
         report.skipped += part.skipped
         report.failed.update(part.failed)
         report.n_picks += part.n_picks
         report.seconds += part.seconds
+        if aborted():
+            raise JobAborted(f"{job_dir}: aborted by RELION after {len(report.picked)} micrograph(s)")
     done = set(report.picked) | set(report.skipped)
     if not done:
         raise HydraPickerError(f"{in_mics}: none of its {len(micrographs)} micrographs could be picked")

@@ -53,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
 
     from hydrapicker.cli._common import write_run_record
     from hydrapicker.pick import PickSettings, Picker, load_picking_model
-    from hydrapicker.relion import mark_job_finished, read_micrographs_star, run_external_job
+    from hydrapicker.relion import JobAborted, mark_job_finished, read_micrographs_star, run_external_job
 
     try:
         if args.threads is not None and args.threads > 0:
@@ -72,10 +72,13 @@ def main(args: argparse.Namespace) -> int:
             args.in_mics, args.job_dir, lambda s: Picker(model, meta, s), settings,
             workers=2, overwrite=args.overwrite, log=lambda line: print(line, file=sys.stderr),
         )  # fmt: skip
-    except BaseException:
-        mark_job_finished(args.job_dir, success=False)
+    except JobAborted:
+        mark_job_finished(args.job_dir, "aborted")
         raise
-    mark_job_finished(args.job_dir, success=True)
+    except BaseException:
+        mark_job_finished(args.job_dir, "failure")
+        raise
+    mark_job_finished(args.job_dir, "success")
     print(
         f"picked {len(report.picked)} micrographs ({report.n_picks} particles), skipped {len(report.skipped)} already done, "
         f"{len(report.failed)} failed; coordinates for RELION in {args.job_dir / 'autopick.star'}"
