@@ -94,7 +94,7 @@ PICK_TILE_SIZE: int = 2048
 #: Lowest score recorded in OUT/candidates/ by every pick run, whatever --threshold is, so that
 #: `hydrapicker threshold` can re-write the outputs at any threshold down to this one without
 #: running the network again. With the shipped generic model a bundled 1024² β-gal micrograph
-#: keeps about 2,800 candidates after NMS at this floor (a CSV of ~100 kB).
+#: keeps about 2,800 candidates after NMS at this floor (a 230 kB CSV).
 CANDIDATE_FLOOR: float = 0.01
 
 #: `pick --watch`: seconds between two looks at the folder. A micrograph is complete when its

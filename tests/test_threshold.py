@@ -1,0 +1,156 @@
+"""Candidates at the floor, the suggested threshold, and re-writing a pick folder at a new threshold without the network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _synthetic import gaussian_spots
+from hydrapicker.cli import main as cli_main
+from hydrapicker.defaults import CANDIDATE_FLOOR
+from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
+from hydrapicker.model import HydraPicker, get_preset
+from hydrapicker.pick import Picker, PickSettings, candidate_paths, head_outputs, output_paths, picks_from_outputs
+from hydrapicker.threshold import otsu_threshold, picks_per_micrograph, read_candidates, suggest_threshold
+from hydrapicker.train import ModelMeta, TrainConfig, _checkpoint, _save
+
+FORMATS = ("star", "box", "cbox", "topaz", "cs", "csv")
+
+
+def _model() -> HydraPicker:
+    """A tiny model with weights moved far from their initial ones: scores spread over (0, 1)."""
+    torch.manual_seed(0)
+    model = HydraPicker(get_preset("tiny")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        torch.nn.init.normal_(model.generic.predict.weight, std=0.05)
+    return model
+
+
+def _meta(model: HydraPicker) -> ModelMeta:
+    return ModelMeta(preset=model.preset, head_names=model.head_names, target_diameter_px=40.0, anchor_stride=model.stride)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    _save(path, _checkpoint(_model(), TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None))
+    return path
+
+
+@pytest.fixture(scope="module")
+def micrographs(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("mics")
+    rng = np.random.default_rng(3)
+    paths = []
+    for i, shape in enumerate([(240, 200), (208, 208)]):
+        path = folder / f"mic_{i}.mrc"
+        write_mrc(path, gaussian_spots(shape, rng.uniform(20, 180, size=(10, 2)), 10, contrast=-1.0, noise=0.3, seed=i), pixel_size=2.0)
+        paths.append(path)
+    return paths
+
+
+def _pick(micrographs, out, checkpoint, threshold, *extra) -> None:
+    argv = ["pick", *map(str, micrographs), "--out", str(out), "--model", str(checkpoint), "--diameter-px", "40"]
+    assert cli_main([*argv, "--threshold", str(threshold), *extra]) == 0
+
+
+def test_picks_at_any_threshold_are_the_candidates_above_it(micrographs):
+    """Greedy NMS keeps a pick whatever lies below it: thresholding the candidates = picking at that threshold."""
+    model = _model()
+    meta = _meta(model)
+    picker = Picker(model, meta, PickSettings(diameter_px=40, threshold=0.5))
+    prepared = picker.prepare(micrographs[0])
+    candidates = picker.candidates(prepared)
+    assert candidates.score.min() >= CANDIDATE_FLOOR and len(candidates) > len(picker.pick(prepared)) > 0
+    outputs = head_outputs(model, prepared.image)
+    spread = np.quantile(candidates.score, [0.2, 0.5, 0.8])
+    for t in (CANDIDATE_FLOOR, *spread):
+        direct = picks_from_outputs(outputs, meta, prepared.scale, prepared.data.shape, t)
+        above = candidates.above(t)
+        assert len(direct) == len(above) > 0
+        np.testing.assert_allclose(above.x, direct.x)
+        np.testing.assert_allclose(above.score, direct.score)
+
+
+def test_pick_keeps_every_candidate_with_box_size_and_shape(micrographs, checkpoint, tmp_path):
+    out = tmp_path / "out"
+    _pick(micrographs, out, checkpoint, 0.5, "--format", "csv")
+    for path in micrographs:
+        table, sidecar = candidate_paths(out, path.stem)
+        info = json.loads(sidecar.read_text())
+        assert info["shape"] == list(read_micrograph(path).shape) and info["box_size"] == pytest.approx(40.0)
+        every = read_picks(table, "csv")[path.stem]
+        picked = read_picks(output_paths(out, path.stem, ())["csv"], "csv")[path.stem]
+        assert every.score.min() >= CANDIDATE_FLOOR and len(every) > len(picked)
+        np.testing.assert_array_equal(every.above(0.5).x, picked.x)
+
+
+def test_otsu_threshold_falls_between_two_separated_groups_of_scores():
+    rng = np.random.default_rng(0)
+    low, high = rng.uniform(0.02, 0.1, 3000), rng.uniform(0.5, 0.7, 300)
+    t = otsu_threshold(np.concatenate([low, high]))
+    assert 0.1 <= t <= 0.5
+    assert np.isnan(otsu_threshold(np.full(5, 0.3))) and np.isnan(otsu_threshold(np.zeros(0)))
+
+
+def test_picks_per_micrograph_counts_scores_at_or_above_each_threshold():
+    a = Picks("a", np.zeros(4), np.zeros(4), [0.1, 0.2, 0.2, 0.9])
+    b = Picks("b", np.zeros(1), np.zeros(1), [0.5])
+    got = picks_per_micrograph({"a": a, "b": b}, np.array([0.0, 0.2, 0.5, 0.95]))
+    np.testing.assert_allclose(got, [5 / 2, 4 / 2, 2 / 2, 0.0])
+
+
+def test_set_rewrites_every_format_as_picking_at_that_threshold_would_without_the_network(micrographs, checkpoint, tmp_path, monkeypatch):
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    _pick(micrographs, out, checkpoint, 0.5)
+    _pick(micrographs, fresh, checkpoint, 0.2)
+    monkeypatch.setattr(Picker, "candidates", lambda *a: pytest.fail("re-thresholding ran the network"))
+    assert cli_main(["threshold", str(out), "--set", "0.2"]) == 0
+    for path in micrographs:
+        shape = read_micrograph(path).shape
+        for fmt, file in output_paths(out, path.stem, FORMATS).items():
+            got = read_picks(file, fmt, micrograph=path.stem, shape=shape, box_size=40.0)[path.stem]
+            want = read_picks(output_paths(fresh, path.stem, FORMATS)[fmt], fmt, micrograph=path.stem, shape=shape, box_size=40.0)[path.stem]
+            assert len(got) == len(want) > 0, fmt
+            np.testing.assert_allclose(got.x, want.x, atol=1e-3, err_msg=fmt)
+            np.testing.assert_allclose(got.y, want.y, atol=1e-3, err_msg=fmt)
+    assert (out / "picks.csv").read_text() == (fresh / "picks.csv").read_text()
+    record = json.loads((out / "threshold.json").read_text())
+    assert record["threshold"] == 0.2 and record["previous"] == 0.5
+
+
+def test_summary_prints_the_suggestion_and_the_curve_and_writes_plots(micrographs, checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    _pick(micrographs, out, checkpoint, 0.5, "--format", "csv")
+    assert cli_main(["threshold", str(out)]) == 0
+    text = capsys.readouterr().out
+    suggested = suggest_threshold(read_candidates(out))
+    assert f"suggested threshold: {suggested:.3f}" in text
+    n = sum(int((read_picks(candidate_paths(out, p.stem)[0], "csv")[p.stem].score >= 0.5).sum()) for p in micrographs)
+    row = next(line for line in text.splitlines() if line.strip().startswith("0.500"))
+    assert row.split()[1] == f"{n / 2:.1f}" and "current" in row
+    assert (out / "score_histogram.png").stat().st_size > 0 and (out / "picks_per_micrograph.png").stat().st_size > 0
+
+
+def test_a_folder_without_candidates_or_a_threshold_below_the_floor_is_a_clear_error(micrographs, checkpoint, tmp_path, capsys):
+    old = tmp_path / "old"
+    (old / "csv").mkdir(parents=True)
+    (old / "csv" / "mic_0.csv").write_text("micrograph,x,y,score\nmic_0,10,10,0.9\n")
+    assert cli_main(["threshold", str(old)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "older version" in err
+    out = tmp_path / "out"
+    _pick(micrographs[:1], out, checkpoint, 0.5, "--format", "csv")
+    assert cli_main(["threshold", str(out), "--set", "0.001"]) == 1
+    assert "lowest score kept" in capsys.readouterr().err
+    # a micrograph picked by an older version (no candidates) cannot move with the others
+    (out / "csv" / "legacy.csv").write_text("micrograph,x,y,score\nlegacy,10,10,0.9\n")
+    before = (out / "picks.csv").read_text()
+    assert cli_main(["threshold", str(out), "--set", "0.2"]) == 1
+    assert "legacy" in capsys.readouterr().err and (out / "picks.csv").read_text() == before
