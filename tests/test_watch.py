@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from _synthetic import gaussian_spots
+from hydrapicker.cli import main as cli_main
 from hydrapicker.io import read_picks, write_mrc
 from hydrapicker.model import HydraPicker, get_preset
 from hydrapicker.pick import PickSettings, Picker, expected_outputs
-from hydrapicker.train import ModelMeta
+from hydrapicker.train import ModelMeta, TrainConfig, _checkpoint, _save
 from hydrapicker.watch import FolderWatch, _InterruptToStop, watch_folder
 
 N_MICROGRAPHS = 20
@@ -168,3 +169,17 @@ def test_first_ctrl_c_asks_to_stop_and_a_second_one_aborts():
     with pytest.raises(KeyboardInterrupt):
         handler(2, None)
 
+
+def test_pick_watch_from_the_command_line_picks_what_is_there_and_ends_when_idle(mrc_bytes, tmp_path):
+    folder, out = tmp_path / "incoming", tmp_path / "out"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"m{i}.mrc").write_bytes(mrc_bytes[i])
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "tiny.pt"
+    _save(checkpoint, _checkpoint(HydraPicker(get_preset("tiny")), TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None))
+    argv = ["pick", str(folder), "--out", str(out), "--model", str(checkpoint), "--diameter-px", "80", "--threshold", "0"]
+    assert cli_main([*argv, "--format", "star", "--watch", "--poll", str(POLL), "--idle", "0.5"]) == 0
+    assert all(all(p.is_file() for p in expected_outputs(out, f"m{i}", ["star"])) for i in range(2))
+    assert (out / "command.json").is_file()
+    assert cli_main([*argv, "--watch", "--idle", "0"]) == 1  # a bad --idle is one clear error

@@ -10,8 +10,18 @@ A rerun with the same OUT skips micrographs whose output files are all there (--
 them). Unreadable micrographs are reported and skipped, and listed at the end; the exit status
 is 1 only when no micrograph could be picked.
 
+Every candidate down to score 0.01 is also kept in OUT/candidates/, whatever --threshold is:
+`hydrapicker threshold OUT` shows the score histogram, suggests a threshold and re-writes the
+outputs at another one without picking again.
+
+--watch follows MICROGRAPHS during collection: each micrograph is picked once it is complete
+(same size on two looks --poll seconds apart, and readable); one that stays unreadable is
+reported once and tried again only if it changes. It stops after --idle seconds with nothing
+new, or on Ctrl-C after the micrograph being picked; run it again to go on where it stopped.
+
 Example:
   hydrapicker pick 'micrographs/*.mrc' --out picks/ --model run/model.pt --diameter-A 190 --overlay picks/overlays
+  hydrapicker pick 'incoming/*.mrc' --out picks/ --diameter-A 190 --watch --idle 1800
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import sys
 from pathlib import Path
 
 from hydrapicker.cli._common import add_particle_size_arguments
-from hydrapicker.defaults import COORDINATE_FORMATS, NMS_IOU, PICK_THRESHOLD, PICK_TILE_SIZE
+from hydrapicker.defaults import COORDINATE_FORMATS, NMS_IOU, PICK_THRESHOLD, PICK_TILE_SIZE, WATCH_IDLE_S, WATCH_POLL_S
 
 __all__ = ["add_arguments", "main"]
 
@@ -56,6 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--workers", type=int, default=2, metavar="N", help="threads reading micrographs ahead (default: %(default)s)")
     run.add_argument("--tile", type=int, default=PICK_TILE_SIZE, metavar="PX", help="tile edge in rescaled px (default: %(default)s)")
     run.add_argument("--bf16", action="store_true", help="bfloat16 convolutions (faster on recent CPUs; scores change slightly)")
+    watching = parser.add_argument_group("watching a folder during collection")
+    watching.add_argument("--watch", action="store_true", help="keep following MICROGRAPHS and pick each new one once it is complete")
+    watching.add_argument(
+        "--idle", type=float, default=WATCH_IDLE_S, metavar="S", help="with --watch: stop after S seconds with nothing new (default: only on Ctrl-C)"
+    )
+    watching.add_argument("--poll", type=float, default=WATCH_POLL_S, metavar="S", help="with --watch: seconds between looks (default: %(default)s)")
+
 
 
 def main(args: argparse.Namespace) -> int:
@@ -66,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
     if args.out.is_file():
         raise HydraPickerError(f"--out {args.out}: is a file, not a folder")
     formats = check_formats(args.format)
-    paths = expand_micrographs(args.micrographs)
+    paths = [] if args.watch else expand_micrographs(args.micrographs)  # a watched folder may be empty so far
     model, meta = load_picking_model(args.model)
     settings = PickSettings(
         diameter_A=args.diameter_A, diameter_px=args.diameter_px, pixel_size=args.pixel_size, head=args.head,
@@ -77,7 +94,15 @@ def main(args: argparse.Namespace) -> int:
     picker.check_paths(paths)
     args.out.mkdir(parents=True, exist_ok=True)
     write_run_record(args.out, args)
-    report = pick_files(paths, args.out, picker, formats, overlay_dir=args.overlay, workers=args.workers, overwrite=args.overwrite)
+    if args.watch:
+        from hydrapicker.watch import watch_folder
+
+        report = watch_folder(
+            args.micrographs, args.out, picker, formats, poll=args.poll, idle=args.idle,
+            overlay_dir=args.overlay, workers=args.workers, overwrite=args.overwrite,
+        )  # fmt: skip
+    else:
+        report = pick_files(paths, args.out, picker, formats, overlay_dir=args.overlay, workers=args.workers, overwrite=args.overwrite)
     rate = len(report.picked) / report.seconds if report.seconds > 0 else float("nan")
     print(
         f"picked {len(report.picked)} micrographs ({report.n_picks} particles, {rate:.2f} micrographs/s), "

@@ -10,7 +10,8 @@ OUT/picks.csv at threshold T, and records it in OUT/threshold.json. Overlays are
 The suggestion is Otsu's threshold on the candidate scores: the valley between the background
 and the particle scores. With the shipped generic model on the bundled labelled micrographs it
 gave F1 0.736 against the best 0.740 (β-gal, 3 micrographs; the default 0.25 gives 0.678) and
-0.182 against 0.202 (T20S, 1 micrograph, where the model itself is poor). It is a starting point:
+0.182 against 0.202 (T20S, 1 micrograph, where the model itself is poor); for a model trained on
+β-gal, whose scores run higher, 0.731 against 0.745 (benchmarks/threshold_rule.md). A starting point:
 look at the overlays, or use `hydrapicker evaluate` (best-F1 threshold) where you have labels.
 
 Micrographs that `pick` adds to OUT later use pick's own --threshold: give it the same T.
