@@ -110,7 +110,9 @@ def test_micrographs_given_explicitly_replace_the_run_record(tmp_path):
 def test_cli_writes_the_page_into_the_picks_folder_and_refuses_a_folder_without_picks(tmp_path, capsys):
     out = _picks_dir(tmp_path)
     assert cli_main(["report", str(out)]) == 0
-    assert (out / "report.html").is_file()
+    assert '<input type="range" id="threshold" min="0.01" max="1" step="0.001" value="0.5">' in (out / "report.html").read_text()
+    assert cli_main(["report", str(out), "--threshold", "0.3", "--out", str(tmp_path / "r.html")]) == 0
+    assert 'value="0.3">' in (tmp_path / "r.html").read_text()  # the slider starts where asked
     empty = tmp_path / "empty"
     empty.mkdir()
     assert cli_main(["report", str(empty)]) == 1

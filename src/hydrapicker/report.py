@@ -170,6 +170,7 @@ def write_report(
     thumbnails: int = 24,
     thumbnail_size: int = 512,
     box_size: float | None = None,
+    threshold: float | None = None,
 ) -> Path:
     """Write the report page of a pick output folder; returns its path (default ``PICKS_DIR/report.html``).
 
@@ -181,13 +182,17 @@ def write_report(
             name); every micrograph is counted in the table and the histogram.
         thumbnail_size: long side of a thumbnail at most, in px.
         box_size: box edge in stored px, for runs whose files do not record it.
+        threshold: where the slider starts; default: the run's ``--threshold``.
     """
     picks_dir = Path(picks_dir)
     if thumbnails < 0 or thumbnail_size < 16:
         raise HydraPickerError(f"thumbnails must be >= 0 and thumbnail size >= 16 px, got {thumbnails} and {thumbnail_size}")
     runs, options = read_run_picks(picks_dir, micrographs)
     fallback_box = _box_size(options, box_size)
-    threshold = float(options.get("threshold", PICK_THRESHOLD))
+    if threshold is None:
+        threshold = float(options.get("threshold", PICK_THRESHOLD))
+    elif not 0 <= threshold <= 1:
+        raise HydraPickerError(f"threshold must be a score between 0 and 1, got {threshold}")
     scores = np.concatenate([r.picks.score for r in runs]) if runs else np.zeros(0)
     low = float(min(CANDIDATE_FLOOR, scores.min() if len(scores) else CANDIDATE_FLOOR, threshold))
     entries = []
