@@ -555,6 +555,7 @@ def pick_files(
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    merge: bool = True,
 ) -> PickReport:
     """Pick every micrograph of ``paths`` into ``out_dir``; returns what happened.
 
@@ -565,7 +566,8 @@ def pick_files(
     and prepare micrographs ahead of the network; one thread writes. At the end
     ``out_dir/picks.csv`` is rebuilt from every per-micrograph CSV in ``out_dir/csv``.
     ``stop`` (asked before each micrograph; ``pick --watch`` sets it on Ctrl-C) ends the run
-    early, after the micrographs in flight are written.
+    early, after the micrographs in flight are written. ``merge=False`` leaves ``picks.csv``
+    alone (one rank's share under torchrun: :func:`hydrapicker.distributed.pick_files_sharded`).
     """
     from tqdm import tqdm
 
@@ -626,7 +628,8 @@ def pick_files(
         for item in writes:
             _finish_write(item, report, say)
         bar.close()
-    rebuild_picks_csv(out_dir)
+    if merge:
+        rebuild_picks_csv(out_dir)
     report.seconds = time.perf_counter() - start
     return report
 

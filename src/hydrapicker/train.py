@@ -21,12 +21,25 @@ latest ``last.pt`` (with optimiser, scheduler and RNG state, for ``resume``). Ea
 ``OUT/model.pt`` is a copy of the last stage's ``best.pt``, ``OUT/config.json`` the config.
 
 A run is reproducible on one machine with one thread count: the seed fixes the initial weights,
-the data stream (``CropBatches`` is re-seeded per epoch) and dropout; a resumed run restores the
-RNG state saved at the end of the last finished epoch and so follows the same path.
+the data stream (batch ``i`` of epoch ``e`` depends only on the seed, ``e`` and ``i``) and dropout
+(re-seeded from the same three before each batch); a resumed run restores the RNG state saved at
+the end of the last finished epoch and so follows the same path.
+
+Several processes (``torchrun``, :mod:`hydrapicker.distributed`): the model is wrapped in
+DistributedDataParallel and one optimiser step averages the gradients of ``accumulate`` batches
+on each of the W ranks: rank ``r`` draws batches ``(step W + r) accumulate + k``, so a step sees
+the same ``W x accumulate`` whole single-dataset batches as one process with ``accumulate``
+``W x accumulate`` (same seed), and gives the same weights up to float rounding
+(tests/test_distributed.py). The bias term depends only on the weights, which every rank holds
+identically: each rank adds ``lambda_bias L_bias`` once per step (not once per batch), and DDP's
+average of W identical gradients is that gradient once (adding it on rank 0 alone would divide
+it by W). Validation batches are shared out between ranks and their losses gathered; rank 0
+alone writes checkpoints, logs and plots; a resumed run reads ``last.pt`` on every rank.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import io
@@ -43,7 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hydrapicker import __version__
+from hydrapicker import __version__, distributed
 from hydrapicker.defaults import (
     ANCHOR_STRIDE,
     BATCH_SIZE,
@@ -110,6 +123,9 @@ class TrainConfig:
     rotate: bool = True
     scale_jitter: tuple[float, float] = (1.0, 1.0)
     seed: int = 0
+    #: Batches whose gradients one optimiser step averages, per process (under torchrun the
+    #: step averages ``accumulate x world size`` batches).
+    accumulate: int = 1
     threads: int | None = None
     channels_last: bool = True
     #: Where the network trains ("cpu" or "cuda"); data are prepared on the CPU either way.
@@ -122,7 +138,7 @@ class TrainConfig:
         get_preset(self.preset)
         if self.stage not in STAGES:
             raise HydraPickerError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
-        for name in ("epochs", "stage2_epochs", "batches_per_epoch", "val_batches", "t0_epochs", "batch_size"):
+        for name in ("epochs", "stage2_epochs", "batches_per_epoch", "val_batches", "t0_epochs", "batch_size", "accumulate"):
             if getattr(self, name) < 1:
                 raise HydraPickerError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.crop_size % ANCHOR_STRIDE:
@@ -285,10 +301,12 @@ def _expected_particles(batch, density: Mapping[tuple[str, str], float] | None) 
 
 
 def _batch_losses(
-    model: HydraPicker, batch, head: str, config: TrainConfig, density: Mapping[tuple[str, str], float] | None = None
+    model: HydraPicker, batch, head: str, config: TrainConfig, density: Mapping[tuple[str, str], float] | None = None,
+    net: torch.nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    # net: the model as trained (its DistributedDataParallel wrapper under torchrun)
     device = next(model.parameters()).device
-    outputs = model(batch.images.to(device, non_blocking=True), head)
+    outputs = (model if net is None else net)(batch.images.to(device, non_blocking=True), head)
     loss = detection_loss(
         outputs,
         [c.to(device) for c in batch.centres],
@@ -306,14 +324,35 @@ def _batch_losses(
 def _validate(model: HydraPicker, batches, stage: int, config: TrainConfig, density=None) -> dict[str, float]:
     model.eval()
     batches.set_epoch(0)  # the same crops every epoch, so epochs compare
-    locs, clss = [], []
+    values = []
     with torch.no_grad():
-        for batch in batches:
+        for index in distributed.shard(range(len(batches))):  # each rank its share; all of them in one process
+            batch = batches.batch(index)
             loc, cls = _batch_losses(model, batch, GENERIC if stage == 1 else batch.dataset, config, density)
-            locs.append(loc.item())
-            clss.append(cls.item())
+            values.append((index, loc.item(), cls.item()))
+    _, locs, clss = zip(*_in_batch_order(values))
     loc, cls = float(np.mean(locs)), float(np.mean(clss))
     return {"val_loss": loc + config.lambda_cls * cls, "val_loc": loc, "val_cls": cls}
+
+
+def _in_batch_order(values: list[tuple]) -> list[tuple]:
+    # Every rank's (batch index, ...) tuples in index order, so means add up as in one process.
+    return sorted(value for part in distributed.all_gather(values) for value in part)
+
+
+def _batch_seed(config: TrainConfig, stage: int, epoch: int, index: int) -> int:
+    # Dropout masks of a batch depend on the batch, not on which rank draws it or what ran before.
+    return int(np.random.SeedSequence([config.seed, stage, epoch, index]).generate_state(1)[0])
+
+
+def _data_parallel(model: HydraPicker) -> torch.nn.Module:
+    """The model wrapped in DistributedDataParallel under torchrun (itself otherwise)."""
+    if not distributed.is_distributed() or not any(p.requires_grad for p in model.parameters()):
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(model.parameters()).device
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 LOG_FIELDS = ("epoch", "train_loss", "train_loc", "train_cls", "train_bias", "val_loss", "val_loc", "val_cls", "lr", "seconds")
@@ -439,7 +478,9 @@ def train_stage(
         start, best_val, rows = state["epoch"] + 1, state["best_val"], list(state["log"])
 
     val_split = _validation_split(datasets)
-    train_batches = _batches(datasets, "train", config, config.batches_per_epoch, train=True, seed=config.seed)
+    world, rank, per_rank = distributed.world_size(), distributed.rank(), config.accumulate
+    net = _data_parallel(model)
+    train_batches = _batches(datasets, "train", config, config.batches_per_epoch * world * per_rank, train=True, seed=config.seed)
     val_batches = _batches(datasets, "val", config, config.val_batches, train=False, seed=config.seed + 1)
     from tqdm import tqdm
 
@@ -447,27 +488,36 @@ def train_stage(
         t0 = time.perf_counter()
         model.train()
         train_batches.set_epoch(epoch)
-        sums = np.zeros(3)
-        n_batches = 0
-        bar = tqdm(train_batches, total=config.batches_per_epoch, desc=f"stage {stage} epoch {epoch + 1}/{n_epochs}",
-                   leave=False, disable=None)  # fmt: skip
-        for step, batch in enumerate(bar):
-            loc, cls = _batch_losses(model, batch, GENERIC if stage == 1 else batch.dataset, config, particle_density)
-            bias = head_bias_loss(model) if stage == 2 else loc.new_zeros(())
-            loss = loc + config.lambda_cls * cls + config.lambda_bias * bias
+        values, biases = [], []
+        bar = tqdm(range(config.batches_per_epoch), desc=f"stage {stage} epoch {epoch + 1}/{n_epochs}",
+                   leave=False, disable=None if rank == 0 else True)  # fmt: skip
+        for step in bar:
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            for k in range(per_rank):
+                index = (step * world + rank) * per_rank + k
+                batch = train_batches.batch(index)
+                torch.manual_seed(_batch_seed(config, stage, epoch, index))
+                last = k == per_rank - 1
+                # DDP averages the gradients over ranks on the step's last backward only
+                with contextlib.nullcontext() if last or net is model else net.no_sync():
+                    loc, cls = _batch_losses(model, batch, GENERIC if stage == 1 else batch.dataset, config, particle_density, net)
+                    loss = (loc + config.lambda_cls * cls) / per_rank
+                    if last:  # the bias term once per step (see the module docstring)
+                        bias = head_bias_loss(model) if stage == 2 else loc.new_zeros(())
+                        loss = loss + config.lambda_bias * bias
+                    loss.backward()
+                values.append((index, loc.item(), cls.item()))
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimiser.step()
             if scheduler is not None:
                 scheduler.step(epoch + (step + 1) / config.batches_per_epoch)
-            sums += (loc.item(), cls.item(), bias.item())
-            n_batches += 1
+            biases.append(bias.item())
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        if n_batches == 0:
+        if not values:
             raise HydraPickerError("the training split yielded no batches (no training micrographs?)")
-        train_loc, train_cls, train_bias = sums / n_batches
+        _, locs, clss = zip(*_in_batch_order(values))  # every rank's batches
+        train_loc, train_cls, train_bias = np.mean(locs), np.mean(clss), np.mean(biases)
         row = {
             "epoch": epoch,
             "train_loss": float(train_loc + config.lambda_cls * train_cls),
@@ -479,21 +529,24 @@ def train_stage(
         }
         row["seconds"] = round(time.perf_counter() - t0, 3)
         rows.append(row)
-        if row["val_loss"] < best_val:
-            best_val = row["val_loss"]
-            _save(best_path, _checkpoint(model, config, stage, epoch, best_val))
-        _save(
-            last_path,
-            _checkpoint(
-                model, config, stage, epoch, row["val_loss"],
-                optimiser=optimiser.state_dict(),
-                scheduler=scheduler.state_dict() if scheduler is not None else None,
-                rng=_rng_state(), best_val=best_val, log=rows,
-            ),
-        )  # fmt: skip
-        _write_logs(out_dir, rows, stage, val_split)
+        improved = row["val_loss"] < best_val
+        best_val = min(best_val, row["val_loss"])
+        if rank == 0:  # every rank holds the same weights; one writes them
+            if improved:
+                _save(best_path, _checkpoint(model, config, stage, epoch, best_val))
+            _save(
+                last_path,
+                _checkpoint(
+                    model, config, stage, epoch, row["val_loss"],
+                    optimiser=optimiser.state_dict(),
+                    scheduler=scheduler.state_dict() if scheduler is not None else None,
+                    rng=_rng_state(), best_val=best_val, log=rows,
+                ),
+            )  # fmt: skip
+            _write_logs(out_dir, rows, stage, val_split)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
+    distributed.barrier()  # the next stage reads best.pt on every rank
     return best_path
 
 
@@ -521,8 +574,10 @@ def train(
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "datasets": names,
         "config": config.to_dict(),
+        "world_size": distributed.world_size(),  # a step averages accumulate x world_size batches
     }
-    atomic_write_text(out_dir / "config.json", json.dumps(record, indent=2) + "\n")
+    if distributed.is_main():
+        atomic_write_text(out_dir / "config.json", json.dumps(record, indent=2) + "\n")
 
     def callback(stage: int):
         return None if on_epoch_end is None else (lambda epoch, row: on_epoch_end(stage, epoch, row))
@@ -537,6 +592,8 @@ def train(
         best = train_stage(2, datasets, out_dir / "stage2", config, init_from=stage1_best, resume=resume,
                            on_epoch_end=callback(2))  # fmt: skip
     final = out_dir / "model.pt"
-    with atomic_path(final) as tmp:
-        shutil.copyfile(best, tmp)
+    if distributed.is_main():
+        with atomic_path(final) as tmp:
+            shutil.copyfile(best, tmp)
+    distributed.barrier()
     return final

@@ -74,15 +74,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     watching.add_argument("--poll", type=float, default=WATCH_POLL_S, metavar="S", help="with --watch: seconds between looks (default: %(default)s)")
 
 
-
 def main(args: argparse.Namespace) -> int:
+    from hydrapicker import distributed
+
+    with distributed.session(args.device):  # several processes under torchrun: micrographs sharded by rank
+        return _pick(args)
+
+
+def _pick(args: argparse.Namespace) -> int:
+    from hydrapicker import distributed
     from hydrapicker.cli._common import write_run_record
     from hydrapicker.errors import HydraPickerError
-    from hydrapicker.pick import PickSettings, Picker, check_formats, expand_micrographs, load_picking_model, pick_files
+    from hydrapicker.pick import PickSettings, Picker, check_formats, expand_micrographs, load_picking_model
 
     if args.out.is_file():
         raise HydraPickerError(f"--out {args.out}: is a file, not a folder")
     formats = check_formats(args.format)
+    if args.watch and distributed.world_size() > 1:
+        raise HydraPickerError("--watch runs in one process: start it without torchrun")
     paths = [] if args.watch else expand_micrographs(args.micrographs)  # a watched folder may be empty so far
     model, meta = load_picking_model(args.model)
     settings = PickSettings(
@@ -93,7 +102,8 @@ def main(args: argparse.Namespace) -> int:
     picker = Picker(model, meta, settings)
     picker.check_paths(paths)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_run_record(args.out, args)
+    if distributed.is_main():
+        write_run_record(args.out, args)
     if args.watch:
         from hydrapicker.watch import watch_folder
 
@@ -102,7 +112,11 @@ def main(args: argparse.Namespace) -> int:
             overlay_dir=args.overlay, workers=args.workers, overwrite=args.overwrite,
         )  # fmt: skip
     else:
-        report = pick_files(paths, args.out, picker, formats, overlay_dir=args.overlay, workers=args.workers, overwrite=args.overwrite)
+        report = distributed.pick_files_sharded(
+            paths, args.out, picker, formats, overlay_dir=args.overlay, workers=args.workers, overwrite=args.overwrite
+        )
+    if not distributed.is_main():  # rank 0 reports the whole run; every rank exits with its status
+        return 1 if report.failed and not report.picked and not report.skipped else 0
     rate = len(report.picked) / report.seconds if report.seconds > 0 else float("nan")
     print(
         f"picked {len(report.picked)} micrographs ({report.n_picks} particles, {rate:.2f} micrographs/s), "

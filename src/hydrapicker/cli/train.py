@@ -8,6 +8,10 @@ model (the best checkpoint of the last stage run) for `hydrapicker pick --model`
 
 A killed run continues with --resume from the last finished epoch.
 
+Under torchrun (`torchrun --nproc-per-node N --no-python hydrapicker train ...`) the N processes
+train one model with DistributedDataParallel: each draws its own batches, so an optimiser step
+averages N x --accumulate batches; rank 0 writes the checkpoints and logs.
+
 Example:
   hydrapicker train project.toml --out run/ --preset small --epochs 120 --stage2-epochs 40
 """
@@ -38,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="validation mini-batches measured after each epoch (default: %(default)s)")  # fmt: skip
     group.add_argument("--t0-epochs", type=int, default=defaults.t0_epochs,
                        help="stage-1 epochs between warm restarts of the learning rate (default: %(default)s)")  # fmt: skip
+    group.add_argument("--accumulate", type=int, default=defaults.accumulate, metavar="N",
+                       help="batches averaged per optimiser step, per process (default: %(default)s)")  # fmt: skip
     group.add_argument("--scale-jitter", type=float, nargs=2, default=defaults.scale_jitter, metavar=("LO", "HI"),
                        help="extra rescale of each training crop, log-uniform in [LO, HI] (default: %(default)s)")  # fmt: skip
     group = parser.add_argument_group("run")
@@ -50,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from hydrapicker import distributed
+
+    with distributed.session(args.device):  # several processes under torchrun: one DDP model
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from hydrapicker import distributed
     from hydrapicker.cli._common import write_run_record
     from hydrapicker.data import load_project
     from hydrapicker.train import TrainConfig, train
@@ -64,13 +78,16 @@ def main(args: argparse.Namespace) -> int:
         t0_epochs=args.t0_epochs,
         scale_jitter=tuple(args.scale_jitter),
         seed=args.seed,
+        accumulate=args.accumulate,
         threads=args.threads,
         device=args.device,
         cache_dir=str(args.cache_dir) if args.cache_dir else None,
     )
     datasets = load_project(args.project)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_run_record(args.out, args)
+    if distributed.is_main():
+        write_run_record(args.out, args)
     model = train(datasets, args.out, config, resume=args.resume)
-    print(f"Model: {model.resolve()}")
+    if distributed.is_main():
+        print(f"Model: {model.resolve()}")
     return 0
