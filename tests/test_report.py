@@ -73,6 +73,16 @@ def test_every_candidate_is_on_the_page_so_the_slider_can_go_below_the_runs_thre
         assert data[name]["box"] == 9.0
 
 
+def test_micrographs_past_the_thumbnails_carry_only_their_counts_at_every_slider_step(tmp_path):
+    out = _picks_dir(tmp_path)
+    data = {e["name"]: e for e in _page_data(write_report(out, thumbnails=1).read_text())}
+    assert data["mic_a"]["src"] and "s" in data["mic_a"]
+    assert data["mic_b"]["src"] is None and not {"x", "y", "s"} & set(data["mic_b"])
+    scores = _scores(len(_MICS["mic_b"][1]), 0.01)
+    steps = np.round(0.01 + 0.001 * np.arange(991), 6)  # the slider's positions, 0.01 to 1
+    assert data["mic_b"]["counts"] == [int(np.sum(scores >= t)) for t in steps]
+
+
 def test_without_candidates_the_picks_at_the_runs_threshold_are_shown(tmp_path):
     runs, options = read_run_picks(_picks_dir(tmp_path, candidates=False))
     assert options["threshold"] == 0.5

@@ -4,7 +4,10 @@ The page (``PICKS_DIR/report.html``) needs no server and loads nothing from outs
 the micrographs are PNG data URIs (contrast-stretched and block-averaged as
 :func:`hydrapicker.pick.overlay_image` does), the picks are JSON drawn as boxes on a canvas by inline
 JavaScript, and a slider over the score threshold redraws the boxes and updates the per-micrograph
-counts, the total and the score histogram (inline SVG) as it moves.
+counts, the total and the score histogram (inline SVG) as it moves. The page carries each
+micrograph's count at every slider position (steps of :data:`SLIDER_STEP`), counted here, and the
+picks themselves only for the micrographs it draws, so its size grows with the number of
+micrographs, not of candidates.
 
 Scores come from ``PICKS_DIR/candidates/<stem>.csv`` (every candidate down to
 :data:`hydrapicker.defaults.CANDIDATE_FLOOR`, so the slider can go below the run's threshold) or,
@@ -41,6 +44,9 @@ REPORT_NAME = "report.html"
 
 #: Bins of the score histogram between the lowest score on the page and 1.
 HISTOGRAM_BINS = 50
+
+#: The slider moves in steps of this score; counts are exact at every step.
+SLIDER_STEP = 0.001
 
 
 @dataclass
@@ -154,7 +160,7 @@ def _histogram_svg(scores: np.ndarray, low: float, width: int = 640, height: int
         )
     return (
         f'<svg id="histogram" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-        f'data-low="{low}" data-width="{width}" role="img" aria-label="score histogram">'
+        f'data-width="{width}" role="img" aria-label="score histogram">'
         + "".join(bars)
         + f'<line id="threshold-line" x1="0" x2="0" y1="0" y2="{plot_h}"/>'
         + f'<text x="0" y="{height - 4}">{low:.2f}</text><text x="{width}" y="{height - 4}" text-anchor="end">1.00</text>'
@@ -195,27 +201,33 @@ def write_report(
         raise HydraPickerError(f"threshold must be a score between 0 and 1, got {threshold}")
     scores = np.concatenate([r.picks.score for r in runs]) if runs else np.zeros(0)
     low = float(min(CANDIDATE_FLOOR, scores.min() if len(scores) else CANDIDATE_FLOOR, threshold))
+    low = np.floor(round(low / SLIDER_STEP, 6)) * SLIDER_STEP  # on the slider's grid
+    # The slider's positions, each the double nearest its decimal value, as the browser parses it.
+    grid = np.round(low + SLIDER_STEP * np.arange(int(round((1 - low) / SLIDER_STEP)) + 1), 6)
     entries = []
     missing = []
     for i, run in enumerate(runs):
         p = run.picks
+        ordered = np.sort(p.score)
         entry = {
             "name": p.micrograph,
-            "x": np.round(p.x, 1).tolist(), "y": np.round(p.y, 1).tolist(), "s": p.score.tolist(),
-            "box": p.box_size or fallback_box, "src": None, "factor": 1,
+            "counts": (len(ordered) - np.searchsorted(ordered, grid, side="left")).tolist(),  # scores >= each position
+            "n": len(p), "box": p.box_size or fallback_box, "src": None, "factor": 1,
         }  # fmt: skip
         if run.path is None:
             missing.append(p.micrograph)
         elif i < thumbnails:
             entry["src"], entry["factor"], _ = _thumbnail(run.path, thumbnail_size)
+            entry.update(x=np.round(p.x, 1).tolist(), y=np.round(p.y, 1).tolist(), s=p.score.tolist())
         entries.append(entry)
     page = _PAGE.format(
         title=html.escape(f"HydraPicker picks: {picks_dir.resolve().name}"),
         folder=html.escape(str(picks_dir.resolve())),
         n=len(runs),
         n_thumbs=sum(e["src"] is not None for e in entries),
-        low=low,
-        threshold=min(max(threshold, low), 1.0),
+        low=f"{low:.6g}",
+        step=SLIDER_STEP,
+        threshold=f"{grid[int(np.clip(round((threshold - low) / SLIDER_STEP), 0, len(grid) - 1))]:.6g}",
         source="candidates (every score down to the floor)" if any(r.source.parent.name == "candidates" for r in runs)
         else "csv (the picks at the run's threshold only)",
         missing=(f"<p class=\"warn\">No micrograph file found for {len(missing)} of them: "
@@ -223,7 +235,7 @@ def write_report(
         histogram=_histogram_svg(scores, low),
         rows="".join(
             f'<tr><td>{html.escape(e["name"])}</td><td class="count" data-name="{html.escape(e["name"])}"></td>'
-            f'<td>{len(e["s"])}</td></tr>' for e in entries
+            f'<td>{e["n"]}</td></tr>' for e in entries
         ),
         data=json.dumps(entries, separators=(",", ":")).replace("</", "<\\/"),
         stamp=html.escape(f"hydrapicker {__version__}, {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}"),
@@ -269,8 +281,8 @@ canvas {{ border: 1px solid #ccc; max-width: 100%; }}
 <p class="meta">{n} micrographs from {folder}; scores from {source}; thumbnails for {n_thumbs}.</p>
 {missing}
 <div id="controls">
-<label for="threshold">Score threshold <output id="threshold-value">{threshold:.3f}</output></label>
-<input type="range" id="threshold" min="{low}" max="1" step="0.001" value="{threshold}">
+<label for="threshold">Score threshold <output id="threshold-value">{threshold}</output></label>
+<input type="range" id="threshold" min="{low}" max="1" step="{step}" value="{threshold}">
 <span id="summary"><b id="total-count"></b> picks at or above the threshold</span>
 </div>
 <div class="layout">
@@ -289,12 +301,13 @@ const runs = JSON.parse(document.getElementById("report-data").textContent);
 const slider = document.getElementById("threshold");
 const thumbs = document.getElementById("thumbs");
 const histogram = document.getElementById("histogram");
-const low = parseFloat(histogram.dataset.low), width = parseFloat(histogram.dataset.width);
+const width = parseFloat(histogram.dataset.width);
+const low = parseFloat(slider.min), step = parseFloat(slider.step);
 
-function countAbove(run, t) {{
-  let n = 0;
-  for (const s of run.s) if (s >= t) n++;
-  return n;
+// The slider's position as (index into each run's counts, score threshold on the same grid as the counts).
+function position() {{
+  const k = Math.round((parseFloat(slider.value) - low) / step);
+  return [k, Math.round((low + k * step) * 1e6) / 1e6];
 }}
 
 function draw(run, t) {{
@@ -312,11 +325,11 @@ function draw(run, t) {{
 }}
 
 function update() {{
-  const t = parseFloat(slider.value);
+  const [k, t] = position();
   document.getElementById("threshold-value").textContent = t.toFixed(3);
   let total = 0;
   for (const run of runs) {{
-    const n = countAbove(run, t);
+    const n = run.counts[Math.min(k, run.counts.length - 1)];
     total += n;
     run.cell.textContent = n;
     if (run.caption) run.caption.textContent = run.name + ": " + n + " picks";
@@ -347,7 +360,7 @@ for (const run of runs) {{
   run.image.onload = () => {{
     run.canvas.width = run.image.naturalWidth;
     run.canvas.height = run.image.naturalHeight;
-    draw(run, parseFloat(slider.value));
+    draw(run, position()[1]);
   }};
   run.image.src = run.src;
 }}
