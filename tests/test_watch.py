@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -159,6 +161,37 @@ def test_stop_ends_the_watch_between_micrographs_with_complete_outputs(picker, m
         assert all(p.is_file() for p in expected_outputs(out, stem, FORMATS))
     if report.picked:
         assert sorted(read_picks(out / "picks.csv", "csv")) == sorted(report.picked)
+
+
+class _InterruptedPicker(Picker):
+    """The fixture's picker, but Ctrl-C arrives while it picks its first micrograph."""
+
+    def __init__(self, inner: Picker) -> None:
+        self.__dict__.update(inner.__dict__)
+        self.calls = 0
+
+    def candidates(self, prepared):
+        self.calls += 1
+        if self.calls == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # handled in this (the main) thread
+        return super().candidates(prepared)
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signal handlers need the main thread")
+def test_ctrl_c_ends_the_watch_after_the_micrograph_being_picked_and_a_restart_goes_on(picker, mrc_bytes, tmp_path):
+    folder, out = tmp_path / "incoming", tmp_path / "out"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"m{i}.mrc").write_bytes(mrc_bytes[i])
+    before = signal.getsignal(signal.SIGINT)
+    report = watch_folder([folder], out, _InterruptedPicker(picker), FORMATS, poll=POLL, idle=None, log=lambda line: None)
+    assert report.stopped_by == "interrupt" and report.picked == ["m0"]
+    assert all(p.is_file() for p in expected_outputs(out, "m0", FORMATS))
+    assert not any(p.exists() for p in expected_outputs(out, "m1", FORMATS))
+    assert sorted(read_picks(out / "picks.csv", "csv")) == ["m0"]
+    assert signal.getsignal(signal.SIGINT) is before
+    again = watch_folder([folder], out, picker, FORMATS, poll=POLL, idle=0.3, log=lambda line: None)
+    assert again.skipped == ["m0"] and sorted(again.picked) == ["m1", "m2"]
 
 
 def test_first_ctrl_c_asks_to_stop_and_a_second_one_aborts():

@@ -186,6 +186,8 @@ def watch_folder(
     watcher = FolderWatch(patterns, is_done)
     stems: dict[str, Path] = {}  # two micrographs with one name would overwrite each other's picks
     with _stop_on_interrupt(stop, say) as interrupt:
+        until = f"{idle:g} s with nothing new" if idle is not None else "Ctrl-C"
+        say(f"watching {', '.join(map(str, patterns))} every {poll:g} s until {until}")
         while not stop.is_set():
             found = watcher.poll()
             report.skipped.extend(micrograph_stem(p) for p in found.done)
