@@ -267,3 +267,11 @@ def test_an_abort_request_from_relion_stops_the_job_and_answers_with_the_aborted
     assert not (project / JOB / "RELION_JOB_ABORT_NOW").exists()
     assert not (project / JOB / "RELION_JOB_EXIT_SUCCESS").exists()
     assert not (project / JOB / "autopick.star").exists()
+
+
+def test_the_report_page_works_on_the_job_folder(relion_project):
+    from hydrapicker.report import write_report
+
+    project, _, png = relion_project
+    page = write_report(project / JOB).read_text()  # micrographs from the job's command.json
+    assert png.stem in page and "data:image/png;base64," in page
