@@ -275,3 +275,40 @@ def test_the_report_page_works_on_the_job_folder(relion_project):
     project, _, png = relion_project
     page = write_report(project / JOB).read_text()  # micrographs from the job's command.json
     assert png.stem in page and "data:image/png;base64," in page
+
+
+def test_relions_own_extraction_centres_its_boxes_on_our_coordinates(tmp_path, monkeypatch):
+    """relion_preprocess (Debian's RELION 3.1) extracts the particles of our per-micrograph coordinate
+    files from a micrograph wider than tall: each box is centred on its spot,
+    so RELION reads _rlnCoordinateX as the column and _rlnCoordinateY as the row, as we write them.
+    RELION 3.1 predates --coord_list, so its --coord_dir/--coord_suffix scheme is pointed at the file."""
+    import shutil
+    import subprocess
+
+    import mrcfile
+
+    if shutil.which("relion_preprocess") is None:
+        pytest.skip("RELION is not installed (apt-get install relion)")
+    spots = np.array([[40.0, 150.0], [250.0, 30.0], [150.0, 100.0]])  # (x, y) on 200 rows x 300 columns
+
+    class Spots(_SpotPicker):
+        def candidates(self, prepared: Prepared) -> Picks:
+            return Picks(prepared.name, spots[:, 0], spots[:, 1], [0.9, 0.8, 0.7], box_size=10.0, shape=prepared.data.shape)
+
+    name = "MotionCorr/job002/Movies/a.mrc"
+    write_mrc(tmp_path / name, gaussian_spots((200, 300), spots, 2.0, noise=0.01), pixel_size=2.0)
+    _micrographs_star(tmp_path, [(name, 1)], {1: 2.0})
+    run_external_job("CtfFind/job003/micrographs_ctf.star", JOB, Spots, PickSettings(diameter_A=20.0), project_dir=tmp_path)
+    (tmp_path / JOB / "star" / "Movies").mkdir()
+    (tmp_path / JOB / "star" / "Movies" / "a.star").symlink_to("../a.star")
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(
+        ["relion_preprocess", "--i", "CtfFind/job003/micrographs_ctf.star", "--coord_dir", f"{JOB}star/", "--coord_suffix", ".star",
+         "--part_star", "Extract/job006/particles.star", "--part_dir", "Extract/job006/", "--extract", "--extract_size", "32"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with mrcfile.open(tmp_path / "Extract" / "job006" / "Movies" / "a.mrcs") as stack:
+        particles = np.array(stack.data)
+    assert particles.shape == (3, 32, 32)
+    for box in particles:
+        assert np.unravel_index(np.argmax(box), box.shape) == (16, 16)
