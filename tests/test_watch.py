@@ -216,3 +216,20 @@ def test_pick_watch_from_the_command_line_picks_what_is_there_and_ends_when_idle
     assert all(all(p.is_file() for p in expected_outputs(out, f"m{i}", ["star"])) for i in range(2))
     assert (out / "command.json").is_file()
     assert cli_main([*argv, "--watch", "--idle", "0"]) == 1  # a bad --idle is one clear error
+
+
+def test_picks_csv_joins_the_per_micrograph_files_and_leaves_out_a_temporary_one(tmp_path):
+    """Rebuilt after every batch of a watch, so it joins text instead of parsing; the result must equal parsing."""
+    from hydrapicker.io import Picks, write_picks
+    from hydrapicker.pick import rebuild_picks_csv
+
+    rng = np.random.default_rng(0)
+    every = [Picks(f"m{i}", rng.uniform(0, 99, n), rng.uniform(0, 99, n), rng.uniform(0, 1, n)) for i, n in enumerate([5, 0, 3])]
+    for picks in every:
+        write_picks(tmp_path / "csv" / f"{picks.micrograph}.csv", picks, "csv")
+    (tmp_path / "csv" / ".m9.abc.tmp.csv").write_text("micrograph,x,y,score\nm9,1.0,")  # another writer, mid-way
+    write_picks(tmp_path / "parsed.csv", every, "csv")
+    assert rebuild_picks_csv(tmp_path).read_text() == (tmp_path / "parsed.csv").read_text()
+    (tmp_path / "csv" / "other.csv").write_text("x,y,micrograph,score\n1,2,other,0.5")  # not ours: parsed
+    joined = read_picks(rebuild_picks_csv(tmp_path), "csv")
+    assert sorted(joined) == ["m0", "m2", "other"] and joined["other"].x.tolist() == [1.0]

@@ -652,13 +652,21 @@ def _finish_write(item: tuple[Path, Picks, Future], report: PickReport, say: Cal
 
 
 def rebuild_picks_csv(out_dir: str | os.PathLike) -> Path:
-    """Write ``out_dir/picks.csv`` (micrograph,x,y,score) from every ``out_dir/csv/*.csv``, atomically."""
+    """Write ``out_dir/picks.csv`` (micrograph,x,y,score) from every ``out_dir/csv/*.csv``, atomically.
+
+    The per-micrograph files are ours, with one header, so their rows are joined as text:
+    parsing them cost ~10 ms per file, which ``pick --watch`` paid after every batch (20 s at
+    2,000 micrographs). Hidden files are another writer's temporary files, not yet complete.
+    """
     out_dir = Path(out_dir)
-    every = []
-    for path in sorted((out_dir / "csv").glob("*.csv")):
-        every.extend(read_picks(path, "csv").values())
     target = out_dir / "picks.csv"
-    write_picks(target, every, "csv")
+    paths = sorted(p for p in (out_dir / "csv").glob("*.csv") if not p.name.startswith("."))
+    header = "micrograph,x,y,score\n"
+    texts = [path.read_text(encoding="utf-8") for path in paths]
+    if all(text.startswith(header) and text.endswith("\n") for text in texts):
+        atomic_write_text(target, header + "".join(text[len(header) :] for text in texts))
+    else:  # written by something else: parse and write anew
+        write_picks(target, [p for path in paths for p in read_picks(path, "csv").values()], "csv")
     return target
 
 
