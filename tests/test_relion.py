@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from _synthetic import gaussian_spots
+from conftest import REAL_BGAL
 from hydrapicker.cli import main as cli_main
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
@@ -106,11 +107,10 @@ def _extract_coordinate_files(project: Path, in_mics: Path, coord_list: Path) ->
 
 
 @pytest.fixture(scope="module")
-def relion_project(tmp_path_factory, request) -> tuple[Path, str, Path]:
+def relion_project(tmp_path_factory) -> tuple[Path, str, Path]:
     """A RELION project with one real β-gal micrograph as MotionCorr writes it (MRC), whose header
     claims 1.0 Å/px while data_optics says 7.08 (the truth), and the job run from its folder."""
-    bgal = Path(request.config.rootpath) / "src" / "hydrapicker" / "assets" / "real" / "empiar10017_bgal_bin4"
-    png = sorted(bgal.glob("*.png"))[0]
+    png = sorted(REAL_BGAL.glob("*.png"))[0]
     project = tmp_path_factory.mktemp("relion_project")
     name = f"MotionCorr/job002/Movies/{png.stem}.mrc"
     write_mrc(project / name, read_micrograph(png).data, pixel_size=1.0)
