@@ -154,3 +154,16 @@ def test_a_folder_without_candidates_or_a_threshold_below_the_floor_is_a_clear_e
     before = (out / "picks.csv").read_text()
     assert cli_main(["threshold", str(out), "--set", "0.2"]) == 1
     assert "legacy" in capsys.readouterr().err and (out / "picks.csv").read_text() == before
+
+
+def test_pick_into_the_folder_later_without_threshold_uses_the_one_set(micrographs, checkpoint, tmp_path):
+    out = tmp_path / "out"
+    _pick(micrographs[:1], out, checkpoint, 0.5, "--format", "csv")
+    assert cli_main(["threshold", str(out), "--set", "0.2"]) == 0
+    argv = ["pick", str(micrographs[1]), "--out", str(out), "--model", str(checkpoint), "--diameter-px", "40", "--format", "csv"]
+    assert cli_main(argv) == 0
+    stem = micrographs[1].stem
+    every = read_picks(candidate_paths(out, stem)[0], "csv")[stem]
+    written = read_picks(output_paths(out, stem, ())["csv"], "csv")[stem]
+    assert 0 < len(written) == len(every.above(0.2)) < len(every)
+    assert json.loads((out / "command.json").read_text())["options"]["threshold"] == 0.2

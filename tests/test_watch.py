@@ -233,3 +233,36 @@ def test_picks_csv_joins_the_per_micrograph_files_and_leaves_out_a_temporary_one
     (tmp_path / "csv" / "other.csv").write_text("x,y,micrograph,score\n1,2,other,0.5")  # not ours: parsed
     joined = read_picks(rebuild_picks_csv(tmp_path), "csv")
     assert sorted(joined) == ["m0", "m2", "other"] and joined["other"].x.tolist() == [1.0]
+
+
+def test_a_threshold_set_during_the_watch_applies_to_the_micrographs_picked_after_it(picker, mrc_bytes, tmp_path):
+    from dataclasses import replace
+
+    from hydrapicker.pick import candidate_paths
+    from hydrapicker.threshold import rewrite_outputs
+
+    folder, out = tmp_path / "incoming", tmp_path / "out"
+    folder.mkdir()
+    own = Picker.__new__(Picker)  # a copy: the watch switches its picker's threshold
+    own.__dict__.update(picker.__dict__)
+    own.settings = replace(picker.settings)
+    picked = threading.Event()
+    chosen: list[float] = []
+
+    def set_threshold_between() -> None:
+        (folder / "m0.mrc").write_bytes(mrc_bytes[0])
+        if picked.wait(timeout=30):
+            scores = read_picks(candidate_paths(out, "m0")[0], "csv")["m0"].score
+            chosen.append(float(np.median(scores)))
+            rewrite_outputs(out, chosen[0])
+            (folder / "m1.mrc").write_bytes(mrc_bytes[1])
+
+    thread = threading.Thread(target=set_threshold_between, daemon=True)
+    thread.start()
+    report = watch_folder([folder], out, own, FORMATS, poll=POLL, idle=1.0, log=lambda line: line.startswith("picked") and picked.set())
+    thread.join()
+    assert sorted(report.picked) == ["m0", "m1"] and own.settings.threshold == chosen[0]
+    every = read_picks(candidate_paths(out, "m1")[0], "csv")["m1"]
+    written = read_picks(out / "csv" / "m1.csv", "csv")["m1"]
+    assert 0 < len(written) < len(every)
+    np.testing.assert_array_equal(written.score, every.above(chosen[0]).score)

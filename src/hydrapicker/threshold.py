@@ -44,6 +44,7 @@ __all__ = [
     "otsu_threshold",
     "picks_per_micrograph",
     "read_candidates",
+    "recorded_threshold",
     "rewrite_outputs",
     "score_histogram",
     "suggest_threshold",
@@ -129,6 +130,18 @@ def picks_per_micrograph(candidates: dict[str, Picks], thresholds: np.ndarray) -
         return np.zeros_like(thresholds)
     scores = np.sort(np.concatenate([p.score for p in candidates.values()]))
     return (len(scores) - np.searchsorted(scores, thresholds, side="left")) / len(candidates)
+
+
+def recorded_threshold(out_dir: str | os.PathLike) -> float | None:
+    """The threshold last set with :func:`rewrite_outputs` (``OUT/threshold.json``), if any.
+
+    ``pick`` into ``OUT`` without ``--threshold`` uses it, and a running ``pick --watch``
+    switches to it when it changes, so micrographs picked later match the re-written ones.
+    """
+    try:
+        return float(json.loads((Path(out_dir) / "threshold.json").read_text(encoding="utf-8"))["threshold"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def current_threshold(out_dir: str | os.PathLike) -> float | None:

@@ -8,7 +8,8 @@ not read again until it changes. Complete micrographs go to :func:`hydrapicker.p
 in batches, so the outputs are those of ``pick`` (atomic per file, ``OUT/picks.csv`` rebuilt
 after each batch) and a restart over the same ``OUT`` skips what is already picked without
 reading it. The watch ends after ``idle`` seconds with nothing new, or on Ctrl-C once the
-micrograph being picked is written (a second Ctrl-C aborts at once).
+micrograph being picked is written (a second Ctrl-C aborts at once). A threshold set with
+``hydrapicker threshold OUT --set T`` during the watch applies to the micrographs picked after it.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hydrapicker.defaults import COORDINATE_FORMATS, WATCH_IDLE_S, WATCH_POLL_S
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.micrograph import is_micrograph_path, micrograph_stem, read_micrograph
 from hydrapicker.pick import Picker, PickReport, check_formats, expected_outputs, pick_files
+from hydrapicker.threshold import recorded_threshold
 
 __all__ = ["FolderWatch", "Poll", "WatchReport", "list_micrographs", "watch_folder"]
 
@@ -167,7 +169,9 @@ def watch_folder(
     Stops after ``idle`` seconds (None: never) in which no file appeared, changed or was
     picked; when ``stop`` is set (checked between micrographs); or on Ctrl-C (main thread
     only), after the micrograph being picked is written. ``overwrite`` picks again, once,
-    micrographs whose outputs exist. The other arguments are :func:`pick_files`'s.
+    micrographs whose outputs exist. When ``OUT/threshold.json`` changes during the watch
+    (``hydrapicker threshold OUT --set T``), ``picker`` picks at its threshold from then on.
+    The other arguments are :func:`pick_files`'s.
     """
     formats = check_formats(formats)
     if not poll > 0:
@@ -184,6 +188,7 @@ def watch_folder(
         return not overwrite and all(p.is_file() for p in expected_outputs(out_dir, micrograph_stem(path), formats, overlay_dir))
 
     watcher = FolderWatch(patterns, is_done)
+    recorded = recorded_threshold(out_dir)
     stems: dict[str, Path] = {}  # two micrographs with one name would overwrite each other's picks
     with _stop_on_interrupt(stop, say) as interrupt:
         until = f"{idle:g} s with nothing new" if idle is not None else "Ctrl-C"
@@ -202,6 +207,10 @@ def watch_folder(
                     say(report.failed[str(path)])
                 else:
                     batch.append(path)
+            if batch and recorded_threshold(out_dir) not in (None, recorded):
+                recorded = recorded_threshold(out_dir)
+                picker.settings = replace(picker.settings, threshold=recorded)
+                say(f"threshold {recorded:g} from {out_dir / 'threshold.json'} (set during the watch) from now on")
             if batch:
                 done = pick_files(
                     batch, out_dir, picker, formats, overlay_dir=overlay_dir, workers=workers,

@@ -49,8 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_particle_size_arguments(parser, "Å per pixel (default: from the MRC header)")
     picking = parser.add_argument_group("picking")
     picking.add_argument(
-        "--threshold", type=float, default=PICK_THRESHOLD, metavar="T",
-        help="lowest score written (default: %(default)s; a very low one, e.g. 0.001, keeps the ranking for AP)",
+        "--threshold", type=float, metavar="T",
+        help=f"lowest score written (default: the one set with `hydrapicker threshold OUT --set`, else {PICK_THRESHOLD}; "
+        "a very low one, e.g. 0.001, keeps the ranking for AP)",
     )  # fmt: skip
     picking.add_argument("--nms-iou", type=float, default=NMS_IOU, metavar="IOU", help="duplicate suppression IoU (default: %(default)s)")
     picking.add_argument("--whole-boxes", action="store_true", help="drop picks whose box reaches past the micrograph edge")
@@ -93,6 +94,11 @@ def _pick(args: argparse.Namespace) -> int:
     if args.watch and distributed.world_size() > 1:
         raise HydraPickerError("--watch runs in one process: start it without torchrun")
     paths = [] if args.watch else expand_micrographs(args.micrographs)  # a watched folder may be empty so far
+    if args.threshold is None:  # recorded in the run record as the value used
+        from hydrapicker.threshold import recorded_threshold
+
+        recorded = recorded_threshold(args.out)
+        args.threshold = PICK_THRESHOLD if recorded is None else recorded
     model, meta = load_picking_model(args.model)
     settings = PickSettings(
         diameter_A=args.diameter_A, diameter_px=args.diameter_px, pixel_size=args.pixel_size, head=args.head,

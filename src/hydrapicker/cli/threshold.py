@@ -14,7 +14,8 @@ gave F1 0.736 against the best 0.740 (β-gal, 3 micrographs; the default 0.25 gi
 β-gal, whose scores run higher, 0.731 against 0.745 (benchmarks/threshold_rule.md). A starting point:
 look at the overlays, or use `hydrapicker evaluate` (best-F1 threshold) where you have labels.
 
-Micrographs that `pick` adds to OUT later use pick's own --threshold: give it the same T.
+T is recorded in OUT/threshold.json: a later `pick` into OUT without --threshold uses it, and a
+running `pick --watch` switches to it for the micrographs it picks next.
 
 Example:
   hydrapicker threshold picks/
