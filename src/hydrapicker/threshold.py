@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 #: How :func:`suggest_threshold` chooses, in words (printed with the suggestion).
-RULE = "Otsu's threshold on the pooled candidate scores (the valley between background and particle scores)"
+RULE = "Otsu's threshold on the pooled candidate scores, the valley between background and particle scores"
 
 #: Histogram bins for Otsu's method: finer than the score differences that move F1.
 _OTSU_BINS = 256
