@@ -31,6 +31,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.files import atomic_path
@@ -171,7 +172,7 @@ def write_output_nodes(job_dir: str | os.PathLike, nodes: Sequence[tuple[str, st
     return path
 
 
-def mark_job_finished(job_dir: str | os.PathLike, outcome: str) -> Path:
+def mark_job_finished(job_dir: str | os.PathLike, outcome: Literal["success", "failure", "aborted"]) -> Path:
     """Leave RELION's exit marker for ``outcome`` (success, failure, aborted) in ``job_dir``, and
     remove the other markers (from an earlier run) and a served abort request."""
     job_dir = Path(job_dir)
