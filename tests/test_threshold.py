@@ -167,3 +167,11 @@ def test_pick_into_the_folder_later_without_threshold_uses_the_one_set(micrograp
     written = read_picks(output_paths(out, stem, ())["csv"], "csv")[stem]
     assert 0 < len(written) == len(every.above(0.2)) < len(every)
     assert json.loads((out / "command.json").read_text())["options"]["threshold"] == 0.2
+
+
+def test_set_says_that_overlays_still_show_the_old_picks(micrographs, checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    _pick(micrographs[:1], out, checkpoint, 0.5, "--format", "csv", "--overlay", str(tmp_path / "overlays"))
+    capsys.readouterr()
+    assert cli_main(["threshold", str(out), "--set", "0.2"]) == 0
+    assert "overlays" in capsys.readouterr().out

@@ -36,6 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plots", type=Path, metavar="DIR", help="where to write the PNGs (default: OUT)")
 
 
+def _recorded_overlays(out: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((out / "command.json").read_text(encoding="utf-8"))["options"].get("overlay")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
+
+
 def main(args: argparse.Namespace) -> int:
     from hydrapicker.errors import HydraPickerError
     from hydrapicker.threshold import current_threshold, format_summary, read_candidates, rewrite_outputs, suggest_threshold, write_plots
@@ -51,6 +60,9 @@ def main(args: argparse.Namespace) -> int:
             f"re-wrote {done.n_micrographs} micrograph(s) at threshold {done.threshold:g} (was {previous}): "
             f"{done.n_picks} picks in {', '.join(done.formats)} and {args.out / 'picks.csv'}"
         )
+        overlays = _recorded_overlays(args.out)
+        if overlays is not None and Path(overlays).is_dir():
+            print(f"the overlays in {overlays} still show the old picks: pick again with --overwrite to redraw them")
         return 0
     candidates = read_candidates(args.out)
     suggested = suggest_threshold(candidates)
