@@ -119,12 +119,12 @@ def test_torchrun_training_equals_one_process_accumulating_the_same_batches_and_
     """2 ranks x 1 batch per step == 1 process x 2 batches per step (same seed), through both stages,
     with the 2-rank run stopped after stage 1's first epoch and resumed."""
     single = tmp_path / "single"
-    train(load_project(project), single, TrainConfig(**CONFIG, epochs=2, stage2_epochs=2, accumulate=2))
+    train(load_project(project), single, TrainConfig(**CONFIG, epochs=2, stage2_epochs=1, accumulate=2))
 
     ranks = tmp_path / "ranks"
     _torchrun_train(project, ranks, stage="1", epochs=1)
     assert not (ranks / "stage2").exists()
-    result = _torchrun_train(project, ranks, epochs=2, stage2_epochs=2, resume=True)
+    result = _torchrun_train(project, ranks, epochs=2, stage2_epochs=1, resume=True)
     assert result.stdout.count("Model:") == 1
 
     for name in ("stage1/last.pt", "stage2/last.pt", "model.pt"):
