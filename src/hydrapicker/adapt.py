@@ -11,18 +11,21 @@ A user has hundreds of unlabelled micrographs of a new sample. Each round of :fu
    few-shot protocol, :func:`hydrapicker.finetune.add_frozen_head`), with the
    positive-unlabelled focal loss (:func:`hydrapicker.loss.pu_focal_loss`, the idea of Topaz's
    GE-binomial / nnPU for partial labels): unlabelled anchors are expected to hide the
-   particles the positives leave out, as many as the picks above ``prior_threshold`` say the
-   micrograph holds; negatives pay the plain background loss.
+   particles the positives leave out, as many as the generic head's picks above
+   ``prior_threshold`` say the micrograph holds; negatives pay the plain background loss.
 
 Every round starts again from the generic head (only the pseudo-labels carry over), so a
 round cannot drift on its own mistakes beyond what its labels say. The report of each round
 (:class:`RoundReport`) gives the pseudo-labels used and how the picks changed.
 
-Training crops are cut from the prepared (rescaled, normalised) micrographs kept in memory
-(4 bytes per rescaled px: ~10 MB for a 1024² micrograph at scale 1.5), at most
-``max_micrographs`` of them (evenly spaced over the list); each crop is square, starts on the
-anchor grid and is turned by a random quarter turn and flip, which map the anchor grid onto
-itself. There is no label to validate on: the head kept is the one after the last step.
+The trunk is frozen, so its features of each micrograph are computed once (whole micrograph,
+as ``pick`` does) and kept in memory as float16 (2 bytes x trunk channels per rescaled px: 32
+bytes for ``tiny``, ~75 MB for a 1024² micrograph at scale 1.5), at most ``max_micrographs``
+micrographs (evenly spaced over the list). Re-picking a round then runs only the head, and a
+training step only the head on ``batch_size`` square crops of those features that start on the
+anchor grid (8-9x fewer FLOPs than trunk + head for ``tiny``). Features are not rotation
+equivariant, so there is no rotation augmentation. There is no label to validate on: the head
+kept is the one after the last step.
 """
 
 from __future__ import annotations
@@ -56,7 +59,6 @@ __all__ = [
     "adapt",
     "pseudo_labels",
     "run_folder",
-    "turn_crop",
 ]
 
 
@@ -67,14 +69,15 @@ class AdaptConfig:
     Attributes:
         name: the new head's name.
         rounds: pick -> pseudo-label -> train rounds.
-        prior_threshold: picks scoring at least this count as the particles a micrograph
-            holds (the positive-unlabelled class prior); the default pick threshold.
-        positive_quantile: positives are the picks at or above this quantile of the scores of
-            those picks, pooled over the micrographs (0.5: the more confident half).
+        prior_threshold: the generic head's picks scoring at least this are the particles a
+            micrograph holds (the positive-unlabelled class prior, counted once, kept for every
+            round); the default pick threshold. Call that count N.
+        positive_quantile: positives are the best ``(1 - positive_quantile) N`` picks of the
+            round's head, pooled over the micrographs (0.5: the more confident half).
         negative_quantile: an anchor scoring in this lowest share of all anchors' scores
-            (pooled), with no pick scoring ``prior_threshold`` or more within
-            ``negative_distance`` particle diameters, is a negative. A quantile, not a score:
-            the shipped generic head scores no anchor of a real β-gal micrograph below 0.04.
+            (pooled), farther than ``negative_distance`` particle diameters from each of the
+            round's best N picks, is a negative. A share, not a score: the shipped generic
+            head scores no anchor of a real β-gal micrograph below 0.04.
         steps, lr, batch_size, crop_size: the training of each round: Adam at ``lr``,
             annealed to 0 over ``steps`` mini-batches of ``batch_size`` crops.
         max_micrographs: at most this many micrographs are adapted on (evenly spaced).
@@ -90,7 +93,7 @@ class AdaptConfig:
     lr: float = 1e-3
     batch_size: int = BATCH_SIZE
     crop_size: int = CROP_SIZE
-    max_micrographs: int = 40
+    max_micrographs: int = 20
     seed: int = 0
     threads: int | None = None
 
@@ -119,8 +122,7 @@ class PseudoLabels:
     Attributes:
         positives: float ``[n, 2]`` particle centres ``(x, y)`` in rescaled px.
         negatives: bool ``[h, w]`` over the anchor grid, True for known-background anchors.
-        expected: particles the micrograph is taken to hold (picks >= ``prior_threshold``),
-            at least ``len(positives)``.
+        expected: particles the micrograph is taken to hold, at least ``len(positives)``.
     """
 
     positives: np.ndarray
@@ -129,46 +131,41 @@ class PseudoLabels:
 
 
 def pseudo_labels(
-    outputs: torch.Tensor, picks: Picks, scale: float, positive_score: float, negative_score: float, config: AdaptConfig, stride: int
+    outputs: torch.Tensor,
+    picks: Picks,
+    scale: float,
+    *,
+    positive_score: float,
+    particle_score: float,
+    negative_score: float,
+    expected: float,
+    negative_distance: float,
+    stride: int,
 ) -> PseudoLabels:
     """Pseudo-labels of one micrograph from a head's outputs ``[3, h, w]`` and its picks (stored frame).
 
-    ``positive_score``: the score a pick needs to be a positive; ``negative_score``: the score
-    an anchor must stay under to be a negative (both pooled quantiles, see :class:`AdaptConfig`).
-    Distances are measured in the rescaled frame, where a particle diameter is
-    ``picks.box_size * scale``.
+    Positives: picks scoring ``positive_score`` or more. Negatives: anchors scoring under
+    ``negative_score`` farther than ``negative_distance`` particle diameters from every pick
+    scoring ``particle_score`` or more (distances in the rescaled frame, where a diameter is
+    ``picks.box_size * scale``). ``expected``: the particles the micrograph holds (kept at
+    least the number of positives).
     """
     h, w = outputs.shape[-2:]
-    xy = to_rescaled(np.column_stack([picks.x, picks.y]), scale) if len(picks) else np.zeros((0, 2))
-    positives = xy[picks.score >= positive_score] if len(picks) else xy
-    anchor_scores = torch.sigmoid(outputs[2].float()).numpy()
-    negatives = anchor_scores < negative_score
-    candidates = xy[picks.score >= config.prior_threshold] if len(picks) else xy
-    if len(candidates) and config.negative_distance > 0:
+    xy = to_rescaled(np.column_stack([picks.x, picks.y]), scale).reshape(-1, 2)
+    positives = xy[picks.score >= positive_score]
+    negatives = torch.sigmoid(outputs[2].float()).numpy() < negative_score
+    candidates = xy[picks.score >= particle_score]
+    if len(candidates) and negative_distance > 0:
         anchors = anchor_centres(h, w, stride).numpy()
         distance, _ = cKDTree(candidates).query(anchors)
-        diameter = (picks.box_size or 0.0) * scale
-        negatives &= (distance > config.negative_distance * diameter).reshape(h, w)
-    expected = float(max(np.sum(picks.score >= config.prior_threshold) if len(picks) else 0, len(positives)))
-    return PseudoLabels(positives.astype(np.float32), negatives, expected)
+        negatives &= (distance > negative_distance * (picks.box_size or 0.0) * scale).reshape(h, w)
+    return PseudoLabels(positives.astype(np.float32), negatives, float(max(expected, len(positives))))
 
 
-def turn_crop(image: torch.Tensor, points: np.ndarray, grid: torch.Tensor, quarter_turns: int, flip: bool):
-    """Turn a square crop ``[S, S]``, its points ``(x, y)`` and its anchor grid ``[S/16, S/16]`` alike.
-
-    ``quarter_turns`` counter-clockwise turns as :func:`torch.rot90` does on ``[row, col]``, then
-    a left-right flip. Anchors sit at cell centres, so the anchor grid turns onto itself.
-    """
-    size = image.shape[-1]
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    for _ in range(quarter_turns % 4):
-        # torch.rot90 on [row, col]: new[i, j] = old[j, S - 1 - i], so (x, y) -> (y, S - 1 - x).
-        points = np.column_stack([points[:, 1], size - 1 - points[:, 0]])
-    image, grid = torch.rot90(image, quarter_turns, (-2, -1)), torch.rot90(grid, quarter_turns, (-2, -1))
-    if flip:
-        points = np.column_stack([size - 1 - points[:, 0], points[:, 1]])
-        image, grid = torch.flip(image, (-1,)), torch.flip(grid, (-1,))
-    return image, points, grid
+def _nth_best(scores: np.ndarray, n: float) -> float:
+    """The score of the ``n``-th best of ``scores`` (rounded up; the lowest when ``n`` exceeds them)."""
+    ranked = np.sort(scores)[::-1]
+    return float(ranked[min(len(ranked), max(1, math.ceil(n))) - 1])
 
 
 @dataclass(frozen=True)
@@ -176,10 +173,10 @@ class RoundReport:
     """What one round used and did (summed over the micrographs adapted on).
 
     ``positives``: particle pseudo-labels; ``negatives``: known-background anchors (of
-    ``anchors``); ``expected``: particles the PU loss assumed; ``picks_before`` / ``picks_after``:
-    picks scoring >= the default pick threshold with the head that made the labels / the new
-    head; ``kept``: previous picks the new head still picks (IoU >= 0.6), ``new``: new-head
-    picks that match none of them.
+    ``anchors``); ``expected``: particles the PU loss assumed (N); ``picks_before`` /
+    ``picks_after``: picks scoring >= the default pick threshold with the head that made the
+    labels / the new head; ``kept``: how many of the old head's best N picks are among the new
+    head's best N (IoU >= 0.6), ``new``: how many of the new head's best N are not.
     """
 
     round: int
@@ -200,8 +197,8 @@ class RoundReport:
             f"round {self.round}: {self.positives} positives (score >= {self.positive_score:.3f}), "
             f"{self.negatives} negative anchors (score < {self.negative_score:.3f}) of {self.anchors}, "
             f"{self.expected:.0f} particles assumed; "
-            f"picks >= {PICK_THRESHOLD}: {self.picks_before} -> {self.picks_after} "
-            f"({self.kept} kept, {self.picks_before - self.kept} dropped, {self.new} new; {self.seconds:.0f} s)"
+            f"picks >= {PICK_THRESHOLD}: {self.picks_before} -> {self.picks_after}; best {self.expected:.0f} picks: "
+            f"{self.kept} kept, {self.new} new ({self.seconds:.0f} s)"
         )
 
 
@@ -224,7 +221,7 @@ def run_folder(out: str | os.PathLike) -> Path:
 @dataclass
 class _Micrograph:
     name: str
-    image: torch.Tensor  # prepared (rescaled, normalised) float32 [row, col]
+    features: torch.Tensor  # trunk features of the prepared micrograph, float16 [C, H, W] (H, W padded to the stride)
     scale: float
     shape: tuple[int, int]  # as stored
 
@@ -235,14 +232,21 @@ def _evenly_spaced(paths: Sequence[Path], most: int) -> list[Path]:
     return [paths[i] for i in np.linspace(0, len(paths) - 1, most).round().astype(int)]
 
 
+def _features(model: HydraPicker, image: np.ndarray) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.features(torch.as_tensor(image, dtype=torch.float32)[None, None])[0].to(torch.float16)
+
+
 def _pick_all(model: HydraPicker, meta, head: str, micrographs: list[_Micrograph], floor: float) -> list[tuple[torch.Tensor, Picks]]:
-    from hydrapicker.pick import head_outputs, picks_from_outputs
+    """Head outputs ``[3, h, w]`` and picks (stored frame, score >= ``floor``) of every micrograph."""
+    from hydrapicker.pick import picks_from_outputs
 
     model.eval()
     result = []
-    for mic in micrographs:
-        outputs = head_outputs(model, mic.image, head)
-        result.append((outputs, picks_from_outputs(outputs, meta, mic.scale, mic.shape, floor, name=mic.name)))
+    with torch.inference_mode():
+        for mic in micrographs:
+            outputs = model.run_head(mic.features[None].float(), head)[0]
+            result.append((outputs, picks_from_outputs(outputs, meta, mic.scale, mic.shape, floor, name=mic.name)))
     return result
 
 
@@ -250,18 +254,20 @@ def _count_above(picks: Sequence[Picks], threshold: float) -> int:
     return int(sum(np.sum(p.score >= threshold) for p in picks))
 
 
-def _agreement(before: Sequence[Picks], after: Sequence[Picks]) -> tuple[int, int]:
-    """(picks of ``before`` that ``after`` still picks, picks of ``after`` matching none of ``before``), at the pick threshold."""
+def _agreement(before: Sequence[Picks], after: Sequence[Picks], n: float) -> tuple[int, int]:
+    """Each head's best ``n`` picks: (``before``'s that ``after`` still has at IoU >= 0.6, ``after``'s matching none of ``before``'s)."""
     from hydrapicker.evaluate import match_picks
 
-    def kept(p: Picks) -> Picks:
-        keep = p.score >= PICK_THRESHOLD
-        return Picks(p.micrograph, p.x[keep], p.y[keep], p.score[keep], box_size=p.box_size, shape=p.shape)
+    def best(picks: Sequence[Picks]) -> dict[str, Picks]:
+        score = _nth_best(np.concatenate([p.score for p in picks]), n)
+        return {
+            p.micrograph: Picks(p.micrograph, p.x[p.score >= score], p.y[p.score >= score], p.score[p.score >= score],
+                                box_size=p.box_size, shape=p.shape)  # fmt: skip
+            for p in picks
+        }
 
-    b = {p.micrograph: kept(p) for p in before}
-    a = {p.micrograph: kept(p) for p in after}
     box = next((p.box_size for p in before if p.box_size), 1.0)
-    tp, hit = match_picks(a, b, box, MATCH_IOU)
+    tp, hit = match_picks(best(after), best(before), box, MATCH_IOU)
     return int(sum(m.sum() for m in hit.values())), int(sum((~m).sum() for m in tp.values()))
 
 
@@ -283,33 +289,30 @@ def _train_head(
     hidden_per_anchor = [
         max(0.0, lab.expected - len(lab.positives)) / max(1, n - int(lab.negatives.sum())) for lab, n in zip(labels, anchors)
     ]
-    weights = np.array([float(m.image.numel()) for m in micrographs])
+    weights = np.array([float(m.features[0].numel()) for m in micrographs])
     model.train()
     losses = []
     for step in range(config.steps):
-        images, centres, negatives, expected = [], [], [], []
+        crops, centres, negatives, expected = [], [], [], []
         for _ in range(config.batch_size):
             k = int(rng.choice(len(micrographs), p=weights / weights.sum()))
             mic, lab = micrographs[k], labels[k]
-            rows, cols = mic.image.shape
+            rows, cols = mic.features.shape[-2:]
             size = min(config.crop_size, rows // stride * stride, cols // stride * stride)
             r0 = stride * int(rng.integers(0, (rows - size) // stride + 1))
             c0 = stride * int(rng.integers(0, (cols - size) // stride + 1))
-            crop = mic.image[r0 : r0 + size, c0 : c0 + size]
+            crops.append(mic.features[:, r0 : r0 + size, c0 : c0 + size].float())
             grid = torch.from_numpy(lab.negatives[r0 // stride : (r0 + size) // stride, c0 // stride : (c0 + size) // stride].copy())
             xy = lab.positives - np.array([c0, r0], dtype=np.float32)
-            inside = (xy[:, 0] >= -0.5) & (xy[:, 0] < size - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] < size - 0.5)
-            crop, xy, grid = turn_crop(crop, xy[inside], grid, int(rng.integers(4)), bool(rng.integers(2)))
-            n_unlabelled = grid.numel() - int(grid.sum())
-            images.append(crop)
-            centres.append(torch.from_numpy(xy.astype(np.float32)))
+            xy = xy[(xy[:, 0] >= -0.5) & (xy[:, 0] < size - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] < size - 0.5)]
+            centres.append(torch.from_numpy(xy))
             negatives.append(grid)
-            expected.append(len(xy) + hidden_per_anchor[k] * n_unlabelled)
-        if len({im.shape for im in images}) > 1:  # micrographs smaller than a crop: one size per batch
-            side = min(im.shape[-1] for im in images)
-            keep = [(im, c, g, e) for im, c, g, e in zip(images, centres, negatives, expected) if im.shape[-1] == side]
-            images, centres, negatives, expected = (list(t) for t in zip(*keep))
-        outputs = model(torch.stack(images)[:, None], name)
+            expected.append(len(xy) + hidden_per_anchor[k] * (grid.numel() - int(grid.sum())))
+        if len({c.shape for c in crops}) > 1:  # micrographs smaller than a crop: one size per batch
+            side = min(c.shape[-1] for c in crops)
+            keep = [i for i, c in enumerate(crops) if c.shape[-1] == side]
+            crops, centres, negatives, expected = ([x[i] for i in keep] for x in (crops, centres, negatives, expected))
+        outputs = model.run_head(torch.stack(crops), name)
         loss = detection_loss(
             outputs, centres, box_size=meta.target_diameter_px, stride=stride, expected_particles=expected, negatives=negatives
         )
@@ -367,11 +370,11 @@ def adapt(
     picker.check_paths(paths)
     chosen = _evenly_spaced(paths, config.max_micrographs)
     mics = []
+    base.eval()
     for path in chosen:
         prepared = picker.prepare(path)
-        mics.append(_Micrograph(prepared.name, torch.from_numpy(np.ascontiguousarray(prepared.image)), prepared.scale,
-                                tuple(prepared.data.shape)))  # fmt: skip
-    if min(min(m.image.shape) for m in mics) < base.stride * 4:
+        mics.append(_Micrograph(prepared.name, _features(base, prepared.image), prepared.scale, tuple(prepared.data.shape)))
+    if min(min(m.features.shape[-2:]) for m in mics) < base.stride * 4:
         raise HydraPickerError(f"micrographs are too small to adapt on after rescaling (under {base.stride * 4} px)")
     report = AdaptReport([m.name for m in mics])
     say(f"adapting head {config.name!r} on {len(mics)} micrograph(s)"
@@ -380,27 +383,35 @@ def adapt(
     floor = 0.0  # every pick NMS keeps: the report and the positives threshold above it
     model, head = base, GENERIC
     picked = _pick_all(model, meta, head, mics, floor)
+    # The class prior is a property of the micrographs, not of a head: counted once, from the
+    # generic head's picks, and kept. Later rounds take the same number of best picks as
+    # particles (scores rise as a head adapts, counts above a fixed score would inflate).
+    expected = [float(np.sum(p.score >= config.prior_threshold)) for _, p in picked]
+    n_particles = sum(expected)
+    if n_particles == 0:
+        raise HydraPickerError(
+            f"no pick scores {config.prior_threshold} or more on any micrograph, so there is nothing to learn from "
+            "(check the particle diameter, or lower --prior-threshold)"
+        )
     for r in range(config.rounds):
         t0 = time.perf_counter()
         before = [p for _, p in picked]
-        confident = np.concatenate([p.score[p.score >= config.prior_threshold] for p in before] + [np.zeros(0)])
-        if len(confident) == 0:
-            raise HydraPickerError(
-                f"round {r + 1}: no pick scores {config.prior_threshold} or more on any micrograph, so there is nothing to learn from "
-                "(check the particle diameter, or lower --prior-threshold)"
-            )
-        positive_score = float(np.quantile(confident, config.positive_quantile))
+        scores = np.concatenate([p.score for p in before])
+        particle_score = _nth_best(scores, n_particles)
+        positive_score = _nth_best(scores, (1 - config.positive_quantile) * n_particles)
         anchor_scores = np.concatenate([torch.sigmoid(outputs[2]).flatten().numpy() for outputs, _ in picked])
         negative_score = float(np.quantile(anchor_scores, config.negative_quantile)) if config.negative_quantile > 0 else -1.0
         labels = [
-            pseudo_labels(outputs, p, m.scale, positive_score, negative_score, config, model.stride) for (outputs, p), m in zip(picked, mics)
-        ]
+            pseudo_labels(outputs, p, m.scale, positive_score=positive_score, particle_score=particle_score,
+                          negative_score=negative_score, expected=e, negative_distance=config.negative_distance, stride=model.stride)
+            for (outputs, p), m, e in zip(picked, mics, expected)
+        ]  # fmt: skip
         say(f"round {r + 1}/{config.rounds}: training on {sum(len(l.positives) for l in labels)} positives")
         model = _train_head(base, config.name, mics, labels, config, meta, rng, say)
         head = config.name
         picked = _pick_all(model, meta, head, mics, floor)
         after = [p for _, p in picked]
-        kept, new = _agreement(before, after)
+        kept, new = _agreement(before, after, n_particles)
         row = RoundReport(
             round=r + 1, positive_score=positive_score, negative_score=negative_score, positives=int(sum(len(l.positives) for l in labels)),
             negatives=int(sum(l.negatives.sum() for l in labels)), anchors=int(sum(l.negatives.size for l in labels)),
