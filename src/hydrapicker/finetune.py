@@ -150,6 +150,9 @@ def _match(micrographs: list[Path], coordinates: list[Path], role: str) -> dict[
         if stem not in by_stem:
             raise HydraPickerError(f"{path}: no coordinate file named {stem}.* among --{role}coords")
         matched[stem] = by_stem[stem]
+    for stem, path in by_stem.items():
+        if stem not in matched:  # as `train` does: labels of a micrograph that is not there are a mistake
+            raise HydraPickerError(f"{path}: labels micrograph {stem!r}, which is not among --{role}micrographs")
     return matched
 
 
@@ -321,6 +324,10 @@ def finetune(
         raise HydraPickerError(f"the data are dataset {spec.name!r} but the head to add is {config.name!r}")
     if out.suffix != ".pt":
         raise HydraPickerError(f"--out {out}: a checkpoint file name ending in .pt")
+    if out.is_dir():
+        raise HydraPickerError(f"--out {out}: is a folder, not a checkpoint file")
+    if run_folder(out).is_file():
+        raise HydraPickerError(f"{run_folder(out)}: is a file, but the run's logs go in this folder")
     model, meta = load_picking_model(model_path)
     add_frozen_head(model, config.name)
     train_config = TrainConfig(

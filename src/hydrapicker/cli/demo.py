@@ -25,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from hydrapicker.cli._common import write_run_record
     from hydrapicker.demo import format_figure, run_demo
+    from hydrapicker.errors import HydraPickerError
 
+    if args.out.is_file():  # before minutes of picking and fine-tuning, not after
+        raise HydraPickerError(f"--out {args.out}: is a file, not a folder")
     result = run_demo(
         args.out, model_path=args.model, epochs=args.epochs, batches_per_epoch=args.batches_per_epoch, seed=args.seed
     )

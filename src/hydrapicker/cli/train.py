@@ -83,6 +83,10 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device,
         cache_dir=str(args.cache_dir) if args.cache_dir else None,
     )
+    if args.out.is_file():
+        from hydrapicker.errors import HydraPickerError
+
+        raise HydraPickerError(f"--out {args.out}: is a file, not a folder")
     datasets = load_project(args.project)
     args.out.mkdir(parents=True, exist_ok=True)
     if distributed.is_main():

@@ -693,7 +693,10 @@ def _write_cs(path: Path, many: list[Picks], *, single: bool, invert_y: bool) ->
         if p.shape is None:
             raise HydraPickerError(f"{path}: a .cs file needs the shape of micrograph {p.micrograph!r}")
         ny, nx = p.shape
-        xf, yf = p.x / nx, p.y / ny
+        # A centre on the first pixel may lie half a pixel left of 0 (pick keeps centres down to
+        # -0.5), which no fraction expresses: it is written as the edge, 0.
+        xf = np.where((p.x < 0) & (p.x >= -0.5), 0.0, p.x / nx)
+        yf = np.where((p.y < 0) & (p.y >= -0.5), 0.0, p.y / ny)
         if invert_y:
             yf = 1 - yf
         for label, values in (("x", xf), ("y", yf)):
