@@ -118,12 +118,15 @@ def shard(items: Sequence[T]) -> list[T]:
 
 
 @contextlib.contextmanager
-def session(device: str = "cpu") -> Iterator[Launch]:
+def session(device: str = "cpu", backend: str | None = None) -> Iterator[Launch]:
     """Join the ``torchrun`` process group for the block, and leave it after.
 
     Without ``torchrun`` (or with one process) no group is made. ``device`` is where the work
-    runs: ``"cuda"`` chooses ``nccl`` and makes ``cuda`` mean this local rank's GPU; anything
-    else ``gloo``. A group made elsewhere (the caller's) is used as it is and left alone.
+    runs: ``"cuda"`` makes ``cuda`` mean GPU ``LOCAL_RANK mod GPUs`` of the node, and the
+    ``backend`` default ``nccl`` (else ``gloo``). ``pick`` asks for ``gloo`` on GPUs too: it
+    exchanges only a few Python objects, and gloo, unlike nccl, lets several ranks share a GPU
+    (picking one micrograph leaves the GPU idle most of the time: benchmarks/pick_throughput.py).
+    A group made elsewhere (the caller's) is used as it is and left alone.
     """
     launch = from_environment()
     if launch.world_size == 1 or dist.is_initialized():
@@ -131,10 +134,10 @@ def session(device: str = "cpu") -> Iterator[Launch]:
         return
     if not dist.is_available():
         raise HydraPickerError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
-    backend = "gloo"
-    if str(device).startswith("cuda") and torch.cuda.is_available():
+    on_gpu = str(device).startswith("cuda") and torch.cuda.is_available()
+    if on_gpu:
         torch.cuda.set_device(launch.local_rank % torch.cuda.device_count())
-        backend = "nccl"
+    backend = backend or ("nccl" if on_gpu else "gloo")
     dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size)
     try:
         yield launch

@@ -78,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from hydrapicker import distributed
 
-    with distributed.session(args.device):  # several processes under torchrun: micrographs sharded by rank
+    # several processes under torchrun: micrographs sharded by rank; gloo lets ranks share a GPU
+    with distributed.session(args.device, backend="gloo"):
         return _pick(args)
 
 
