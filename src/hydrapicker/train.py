@@ -457,6 +457,8 @@ def train_stage(
 
     state = _load_payload(last_path) if resume and last_path.exists() else None
     if state is not None and state["epoch"] + 1 >= n_epochs:
+        if distributed.is_main():  # a kill after the last checkpoint but before its logs: write them now
+            _write_logs(out_dir, list(state["log"]), stage, _validation_split(datasets))
         return best_path
     _seed_everything(config.seed + 1000 * stage)
     if model is None:

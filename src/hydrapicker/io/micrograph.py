@@ -113,7 +113,7 @@ def _read_tiff(path: Path) -> np.ndarray:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as image:
@@ -121,7 +121,7 @@ def _read_image(path: Path) -> np.ndarray:
             if image.mode not in ("L", "I", "I;16", "I;16B", "F"):
                 image = image.convert("L")
             return np.asarray(image)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except Exception as exc:  # Pillow raises many types for corrupt files (ValueError: "Truncated IHDR chunk", ...)
         raise HydraPickerError(f"{path}: not a readable image file ({exc})") from exc
 
 
