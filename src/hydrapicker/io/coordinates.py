@@ -365,6 +365,9 @@ def _as_frame(path: Path, block: str, data: object):
     import pandas as pd
 
     if isinstance(data, pd.DataFrame):
+        twice = data.columns[data.columns.duplicated()]
+        if len(twice):  # frame[label] would be a table, not a column
+            raise HydraPickerError(f"{path}: data_{block}: column _{twice[0]} appears twice")
         return data
     if isinstance(data, dict):  # a block of single values: one row
         return pd.DataFrame({k: [v] for k, v in data.items()})
