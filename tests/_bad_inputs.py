@@ -511,13 +511,18 @@ def _simulate_cases() -> list[Case]:
     def truncated_gz(path: Path) -> None:
         path.write_bytes(STRUCTURE.read_bytes()[:2000])
 
+    def cut_in_atoms(path: Path) -> None:
+        raw = STRUCTURE.read_bytes()
+        path.write_bytes(raw[: int(0.6 * len(raw))])
+
     def text_gz(path: Path) -> None:
         path.write_bytes(gzip.compress(b"this is not an atomic model\n" * 10))
 
     return [
         Case("simulate", "missing atomic model file", model_file(_no_file), names="model.pdb.gz", pinned_by="test_simulate::test_missing_model_file_names_it"),
         Case("simulate", "empty atomic model file", model_file(_empty), names="model.pdb.gz"),
-        Case("simulate", "truncated .pdb.gz", model_file(truncated_gz), names="model.pdb.gz"),
+        Case("simulate", "truncated .pdb.gz (cut in its header records)", model_file(truncated_gz), names="model.pdb.gz"),
+        Case("simulate", "truncated .pdb.gz (cut in its atom records)", model_file(cut_in_atoms), names="model.pdb.gz"),
         Case("simulate", "gzipped text that is no atomic model", model_file(text_gz), names="model.pdb.gz"),
     ]  # fmt: skip
 

@@ -82,8 +82,8 @@ def load_model(path: str | os.PathLike, chains: str | None = None) -> AtomicMode
         structure = gemmi.read_structure(str(path))
     except (RuntimeError, ValueError, OSError) as exc:
         raise HydraPickerError(f"{path}: not a readable PDB/mmCIF file ({exc})") from exc
-    if len(structure) == 0:
-        raise HydraPickerError(f"{path}: the file holds no model (no ATOM records)")
+    if len(structure) == 0 or structure[0].count_atom_sites() == 0:  # gemmi reads empty or cut-short files as no atoms
+        raise HydraPickerError(f"{path}: the file holds no atoms (empty, cut short, or not a PDB/mmCIF file)")
     structure.setup_entities()
     structure.remove_ligands_and_waters()
     structure.remove_hydrogens()
