@@ -211,7 +211,8 @@ def _load_payload(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise HydraPickerError(f"{path}: not a readable HydraPicker checkpoint ({exc})") from exc
+        detail = " ".join(str(exc).split()).split(". ")[0][:160]  # torch's zip errors run to five sentences
+        raise HydraPickerError(f"{path}: not a readable HydraPicker checkpoint, cut short or not one ({type(exc).__name__}: {detail})") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise HydraPickerError(f"{path}: not a HydraPicker checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
