@@ -1,4 +1,4 @@
-"""Tests of zero-label adaptation: pseudo-labels, the loss with known negatives, the rounds, the CLI.
+"""Tests of zero-label adaptation: crop turns, the turn-averaged teacher, pseudo-labels, the loss with known negatives, the rounds, the CLI.
 
 The mechanics run the shipped generic model (tiny) on small generated micrographs of dark
 blobs for a few steps: they pin the plumbing, not accuracy. The gain test (slow) simulates a
@@ -17,7 +17,7 @@ import torch
 from scipy import ndimage
 
 from _synthetic import gaussian_spots
-from hydrapicker.adapt import AdaptConfig, adapt, pseudo_labels, run_folder
+from hydrapicker.adapt import AdaptConfig, adapt, pseudo_labels, run_folder, turn_crop, turned_outputs
 from hydrapicker.boxes import anchor_centres
 from hydrapicker.cli import main as cli_main
 from hydrapicker.errors import HydraPickerError
@@ -44,6 +44,38 @@ def blobs(tmp_path_factory) -> Path:
 
 
 # --- crops and pseudo-labels ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+@pytest.mark.parametrize("flip", [False, True])
+def test_turned_crop_carries_its_points_and_anchor_grid_along(turns, flip):
+    size, stride = 64, 16
+    x, y = 37.0, 9.0  # column, row
+    image = torch.zeros(size, size)
+    image[int(y), int(x)] = 1.0
+    grid = torch.zeros(size // stride, size // stride, dtype=torch.bool)
+    grid[int(y) // stride, int(x) // stride] = True
+    turned, points, turned_grid = turn_crop(image, np.array([[x, y]]), grid, turns, flip)
+    row, col = np.unravel_index(int(turned.argmax()), turned.shape)
+    assert (points[0, 0], points[0, 1]) == (col, row)
+    # The anchor cell holding the point is the one marked in the turned grid.
+    assert bool(turned_grid[row // stride, col // stride]) and int(turned_grid.sum()) == 1
+
+
+def test_turn_averaged_outputs_turn_with_the_micrograph():
+    from hydrapicker.pick import head_outputs
+
+    model, _ = load_picking_model(None)
+    rng = np.random.default_rng(1)
+    image = torch.from_numpy(rng.normal(size=(128, 128)).astype(np.float32))
+    torch.testing.assert_close(turned_outputs(model, image, GENERIC, turns=1), head_outputs(model, image, GENERIC))
+    averaged = turned_outputs(model, image, GENERIC)
+    of_turned = turned_outputs(model, torch.rot90(image, 1, (0, 1)), GENERIC)
+    # Averaged over all four turns, the scores of the turned micrograph are the turned scores, and
+    # a particle's offset turns as (dx, dy) -> (dy, -dx).
+    torch.testing.assert_close(of_turned[2], torch.rot90(averaged[2], 1, (0, 1)), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(of_turned[0], torch.rot90(averaged[1], 1, (0, 1)), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(of_turned[1], -torch.rot90(averaged[0], 1, (0, 1)), atol=1e-4, rtol=1e-4)
 
 
 def _outputs(scores: np.ndarray) -> torch.Tensor:
