@@ -163,8 +163,8 @@ def test_pick_killed_at_twenty_random_points_and_rerun_gives_the_uninterrupted_o
         assert sorted(final) == sorted(reference)
         different = [name for name, content in final.items() if not _same_as_reference(name, content, reference)]
         assert not different, f"after kill {attempts} and a rerun these differ from the uninterrupted run: {different[:5]}"
-    # The kills landed all along the run: before any output, between micrographs, after the last.
-    assert min(progress) < N_MICROGRAPHS // 3 and max(progress) > N_MICROGRAPHS // 2, progress
+    # Kills landed mid-run (some micrographs written, some not), not only before or after the work.
+    assert sum(0 < done < N_MICROGRAPHS for done in progress) >= KILL_POINTS // 4, progress
     print(f"{kills} kills in {attempts} runs; micrographs done at each kill: {progress}; leftover temporaries: {leftovers}")
 
 
