@@ -336,7 +336,7 @@ def _micrograph_cases() -> list[Case]:
         if item == "missing micrograph file":
             cases.append(Case("train", "micrographs glob matching no file", lambda root: (
                 [_project((_scene(root), root)[1], micrographs='"missing_*.mrc"'), *_TRAIN], [root / "out"]), names="micrographs",
-                pinned_by="test_data (glob errors)"))  # fmt: skip
+                pinned_by="test_data::test_bad_field_error_names_dataset_field_and_value"))  # fmt: skip
         else:
             cases.append(Case("train", item, train, names=bad))
         cases.append(Case("finetune", item, finetune, names=bad))
