@@ -9,7 +9,6 @@ after an exception at an epoch end; here the kill can land anywhere, mid-write i
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
