@@ -244,3 +244,29 @@ def test_a_kill_between_the_last_checkpoint_and_its_logs_is_healed_by_resume(tra
     with open(tmp_path / "stage1" / "log.csv") as log:
         assert len(log.readlines()) == 1 + config.epochs
     assert len(json.loads((tmp_path / "stage1" / "log.json").read_text())["epochs"]) == config.epochs
+
+
+@pytest.mark.slow  # tests/test_finetune.py and the training test above cover resume faster
+def test_finetune_killed_at_random_points_and_resumed_gives_the_uninterrupted_head(zygote, train_project, pick_inputs, tmp_path):
+    base, _ = pick_inputs
+    folder = train_project.parent
+    argv = ["finetune", "--model", str(base), "--name", "toy", "--micrographs", str(folder / "m0.mrc"), str(folder / "m1.mrc"),
+            "--coords", str(folder / "m0.csv"), str(folder / "m1.csv"), "--diameter-px", "40", "--out", "toy.pt",
+            "--epochs", "3", "--batches-per-epoch", "2", "--val-batches", "1", "--threads", "1", "--seed", "4"]  # fmt: skip
+    (tmp_path / "ref").mkdir()
+    whole = zygote.run(argv, tmp_path / "ref")
+    assert whole.code == 0, whole.output
+    reference = load_checkpoint(tmp_path / "ref" / "toy.pt")[0].state_dict()
+    rng = np.random.default_rng(SEED + 2)
+    kills = 0
+    for attempt in range(2):
+        run = tmp_path / f"kill{attempt}"
+        run.mkdir()
+        for delay in rng.uniform(0.2, 1.0, size=2) * whole.seconds:
+            kills += zygote.run([*argv, "--resume"], run, kill_after=delay).killed
+        done = zygote.run([*argv, "--resume"], run)
+        assert done.code == 0, done.output
+        resumed = load_checkpoint(run / "toy.pt")[0].state_dict()
+        for key, value in reference.items():
+            assert torch.equal(resumed[key], value), (attempt, key)
+    assert kills >= 2
