@@ -157,3 +157,13 @@ def test_a_star_table_naming_a_column_twice_gives_our_error(suffix, label, tmp_p
     path.write_text(f"data_{'cryolo' if suffix == '.cbox' else ''}\n\nloop_\n{loop}\n" + " ".join(["10"] * (len(columns) + 1)) + "\n")
     with pytest.raises(HydraPickerError, match=f"column {label} appears twice"):
         read_picks(path)
+
+
+def test_a_cs_micrograph_path_of_nul_bytes_is_read_like_any_name(tmp_path):
+    # found by fuzzing: numpy compared the name '\x00\x00\x00' with itself as unequal, and the reader crashed
+    path = tmp_path / "p.cs"
+    write_picks(path, [Picks("mic", [10.0], [20.0], [0.5], shape=(64, 48)), Picks("a\x00\x00\x00", [5.0], [6.0], [0.4], shape=(64, 48))])
+    raw = path.read_bytes().replace(b"a\x00\x00\x00.mrc", b"\x00\x00\x00\x00.mrc")
+    path.write_bytes(raw)
+    picks = read_picks(path)
+    assert sorted(len(p) for p in picks.values()) == [1, 1] and "mic" in picks

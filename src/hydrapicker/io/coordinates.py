@@ -660,8 +660,12 @@ def _read_cs(path: Path, *, micrograph, box_size, shape, invert_y) -> dict[str, 
     if invert_y:
         yf = 1 - yf
     out = {}
-    for name in dict.fromkeys(names.tolist()):
-        mask = names == name
+    # Match rows by integer codes: numpy compares a name with trailing NULs (from a damaged file) as ''.
+    order = list(dict.fromkeys(names.tolist()))
+    index = {name: k for k, name in enumerate(order)}
+    codes = np.fromiter((index[n] for n in names.tolist()), dtype=np.int64, count=len(names))
+    for k, name in enumerate(order):
+        mask = codes == k
         mic_shapes = np.unique(shapes[mask], axis=0)
         if len(mic_shapes) > 1:
             raise HydraPickerError(f"{path}: micrograph {name!r} has several shapes {mic_shapes.tolist()}")
