@@ -8,11 +8,15 @@ import json
 import platform
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hydrapicker import __version__
 from hydrapicker.io.files import atomic_write_text
 
-__all__ = ["add_particle_size_arguments", "write_run_record"]
+if TYPE_CHECKING:
+    from hydrapicker.pick import PickSettings
+
+__all__ = ["add_particle_size_arguments", "pick_settings", "write_run_record"]
 
 
 def write_run_record(out_dir: str | Path, args: argparse.Namespace, name: str = "command.json") -> Path:
@@ -37,3 +41,14 @@ def add_particle_size_arguments(parser: argparse.ArgumentParser, pixel_size_help
     sizes.add_argument("--diameter-px", type=float, metavar="N", help="particle diameter in micrograph pixels")
     sizes.add_argument("--diameter-A", type=float, metavar="N", help="particle diameter in Å (needs the pixel size)")
     size.add_argument("--pixel-size", type=float, metavar="A", help=pixel_size_help)
+
+
+def pick_settings(args: argparse.Namespace) -> "PickSettings":
+    """The :class:`hydrapicker.pick.PickSettings` of a verb that picks (``pick``, ``relion``) from its options."""
+    from hydrapicker.pick import PickSettings
+
+    return PickSettings(
+        diameter_A=args.diameter_A, diameter_px=args.diameter_px, pixel_size=args.pixel_size, head=args.head,
+        threshold=args.threshold, nms_iou=args.nms_iou, tile_size=args.tile, whole_boxes=args.whole_boxes,
+        device=args.device, bf16=args.bf16,
+    )  # fmt: skip

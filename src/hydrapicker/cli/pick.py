@@ -85,9 +85,9 @@ def main(args: argparse.Namespace) -> int:
 
 def _pick(args: argparse.Namespace) -> int:
     from hydrapicker import distributed
-    from hydrapicker.cli._common import write_run_record
+    from hydrapicker.cli._common import pick_settings, write_run_record
     from hydrapicker.errors import HydraPickerError
-    from hydrapicker.pick import PickSettings, Picker, check_formats, expand_micrographs, load_picking_model
+    from hydrapicker.pick import Picker, check_formats, expand_micrographs, load_picking_model
 
     if args.out.is_file():
         raise HydraPickerError(f"--out {args.out}: is a file, not a folder")
@@ -101,11 +101,7 @@ def _pick(args: argparse.Namespace) -> int:
         recorded = recorded_threshold(args.out)
         args.threshold = PICK_THRESHOLD if recorded is None else recorded
     model, meta = load_picking_model(args.model)
-    settings = PickSettings(
-        diameter_A=args.diameter_A, diameter_px=args.diameter_px, pixel_size=args.pixel_size, head=args.head,
-        threshold=args.threshold, nms_iou=args.nms_iou, tile_size=args.tile, whole_boxes=args.whole_boxes,
-        device=args.device, bf16=args.bf16,
-    )  # fmt: skip
+    settings = pick_settings(args)
     picker = Picker(model, meta, settings)
     picker.check_paths(paths)
     args.out.mkdir(parents=True, exist_ok=True)

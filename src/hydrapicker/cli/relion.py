@@ -51,19 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from hydrapicker.cli._common import write_run_record
-    from hydrapicker.pick import PickSettings, Picker, load_picking_model
+    from hydrapicker.cli._common import pick_settings, write_run_record
+    from hydrapicker.pick import Picker, load_picking_model
     from hydrapicker.relion import JobAborted, mark_job_finished, read_micrographs_star, run_external_job
 
     try:
         if args.threads is not None and args.threads > 0:
             torch.set_num_threads(args.threads)
         model, meta = load_picking_model(args.model)
-        settings = PickSettings(
-            diameter_A=args.diameter_A, diameter_px=args.diameter_px, pixel_size=args.pixel_size, head=args.head,
-            threshold=args.threshold, nms_iou=args.nms_iou, tile_size=args.tile, whole_boxes=args.whole_boxes,
-            device=args.device, bf16=args.bf16,
-        )  # fmt: skip
+        settings = pick_settings(args)
         # the run record names the micrographs picked, as `pick`'s does (hydrapicker report reads it)
         args.micrographs = [str(m.path.resolve()) for m in read_micrographs_star(args.in_mics)]
         args.job_dir.mkdir(parents=True, exist_ok=True)
