@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ def test_recorded_protocol_holds_out_4hhb_6b7n_and_two_unseen_proteins_one_a_rin
     assert {"4hhb", "6b7n"} <= ids["targets"] and len(ids["targets"]) == 7
     assert "1jnb" in ids["unseen"] and len(ids["unseen"]) >= 2  # 1jnb: the C12 phi29 connector ring
     assert not (ids["sources"] & (ids["targets"] | ids["unseen"])) and "5a1a" not in ids["sources"]
-    assert 25 <= len(ids["sources"]) * config.source_conditions <= 50
+    assert len(ids["sources"]) * config.source_conditions >= 20
 
 
 def test_config_errors_name_the_field(tmp_path):
@@ -50,7 +51,7 @@ def test_config_errors_name_the_field(tmp_path):
 
 
 def test_splits_test_on_the_last_micrographs_and_few_shot_on_the_first():
-    config = load_config(PROTOCOL)  # 2 test, 1 val, 2 few-shot
+    config = replace(load_config(PROTOCOL), test_micrographs=2, val_micrographs=1, few_shot_micrographs=2)
     stems = [f"m{i}" for i in range(6)]
     assert _splits(stems, "sources", config) == {"train": ("m0", "m1", "m2"), "val": ("m3",), "test": ("m4", "m5")}
     assert _splits(stems, "targets", config) == {"train": ("m0", "m1"), "val": ("m3",), "test": ("m4", "m5")}

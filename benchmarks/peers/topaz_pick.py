@@ -155,7 +155,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     topaz.add_argument("--model", default="resnet16", help="Topaz pretrained model or model file (default: %(default)s = resnet16_u64)")
     topaz.add_argument("--threshold", type=float, default=-6.0, metavar="T", help="lowest log-likelihood ratio kept (default: %(default)s)")
     topaz.add_argument("--scale", type=int, metavar="S", help="downsampling factor (default: brings the pixel size nearest 8 Å)")
-    topaz.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads for Topaz (default: %(default)s)")
+    topaz.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), metavar="N", help="threads for Topaz (default: %(default)s)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -293,13 +293,14 @@ def truth(spec: DatasetSpec, split: str = "test") -> dict[str, Picks]:
 # --- models ---------------------------------------------------------------------------------
 
 
-def _train_config(config: BenchmarkConfig, **changes: object):
+def _train_config(config: BenchmarkConfig, cache_dir: Path | None = None, **changes: object):
     from hydrapicker.train import TrainConfig
 
     base = TrainConfig(
         preset=config.preset, stage="both", epochs=config.epochs, stage2_epochs=config.stage2_epochs,
         t0_epochs=config.t0_epochs, batches_per_epoch=config.batches_per_epoch, val_batches=config.val_batches,
         scale_jitter=tuple(config.scale_jitter), seed=config.seed, threads=config.threads, device=config.device,
+        cache_dir=str(cache_dir) if cache_dir else None,
     )  # fmt: skip
     return replace(base, **changes)
 
@@ -312,7 +313,8 @@ def multihead_model(config: BenchmarkConfig, out_dir: Path, sources: list[Datase
     final = run / "model.pt"
     if not final.exists():
         say(f"training the multi-head model on {len(sources)} source datasets ({config.preset}, stage 1 then 2)")
-        train(sources, run, _train_config(config), resume=True)
+        # Prepared micrographs on disk: the in-memory cache holds a few, and re-preparing one costs ~20 batches.
+        train(sources, run, _train_config(config, out_dir / "prepared"), resume=True)
     return final
 
 
@@ -324,7 +326,7 @@ def single_model(config: BenchmarkConfig, out_dir: Path, target: DatasetSpec, sa
     final = run / "model.pt"
     if not final.exists():
         say(f"training a single-head model on {target.name} ({len(target.splits['train'])} micrographs)")
-        cfg = _train_config(config, stage="1", epochs=config.single_epochs, t0_epochs=config.single_epochs,
+        cfg = _train_config(config, out_dir / "prepared", stage="1", epochs=config.single_epochs, t0_epochs=config.single_epochs,
                             batches_per_epoch=config.single_batches)  # fmt: skip
         train([target], run, cfg, resume=True)
     return final
