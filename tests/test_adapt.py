@@ -172,7 +172,7 @@ def test_adapt_reports_pseudo_labels_and_pick_changes_for_every_round(adapted):
 def test_cli_adapt_then_pick_with_the_new_head(blobs, tmp_path, capsys):
     out = tmp_path / "cli.pt"
     status = cli_main(["adapt", str(blobs / "*.mrc"), "--name", "mine", "--diameter-px", str(DIAMETER), "--out", str(out),
-                       "--rounds", "1", "--steps", "1", "--prior-threshold", "0.05", "--threads", "2"])  # fmt: skip
+                       "--rounds", "1", "--steps", "1", "--prior-threshold", "0.05", "--turns", "1", "--threads", "2"])  # fmt: skip
     assert status == 0 and out.is_file()
     assert "round 1:" in capsys.readouterr().out
     assert (run_folder(out) / "command.json").is_file()
