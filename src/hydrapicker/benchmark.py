@@ -517,7 +517,7 @@ def run_benchmark(config: BenchmarkConfig, out_dir: str | os.PathLike, *, say: C
         t2[name] = timed(f"baseline {name}", column, zero_rows, lambda s, n=name, sc=script: baseline_picks(out_dir, n, sc, s, resolve))
     say("Tables 3 and 4: few-shot heads on the multi-head and on the single-head model")
     t3 = {"single": t2["single"]}
-    for base, checkpoint in (("multi", multihead), ("single-head", single_head)):
+    for base, checkpoint in (("single-head", single_head), ("multi", multihead)):
         def head(spec: DatasetSpec, base: str = base, checkpoint: Path = checkpoint) -> Path:
             return timed("few-shot heads", few_shot_head, config, out_dir, base, checkpoint, resolve(spec), say)
 
@@ -671,7 +671,8 @@ def write_report(out_dir: Path, config: BenchmarkConfig, tables: list[_Table], d
         f"per dataset the last {config.test_micrographs} are test, {config.val_micrographs} validation; a target trains on "
         f"{config.few_shot_micrographs} micrographs. Seed {config.seed}.",
         f"- Multi-head model: preset `{config.preset}`, stage 1 {config.epochs} epochs, stage 2 {config.stage2_epochs} epochs, "
-        f"{config.batches_per_epoch} batches of 4 crops each, scale jitter {tuple(config.scale_jitter)}. Single models: "
+        f"{config.batches_per_epoch} batches of 4 crops each (Adam lr {_train_config(config).lr:g}, then SGD lr "
+        f"{_train_config(config).stage2_lr:g} with momentum), scale jitter {tuple(config.scale_jitter)}. Single models: "
         f"{config.single_epochs} × {config.single_batches} batches from scratch. Few-shot heads: {config.finetune_epochs} × "
         f"{config.finetune_batches} batches.",
         "- Scores: `hydrapicker.evaluate` (IoU ≥ 0.6 with the true diameter as box, AP all-point interpolated, AUROC with "
