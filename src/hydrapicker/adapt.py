@@ -18,8 +18,8 @@ Every round starts again from the generic head (only the pseudo-labels carry ove
 round cannot drift on its own mistakes beyond what its labels say. The report of each round
 (:class:`RoundReport`) gives the pseudo-labels used and how the picks changed.
 
-The teacher of each round is the head of the round before *averaged over the micrograph's
-four quarter turns* (:func:`turned_outputs`): on the real β-gal micrographs that alone lifts the
+With ``turns=4`` the teacher of each round is the head of the round before *averaged over the
+micrograph's four quarter turns* (:func:`turned_outputs`): on the real β-gal micrographs that alone lifts the
 generic head's AP from 0.685 to 0.714, so its picks are better labels than the head's own
 single-pass picks. The new head learns them from one pass, on crops turned by a random quarter
 turn and flip (the anchor grid turns onto itself), and ``pick --head NAME`` runs it once.
@@ -84,7 +84,8 @@ class AdaptConfig:
         steps, lr, batch_size, crop_size: the training of each round: Adam at ``lr``,
             annealed to 0 over ``steps`` mini-batches of ``batch_size`` crops.
         max_micrographs: at most this many micrographs are adapted on (evenly spaced).
-        turns: quarter turns the teacher's outputs are averaged over (1: the head's own picks).
+        turns: quarter turns the teacher's outputs are averaged over (1: the head's own picks; 4
+            costs ~4x the picking and did not pay on the real data yet, benchmarks/adapt_real.md).
     """
 
     name: str
@@ -98,7 +99,7 @@ class AdaptConfig:
     batch_size: int = BATCH_SIZE
     crop_size: int = CROP_SIZE
     max_micrographs: int = 20
-    turns: int = 4
+    turns: int = 1
     seed: int = 0
     threads: int | None = None
 

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     labels.add_argument("--max-micrographs", type=int, default=defaults.max_micrographs,
                         help="adapt on at most this many micrographs, evenly spaced (default: %(default)s)")  # fmt: skip
     labels.add_argument("--turns", type=int, default=defaults.turns, choices=(1, 2, 3, 4),
-                        help="quarter turns the teacher's picks are averaged over; 1 is about 4x faster (default: %(default)s)")  # fmt: skip
+                        help="quarter turns the teacher's picks are averaged over; 4 costs about 4x the picking (default: %(default)s)")  # fmt: skip
     schedule = parser.add_argument_group("schedule")
     schedule.add_argument("--steps", type=int, default=defaults.steps, help="mini-batches per round (default: %(default)s)")
     schedule.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate (default: %(default)s)")
