@@ -24,7 +24,7 @@ from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import Picks, read_picks, write_mrc
 from hydrapicker.loss import _focal_terms, pu_focal_loss
 from hydrapicker.model import GENERIC
-from hydrapicker.pick import load_picking_model, pretrained_model_path
+from hydrapicker.pick import load_picking_model
 from hydrapicker.train import load_checkpoint
 
 DIAMETER = 16.0  # px, stored

@@ -28,7 +28,6 @@ from hydrapicker.finetune import (
 )
 from hydrapicker.io import Picks, read_picks, write_mrc
 from hydrapicker.loss import detection_loss, pu_focal_loss
-from hydrapicker.model import GENERIC
 from hydrapicker.train import TrainConfig, load_checkpoint, train
 
 DIAMETER = 16.0  # px, stored

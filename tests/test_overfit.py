@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from hydrapicker.data import load_project
 from hydrapicker.evaluate import evaluate

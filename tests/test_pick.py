@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ import torch
 from _synthetic import gaussian_spots
 from hydrapicker import pick as pick_module
 from hydrapicker.cli import main as cli_main
-from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
 from hydrapicker.model import HydraPicker, get_preset
 from hydrapicker.pick import (

@@ -665,7 +665,7 @@ def write_report(out_dir: Path, config: BenchmarkConfig, tables: list[_Table], d
         f"- Sources ({len(groups['sources'])} structures × {config.source_conditions} imaging conditions): "
         + ", ".join(sorted(p.name.split('.')[0] for p in groups["sources"])),
         f"- Targets ({len(groups['targets'])} × {config.target_conditions}): " + ", ".join(config.targets),
-        f"- Unseen proteins (in no training run): " + ", ".join(config.unseen),
+        "- Unseen proteins (in no training run): " + ", ".join(config.unseen),
         f"- Excluded from every group: {', '.join(config.exclude) or 'none'} (see the config for why).",
         f"- {config.micrographs} simulated micrographs of {config.size}² per source dataset, {config.target_micrographs} per target; "
         f"per dataset the last {config.test_micrographs} are test, {config.val_micrographs} validation; a target trains on "
