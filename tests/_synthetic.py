@@ -1,8 +1,14 @@
-"""Synthetic micrographs for tests: Gaussian spots at known centres on white noise."""
+"""Synthetic test inputs: Gaussian-spot micrographs, and a tiny model whose scores spread over (0, 1)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import torch
+
+from hydrapicker.model import HydraPicker, get_preset
+from hydrapicker.train import TrainConfig, _checkpoint, _save
 
 
 def gaussian_spots(
@@ -15,3 +21,21 @@ def gaussian_spots(
     for x, y in xy:
         image += contrast * np.exp(-((cols - x) ** 2 + (rows - y) ** 2) / (2 * sigma**2))
     return image.astype(np.float32)
+
+
+def spread_tiny_model(seed: int = 0) -> HydraPicker:
+    """A ``tiny`` model with weights moved far from their initial ones, so every layer matters and
+    the generic head's scores spread over (0, 1) (an untrained model scores everything ~0.01)."""
+    torch.manual_seed(seed)
+    model = HydraPicker(get_preset("tiny")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        torch.nn.init.normal_(model.generic.predict.weight, std=0.05)
+    return model
+
+
+def write_checkpoint(path: Path, model: HydraPicker) -> Path:
+    """Save ``model`` as a stage-1 checkpoint that ``pick`` loads."""
+    _save(path, _checkpoint(model, TrainConfig(preset=model.preset.name), stage=1, epoch=0, val_loss=None))
+    return path

@@ -19,15 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from _synthetic import gaussian_spots
+from _synthetic import gaussian_spots, spread_tiny_model, write_checkpoint
 from hydrapicker import distributed
 from hydrapicker.cli import main as cli_main
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import write_mrc
-from hydrapicker.model import HydraPicker, get_preset
 from hydrapicker.pick import expected_outputs
 from hydrapicker.data import load_project
-from hydrapicker.train import TrainConfig, _checkpoint, _save, load_checkpoint, train
+from hydrapicker.train import TrainConfig, load_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -176,15 +175,7 @@ def test_a_step_of_two_batches_differs_from_a_step_of_one(project, tmp_path, one
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = HydraPicker(get_preset("tiny")).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        torch.nn.init.normal_(model.generic.predict.weight, std=0.05)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    _save(path, _checkpoint(model, TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None))
-    return path
+    return write_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", spread_tiny_model())
 
 
 @pytest.fixture

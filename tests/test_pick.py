@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from _synthetic import gaussian_spots
+from _synthetic import gaussian_spots, spread_tiny_model
 from hydrapicker import pick as pick_module
 from hydrapicker.cli import main as cli_main
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
-from hydrapicker.model import HydraPicker, get_preset
+from hydrapicker.model import HydraPicker
 from hydrapicker.pick import (
     OVERLAY_COLOUR,
     PickSettings,
@@ -32,14 +32,7 @@ FORMATS = ("star", "box", "cbox", "topaz", "cs", "csv")
 
 
 def _tiny_model(seed: int = 0) -> HydraPicker:
-    """A tiny model with weights far from their initial ones, so every layer matters."""
-    torch.manual_seed(seed)
-    model = HydraPicker(get_preset("tiny")).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        torch.nn.init.normal_(model.generic.predict.weight, std=0.05)
-    return model.to(memory_format=torch.channels_last)
+    return spread_tiny_model(seed).to(memory_format=torch.channels_last)
 
 
 def _meta(model: HydraPicker) -> ModelMeta:

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from _synthetic import gaussian_spots
+from _synthetic import gaussian_spots, write_checkpoint
 from _zygote import Zygote
 from hydrapicker.io import write_mrc
 from hydrapicker.model import HydraPicker, get_preset
-from hydrapicker.train import TrainConfig, _checkpoint, _save, load_checkpoint
+from hydrapicker.train import TrainConfig, load_checkpoint
 
 N_MICROGRAPHS = 30
 KILL_POINTS = 20
@@ -44,7 +44,7 @@ def pick_inputs(tmp_path_factory) -> tuple[Path, Path]:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    _save(root / "tiny.pt", _checkpoint(model, TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None))
+    write_checkpoint(root / "tiny.pt", model)
     rng = np.random.default_rng(0)
     for i in range(N_MICROGRAPHS):
         centres = rng.uniform(10, 86, size=(5, 2))

@@ -7,29 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from _synthetic import gaussian_spots
+from _synthetic import gaussian_spots, spread_tiny_model, write_checkpoint
 from hydrapicker.cli import main as cli_main
 from hydrapicker.defaults import CANDIDATE_FLOOR
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
-from hydrapicker.model import HydraPicker, get_preset
+from hydrapicker.model import HydraPicker
 from hydrapicker.pick import Picker, PickSettings, candidate_paths, head_outputs, output_paths, picks_from_outputs
 from hydrapicker.threshold import otsu_threshold, picks_per_micrograph, read_candidates, suggest_threshold
-from hydrapicker.train import ModelMeta, TrainConfig, _checkpoint, _save
+from hydrapicker.train import ModelMeta
 
 FORMATS = ("star", "box", "cbox", "topaz", "cs", "csv")
 
 
-def _model() -> HydraPicker:
-    """A tiny model with weights moved far from their initial ones: scores spread over (0, 1)."""
-    torch.manual_seed(0)
-    model = HydraPicker(get_preset("tiny")).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        torch.nn.init.normal_(model.generic.predict.weight, std=0.05)
-    return model
 
 
 def _meta(model: HydraPicker) -> ModelMeta:
@@ -39,7 +29,7 @@ def _meta(model: HydraPicker) -> ModelMeta:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    _save(path, _checkpoint(_model(), TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None))
+    write_checkpoint(path, spread_tiny_model())
     return path
 
 
@@ -62,7 +52,7 @@ def _pick(micrographs, out, checkpoint, threshold, *extra) -> None:
 
 def test_picks_at_any_threshold_are_the_candidates_above_it(micrographs):
     """Greedy NMS keeps a pick whatever lies below it: thresholding the candidates = picking at that threshold."""
-    model = _model()
+    model = spread_tiny_model()
     meta = _meta(model)
     picker = Picker(model, meta, PickSettings(diameter_px=40, threshold=0.5))
     prepared = picker.prepare(micrographs[0])
