@@ -114,6 +114,9 @@ class BenchmarkConfig:
             raise HydraPickerError("the benchmark needs target structures and unseen structures")
         if 0.0 not in self.diameter_errors:
             raise HydraPickerError("diameter_errors must include 0 (the true diameter)")
+        from hydrapicker.train import check_device
+
+        check_device(self.device)
 
 
 def load_config(path: str | os.PathLike, *, quick: bool = False, **overrides: object) -> BenchmarkConfig:
@@ -455,10 +458,6 @@ class _Table:
 def run_benchmark(config: BenchmarkConfig, out_dir: str | os.PathLike, *, say: Callable[[str], None] = print,
                   config_path: str | None = None) -> Path:  # fmt: skip
     """Run (or continue) the protocol into ``out_dir``; returns ``out_dir/REPORT.md``."""
-    import torch
-
-    if config.device != "cpu" and not torch.cuda.is_available():
-        raise HydraPickerError(f"device {config.device!r}: no CUDA device is available here (use cpu)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Seconds per step, summed over every run into this folder (a continued run adds its own).

@@ -63,7 +63,7 @@ from hydrapicker.io.files import atomic_path, atomic_write_text
 from hydrapicker.io.micrograph import is_micrograph_path, micrograph_stem, read_micrograph
 from hydrapicker.io.picks import Picks
 from hydrapicker.model import GENERIC, HydraPicker
-from hydrapicker.train import ModelMeta
+from hydrapicker.train import ModelMeta, check_device
 
 __all__ = [
     "OVERLAY_COLOUR",
@@ -416,8 +416,7 @@ class Picker:
     """Model + settings: :meth:`prepare` (thread-safe, NumPy) then :meth:`pick` (the network)."""
 
     def __init__(self, model: HydraPicker, meta: ModelMeta, settings: PickSettings) -> None:
-        if settings.device != "cpu" and not torch.cuda.is_available():
-            raise HydraPickerError(f"--device {settings.device}: no CUDA device is available here (use --device cpu)")
+        check_device(settings.device)
         if not (0 <= settings.threshold <= 1):
             raise HydraPickerError(f"threshold must be a score between 0 and 1, got {settings.threshold}")
         model.head(settings.head)

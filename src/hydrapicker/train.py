@@ -74,7 +74,7 @@ from hydrapicker.io.files import atomic_path, atomic_write_text
 from hydrapicker.loss import detection_loss, head_bias_loss
 from hydrapicker.model import GENERIC, HydraPicker, ModelPreset, get_preset
 
-__all__ = ["TrainConfig", "ModelMeta", "train", "train_stage", "load_checkpoint", "CHECKPOINT_FORMAT", "FINETUNE_STAGE"]
+__all__ = ["TrainConfig", "check_device", "ModelMeta", "train", "train_stage", "load_checkpoint", "CHECKPOINT_FORMAT", "FINETUNE_STAGE"]
 
 #: Tag of the checkpoint layout; bump when it changes.
 CHECKPOINT_FORMAT = "hydrapicker-checkpoint/1"
@@ -83,6 +83,12 @@ STAGES = ("1", "2", "both")
 
 #: The stage number of a fine-tuning run (one new head trained, everything else frozen).
 FINETUNE_STAGE = 3
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have, before anything is written."""
+    if device != "cpu" and not torch.cuda.is_available():
+        raise HydraPickerError(f"--device {device}: no CUDA device is available here (use --device cpu)")
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,7 @@ class TrainConfig:
                 raise HydraPickerError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.crop_size % ANCHOR_STRIDE:
             raise HydraPickerError(f"crop_size must be a multiple of {ANCHOR_STRIDE}, got {self.crop_size}")
+        check_device(self.device)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -465,8 +472,6 @@ def train_stage(
     _seed_everything(config.seed + 1000 * stage)
     if model is None:
         model = _build_stage_model(stage, datasets, config, Path(init_from) if init_from else None)
-    if config.device != "cpu" and not torch.cuda.is_available():
-        raise HydraPickerError(f"device {config.device!r}: no CUDA device is available here (use cpu)")
     model = model.to(config.device)
     if config.channels_last:
         # 2-3x faster convs on CPU (benchmarks/train_step.py); the numbers are the same layout-free.
