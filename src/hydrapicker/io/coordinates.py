@@ -202,14 +202,15 @@ def _check_inside(path: Path, name: str, x: np.ndarray, y: np.ndarray, shape: tu
         )
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, *, headerless: bool = False) -> str:
+    """The file's text; empty is an error unless the format has no header (then it means no particles)."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise HydraPickerError(f"{path}: not a text coordinate file ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
         raise HydraPickerError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    if not text.strip():
+    if not text.strip() and not headerless:
         raise HydraPickerError(f"{path}: empty coordinate file")
     return text
 
@@ -592,8 +593,10 @@ def _read_corner_rows(
 
 
 def _read_box(path: Path, *, micrograph, box_size, shape, invert_y) -> dict[str, Picks]:
-    """EMAN1/crYOLO BOX: ``x_lo y_lo w h`` (a 5th EMAN column is ignored); no scores (all 1)."""
-    text = _read_text(path)
+    """EMAN1/crYOLO BOX: ``x_lo y_lo w h`` (a 5th EMAN column is ignored); no scores (all 1).
+    An empty file is a micrograph without particles: BOX has no header, so that is how crYOLO,
+    EMAN and :func:`write_picks` write one."""
+    text = _read_text(path, headerless=True)
     name = micrograph if micrograph is not None else _file_key(path)
     return _read_corner_rows(path, text, name, box_size, shape, invert_y, min_fields=4, score_field=None)
 
