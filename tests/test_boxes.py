@@ -1,4 +1,4 @@
-"""Tests of anchors, square IoU, matching, offset coding and NMS."""
+"""Tests of anchors, square IoU, matching, offset coding, NMS and centre refinement."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hydrapicker.boxes import anchor_centres, decode_outputs, encode_offsets, match_anchors, nms, square_iou
+from hydrapicker.boxes import anchor_centres, decode_outputs, encode_offsets, match_anchors, nms, refine_centres, square_iou
 
 
 def test_anchors_sit_at_cell_centres_row_major():
@@ -88,3 +88,29 @@ def test_nms_equals_brute_force_greedy(seed, n, thr):
     xy = rng.uniform(0, 120, (n, 2))
     score = rng.random(n)
     assert nms(xy, score, 27.0, thr).tolist() == _nms_reference(xy, score, 27.0, thr).tolist()
+
+
+def test_refined_centre_is_the_score_squared_weighted_mean_of_the_predictions_within_the_radius():
+    xy = np.array([[10.0, 10.0], [12.0, 10.0], [10.0, 14.0], [40.0, 40.0]])
+    score = np.array([0.9, 0.6, 0.3, 1.0])
+    refined = refine_centres(np.array([[10.0, 10.0]]), xy, score, radius=5.0)
+    w = score[:3] ** 2  # the fourth prediction is 42 px away: another particle
+    np.testing.assert_allclose(refined[0], (xy[:3] * w[:, None]).sum(0) / w.sum())
+
+
+def test_refinement_pulls_an_off_centre_pick_to_the_consensus_of_its_particle():
+    rng = np.random.default_rng(0)
+    true_centre = np.array([50.0, 60.0])
+    # many anchors agree on the particle's centre; the best-scored one is 6 px off
+    xy = np.vstack([true_centre + rng.normal(0, 1.0, size=(30, 2)), true_centre + [6.0, 0.0]])
+    score = np.r_[np.full(30, 0.5), 0.6]
+    kept = xy[[-1]]
+    refined = refine_centres(kept, xy, score, radius=12.0)
+    assert np.linalg.norm(refined[0] - true_centre) < 1.0 < np.linalg.norm(kept[0] - true_centre)
+
+
+def test_pick_without_predictions_nearby_stays_where_it_is():
+    picks = np.array([[5.0, 5.0], [100.0, 100.0]])
+    refined = refine_centres(picks, np.array([[6.0, 5.0]]), np.array([0.5]), radius=3.0)
+    np.testing.assert_array_equal(refined[1], picks[1])
+    assert refine_centres(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0), radius=3.0).shape == (0, 2)

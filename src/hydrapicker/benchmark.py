@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from hydrapicker.data import DatasetSpec, load_project
+from hydrapicker.defaults import NMS_IOU, REFINE_RADIUS
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.evaluate import Evaluation, evaluate
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_picks
@@ -675,7 +676,7 @@ def write_report(out_dir: Path, config: BenchmarkConfig, tables: list[_Table], d
         f"{config.single_epochs} × {config.single_batches} batches from scratch. Few-shot heads: {config.finetune_epochs} × "
         f"{config.finetune_batches} batches.",
         "- Scores: `hydrapicker.evaluate` (IoU ≥ 0.6 with the true diameter as box, AP all-point interpolated, AUROC with "
-        "misses at −∞), picks kept down to score 0.001. The mean is over datasets; the curves pool every dataset of a table "
+        f"misses at −∞), picks kept down to score 0.001 (NMS IoU {NMS_IOU:g}, centres refined within {REFINE_RADIUS:g} box). The mean is over datasets; the curves pool every dataset of a table "
         "(coordinates in units of each dataset's box).",
         "",
         "## Tables",

@@ -1,4 +1,5 @@
-"""Box logic apart from the network: anchors, IoU of equal squares, matching, offset coding, NMS.
+"""Box logic apart from the network: anchors, IoU of equal squares, matching, offset coding, NMS,
+centre refinement.
 
 Conventions, stated once:
 
@@ -29,6 +30,7 @@ __all__ = [
     "encode_offsets",
     "decode_outputs",
     "nms",
+    "refine_centres",
 ]
 
 
@@ -131,3 +133,33 @@ def nms(xy: np.ndarray, score: np.ndarray, box_size: float, iou_threshold: float
         if not suppressed[i]:
             suppressed[pairs[starts[i] : starts[i + 1], 1]] = True
     return order[~suppressed]
+
+
+def refine_centres(
+    picks: np.ndarray, xy: np.ndarray, score: np.ndarray, radius: float, power: float = 2.0
+) -> np.ndarray:
+    """Move each pick to the consensus of every anchor's predicted centre within ``radius`` of it.
+
+    Several anchors see one particle and each regresses its centre; NMS keeps one of them, whose
+    own guess is noisy when the particle looks larger than the size the model was trained on. The
+    mean of the neighbouring predictions weighted by ``score ** power`` is a steadier estimate
+    (benchmarks/scale_search.md: +0.08 mean zero-shot AP at IoU 0.6 on simulated validation micrographs).
+
+    Args:
+        picks: ``[n, 2]`` kept centres (x, y).
+        xy, score: every anchor's predicted centre ``[m, 2]`` and score ``[m]`` (before NMS).
+        radius: neighbourhood radius, in the units of ``xy``.
+    """
+    from scipy.spatial import cKDTree
+
+    picks = np.asarray(picks, dtype=np.float64).reshape(-1, 2)
+    if len(picks) == 0 or len(xy) == 0:
+        return picks.copy()
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    weight = np.asarray(score, dtype=np.float64).reshape(-1) ** power
+    out = picks.copy()
+    for i, near in enumerate(cKDTree(xy).query_ball_point(picks, radius)):
+        w = weight[near]
+        if len(near) and w.sum() > 0:
+            out[i] = (xy[near] * w[:, None]).sum(axis=0) / w.sum()
+    return out

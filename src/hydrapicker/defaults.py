@@ -20,6 +20,7 @@ __all__ = [
     "LAMBDA_CLS",
     "LAMBDA_BIAS",
     "NMS_IOU",
+    "REFINE_RADIUS",
     "PICK_THRESHOLD",
     "PICK_TILE_SIZE",
     "CANDIDATE_FLOOR",
@@ -77,6 +78,14 @@ LAMBDA_BIAS: float = 0.01
 #: Picks whose boxes overlap a better pick by more than this IoU are suppressed. Two true
 #: particles at least half a box apart in x overlap by at most 1/3.
 NMS_IOU: float = 0.3
+
+#: After NMS each pick moves to the score²-weighted mean of the centres predicted by the anchors
+#: within this fraction of the box size of it (:func:`hydrapicker.boxes.refine_centres`); 0 turns
+#: it off. Chosen on the benchmark's validation micrographs (benchmarks/scale_search.md): mean
+#: target AP 0.672 -> 0.750 at the true diameter, 0.470 -> 0.550 at -20 %, 0.724 -> 0.764 at
+#: +25 % (0.5-0.6 are better at -20 % and worse at +25 %); real β-gal 0.693 -> 0.693 (0.703 at
+#: 0.3), T20S 0.064 -> 0.091 with the shipped model.
+REFINE_RADIUS: float = 0.4
 
 #: Default score (probability) a pick needs to be written. Best-F1 thresholds on the held-out
 #: EMPIAR-10017 micrograph: 0.18 for the shipped interim generic model (zero-shot), 0.36 for a

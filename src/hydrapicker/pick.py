@@ -47,12 +47,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from hydrapicker.boxes import decode_outputs, nms
+from hydrapicker.boxes import decode_outputs, nms, refine_centres
 from hydrapicker.defaults import (
     CANDIDATE_FLOOR,
     COORDINATE_FORMATS,
     MICROGRAPH_SUFFIXES,
     NMS_IOU,
+    REFINE_RADIUS,
     PICK_THRESHOLD,
     PICK_TILE_SIZE,
     PRETRAINED_MODEL,
@@ -297,20 +298,28 @@ def picks_from_outputs(
     name: str = "",
     nms_iou: float = NMS_IOU,
     whole_boxes: bool = False,
+    refine_radius: float = REFINE_RADIUS,
 ) -> Picks:
-    """Decode a head output ``[3, h, w]``: threshold, NMS at the box size, map back to the stored frame.
+    """Decode a head output ``[3, h, w]``: threshold, NMS at the box size, refine, map back to the stored frame.
 
-    Picks whose centre falls outside the stored micrograph are dropped; with ``whole_boxes``
-    also those whose box reaches past its edge (RELION's extraction drops them anyway).
+    Each pick moves to the consensus of the centres predicted by every anchor within
+    ``refine_radius`` box sizes of it (:func:`hydrapicker.boxes.refine_centres`; 0: off). That
+    uses every anchor, whatever ``threshold`` is, so the picks at a threshold are the picks at a
+    lower one cut at it. Picks whose centre falls outside the stored micrograph are dropped;
+    with ``whole_boxes`` also those whose box reaches past its edge (RELION's extraction drops
+    them anyway).
     """
     from hydrapicker.data import from_rescaled
 
-    centres, scores = decode_outputs(outputs, meta.anchor_stride)
-    centres, scores = centres.numpy().astype(np.float64), scores.numpy().astype(np.float64)
-    candidates = scores >= threshold
-    centres, scores = centres[candidates], scores[candidates]
+    every_centre, every_score = decode_outputs(outputs, meta.anchor_stride)
+    every_centre, every_score = every_centre.numpy().astype(np.float64), every_score.numpy().astype(np.float64)
+    candidates = every_score >= threshold
+    centres, scores = every_centre[candidates], every_score[candidates]
     keep = nms(centres, scores, meta.target_diameter_px, nms_iou)
-    xy = from_rescaled(centres[keep], scale).reshape(-1, 2)
+    kept = centres[keep]
+    if refine_radius > 0:
+        kept = refine_centres(kept, every_centre, every_score, refine_radius * meta.target_diameter_px)
+    xy = from_rescaled(kept, scale).reshape(-1, 2)
     box_size = meta.target_diameter_px / scale
     rows, cols = shape
     edge = box_size / 2 if whole_boxes else 0.0
@@ -334,6 +343,7 @@ def pick_micrograph(
     nms_iou: float = NMS_IOU,
     tile_size: int = PICK_TILE_SIZE,
     whole_boxes: bool = False,
+    refine_radius: float = REFINE_RADIUS,
     device: str | torch.device = "cpu",
     bf16: bool = False,
 ) -> Picks:
@@ -349,6 +359,7 @@ def pick_micrograph(
         name: the micrograph name the picks carry.
         tile_size: largest square (rescaled px) run at once; see :func:`head_outputs`.
         whole_boxes: drop picks whose box reaches past the micrograph's edge.
+        refine_radius: see :func:`picks_from_outputs` (0: each pick stays on its anchor's guess).
         device, bf16: where and in what precision the network runs.
 
     Returns:
@@ -359,7 +370,8 @@ def pick_micrograph(
     prepared = prepare_micrograph(image, scale, meta.target_diameter_px, name)
     outputs = head_outputs(model, prepared, head, tile_size=tile_size, device=device, bf16=bf16)
     return picks_from_outputs(
-        outputs, meta, scale, (int(np.shape(image)[0]), int(np.shape(image)[1])), threshold, name=name, nms_iou=nms_iou, whole_boxes=whole_boxes
+        outputs, meta, scale, (int(np.shape(image)[0]), int(np.shape(image)[1])), threshold, name=name, nms_iou=nms_iou,
+        whole_boxes=whole_boxes, refine_radius=refine_radius,
     )
 
 
@@ -397,6 +409,7 @@ class PickSettings:
     nms_iou: float = NMS_IOU
     tile_size: int = PICK_TILE_SIZE
     whole_boxes: bool = False
+    refine_radius: float = REFINE_RADIUS
     device: str = "cpu"
     bf16: bool = False
 
@@ -459,7 +472,7 @@ class Picker:
         outputs = head_outputs(self.model, prepared.image, s.head, tile_size=s.tile_size, device=s.device, bf16=s.bf16)
         return picks_from_outputs(
             outputs, self.meta, prepared.scale, prepared.data.shape, min(CANDIDATE_FLOOR, s.threshold),
-            name=prepared.name, nms_iou=s.nms_iou, whole_boxes=s.whole_boxes,
+            name=prepared.name, nms_iou=s.nms_iou, whole_boxes=s.whole_boxes, refine_radius=s.refine_radius,
         )  # fmt: skip
 
     def pick(self, prepared: Prepared) -> Picks:
