@@ -157,9 +157,11 @@ def refine_centres(
         return picks.copy()
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     weight = np.asarray(score, dtype=np.float64).reshape(-1) ** power
+    near = cKDTree(picks).sparse_distance_matrix(cKDTree(xy), radius, output_type="ndarray")
+    pick, anchor = near["i"], near["j"]
+    total = np.bincount(pick, weight[anchor], minlength=len(picks))
     out = picks.copy()
-    for i, near in enumerate(cKDTree(xy).query_ball_point(picks, radius)):
-        w = weight[near]
-        if len(near) and w.sum() > 0:
-            out[i] = (xy[near] * w[:, None]).sum(axis=0) / w.sum()
+    moved = total > 0
+    for axis in (0, 1):
+        out[moved, axis] = np.bincount(pick, weight[anchor] * xy[anchor, axis], minlength=len(picks))[moved] / total[moved]
     return out
