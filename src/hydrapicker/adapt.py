@@ -1,39 +1,36 @@
-"""Zero-label adaptation: a new head for a new dataset, taught by the generic head's own picks of its micrographs.
+"""Zero-label adaptation: a new head for a new dataset, taught by the generic head's scores of its unlabelled micrographs.
 
 A user has hundreds of unlabelled micrographs of a new sample. Each round of :func:`adapt`:
 
-1. picks the micrographs (round 1 with the generic head, later rounds with the head of the
-   round before), exactly as ``pick`` does (:func:`hydrapicker.pick.head_outputs`);
-2. turns the picks into pseudo-labels (:func:`pseudo_labels`): the confident picks are
-   positives; anchors that score very low *and* lie far from every pick that scores more than
-   that are negatives (confidently empty places); everything else is unlabelled;
-3. trains a new head, started from the generic head with trunk and generic head frozen (the
-   few-shot protocol, :func:`hydrapicker.finetune.add_frozen_head`), with the
-   positive-unlabelled focal loss (:func:`hydrapicker.loss.pu_focal_loss`, the idea of Topaz's
-   GE-binomial / nnPU for partial labels): unlabelled anchors are expected to hide the
-   particles the positives leave out, as many as the generic head's picks above
-   ``prior_threshold`` say the micrograph holds; negatives pay the plain background loss.
+1. the teacher (round 1: the generic head; later rounds: the head of the round before) scores
+   every anchor of the micrographs *averaged over their four quarter turns*
+   (:func:`turned_outputs`). On the real β-gal micrographs that average alone lifts the generic
+   head's AP from 0.685 to 0.714: the head's mistakes depend on the particle's orientation on
+   the grid, the particles do not;
+2. a new head, started from the generic head with trunk and generic head frozen (the few-shot
+   protocol, :func:`hydrapicker.finetune.add_frozen_head`), learns to give in *one* pass what
+   the teacher gives in four (:func:`distillation_loss`): each anchor's teacher probability as a
+   soft target (every anchor is a pseudo-label, scored as confidently as the teacher is; no
+   threshold throws the ranking away), and the teacher's averaged offsets where it sees a particle.
 
-Every round starts again from the generic head (only the pseudo-labels carry over), so a
-round cannot drift on its own mistakes beyond what its labels say. The report of each round
-(:class:`RoundReport`) gives the pseudo-labels used and how the picks changed.
+``pick --head NAME`` then runs the new head once, at the generic head's cost.
 
-With ``turns=4`` the teacher of each round is the head of the round before *averaged over the
-micrograph's four quarter turns* (:func:`turned_outputs`): on the real β-gal micrographs that alone lifts the
-generic head's AP from 0.685 to 0.714, so its picks are better labels than the head's own
-single-pass picks. The new head learns them from one pass, on crops turned by a random quarter
-turn and flip (the anchor grid turns onto itself), and ``pick --head NAME`` runs it once.
+The trunk is frozen, so its features of each micrograph are computed once (in float16, 2 bytes
+per rescaled px per trunk channel; the turned passes of the teacher are not kept) and the head
+trains on random crops of them: a training step costs a head pass, not a trunk pass. At most
+``max_micrographs`` micrographs (evenly spaced over the list) are adapted on. There is no label
+to validate on: the head kept is the one after the last step.
 
-Prepared (rescaled, normalised) micrographs are kept in memory (4 bytes per rescaled px), at most
-``max_micrographs`` of them (evenly spaced over the list). There is no label to validate on: the
-head kept is the one after the last step.
+Hard pseudo-labels (the best half of the generic picks as positives, low-scoring places far from
+them as negatives, the rest unlabelled, trained with the positive-unlabelled loss) were tried
+first and did not beat the generic head (benchmarks/adapt_real.md): thresholded, the teacher's
+ranking, which is what AP scores, is lost.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -42,27 +39,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
+import torch.nn.functional as F
 
-from hydrapicker.boxes import anchor_centres
-from hydrapicker.data import to_rescaled
-from hydrapicker.defaults import BATCH_SIZE, CROP_SIZE, MATCH_IOU, PICK_THRESHOLD
+from hydrapicker.defaults import MATCH_IOU, PICK_THRESHOLD
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.files import atomic_write_text
 from hydrapicker.io.picks import Picks
 from hydrapicker.model import GENERIC, HydraPicker
 
-__all__ = [
-    "AdaptConfig",
-    "AdaptReport",
-    "PseudoLabels",
-    "RoundReport",
-    "adapt",
-    "pseudo_labels",
-    "run_folder",
-    "turn_crop",
-    "turned_outputs",
-]
+__all__ = ["AdaptConfig", "AdaptReport", "RoundReport", "adapt", "distillation_loss", "run_folder", "turned_outputs"]
 
 
 @dataclass(frozen=True)
@@ -71,35 +56,28 @@ class AdaptConfig:
 
     Attributes:
         name: the new head's name.
-        rounds: pick -> pseudo-label -> train rounds.
-        prior_threshold: the generic head's picks scoring at least this are the particles a
-            micrograph holds (the positive-unlabelled class prior, counted once, kept for every
-            round); the default pick threshold. Call that count N.
-        positive_quantile: positives are the best ``(1 - positive_quantile) N`` picks of the
-            round's head, pooled over the micrographs (0.5: the more confident half).
-        negative_quantile: an anchor scoring in this lowest share of all anchors' scores
-            (pooled), farther than ``negative_distance`` particle diameters from each of the
-            round's best N picks, is a negative. A share, not a score: the shipped generic
-            head scores no anchor of a real β-gal micrograph below 0.04.
-        steps, lr, batch_size, crop_size: the training of each round: Adam at ``lr``,
-            annealed to 0 over ``steps`` mini-batches of ``batch_size`` crops.
+        rounds: teach -> train rounds; round ``r > 1`` is taught by the head of round ``r - 1``.
+        turns: quarter turns the teacher's outputs are averaged over (1: the head's own single
+            pass, which teaches nothing new; 4 costs 4 trunk passes per micrograph per round).
+        teacher_threshold: the teacher's picks scoring at least this are counted as the
+            particles it teaches (reported; with none on any micrograph there is nothing to
+            learn and adaptation stops with an error). The default pick threshold.
+        loc_weight: weight of the offset term against the score term of :func:`distillation_loss`.
+        steps, lr, batch_size, crop_size: the training of each round: Adam at ``lr``, annealed
+            to 0 over ``steps`` mini-batches of ``batch_size`` crops of ``crop_size`` rescaled px.
         max_micrographs: at most this many micrographs are adapted on (evenly spaced).
-        turns: quarter turns the teacher's outputs are averaged over (1: the head's own picks; 4
-            costs ~4x the picking and did not pay on the real data yet, benchmarks/adapt_real.md).
     """
 
     name: str
-    rounds: int = 2
-    prior_threshold: float = PICK_THRESHOLD
-    positive_quantile: float = 0.5
-    negative_quantile: float = 0.3
-    negative_distance: float = 1.0
-    steps: int = 150
+    rounds: int = 1
+    turns: int = 4
+    teacher_threshold: float = PICK_THRESHOLD
+    loc_weight: float = 1.0
+    steps: int = 1000
     lr: float = 1e-3
-    batch_size: int = BATCH_SIZE
-    crop_size: int = CROP_SIZE
+    batch_size: int = 2
+    crop_size: int = 512
     max_micrographs: int = 20
-    turns: int = 1
     seed: int = 0
     threads: int | None = None
 
@@ -108,105 +86,46 @@ class AdaptConfig:
             raise HydraPickerError("the new head needs a non-empty --name")
         if self.name == GENERIC:
             raise HydraPickerError(f"--name {GENERIC!r} is the generic head, which adaptation leaves frozen: choose another name")
-        for label in ("rounds", "steps", "batch_size", "max_micrographs", "turns"):
+        for label in ("rounds", "steps", "batch_size", "crop_size", "max_micrographs", "turns"):
             if getattr(self, label) < 1:
                 raise HydraPickerError(f"{label} must be at least 1, got {getattr(self, label)}")
-        for label in ("prior_threshold", "positive_quantile", "negative_quantile"):
-            value = getattr(self, label)
-            if not (0 <= value <= 1):
-                raise HydraPickerError(f"{label} must be between 0 and 1, got {value!r}")
         if not 1 <= self.turns <= 4:
             raise HydraPickerError(f"turns must be 1 to 4 quarter turns, got {self.turns}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise HydraPickerError(f"learning rate must be positive, got {self.lr!r}")
-        if not (self.negative_distance >= 0):
-            raise HydraPickerError(f"negative_distance must be >= 0 diameters, got {self.negative_distance!r}")
-
-
-@dataclass(frozen=True)
-class PseudoLabels:
-    """One micrograph's pseudo-labels, in the rescaled frame the model sees.
-
-    Attributes:
-        positives: float ``[n, 2]`` particle centres ``(x, y)`` in rescaled px.
-        negatives: bool ``[h, w]`` over the anchor grid, True for known-background anchors.
-        expected: particles the micrograph is taken to hold, at least ``len(positives)``.
-    """
-
-    positives: np.ndarray
-    negatives: np.ndarray
-    expected: float
-
-
-def pseudo_labels(
-    outputs: torch.Tensor,
-    picks: Picks,
-    scale: float,
-    *,
-    positive_score: float,
-    particle_score: float,
-    negative_score: float,
-    expected: float,
-    negative_distance: float,
-    stride: int,
-) -> PseudoLabels:
-    """Pseudo-labels of one micrograph from a head's outputs ``[3, h, w]`` and its picks (stored frame).
-
-    Positives: picks scoring ``positive_score`` or more. Negatives: anchors scoring under
-    ``negative_score`` farther than ``negative_distance`` particle diameters from every pick
-    scoring ``particle_score`` or more (distances in the rescaled frame, where a diameter is
-    ``picks.box_size * scale``). ``expected``: the particles the micrograph holds (kept at
-    least the number of positives).
-    """
-    h, w = outputs.shape[-2:]
-    xy = to_rescaled(np.column_stack([picks.x, picks.y]), scale).reshape(-1, 2)
-    positives = xy[picks.score >= positive_score]
-    negatives = torch.sigmoid(outputs[2].float()).numpy() < negative_score
-    candidates = xy[picks.score >= particle_score]
-    if len(candidates) and negative_distance > 0:
-        anchors = anchor_centres(h, w, stride).numpy()
-        distance, _ = cKDTree(candidates).query(anchors)
-        negatives &= (distance > negative_distance * (picks.box_size or 0.0) * scale).reshape(h, w)
-    return PseudoLabels(positives.astype(np.float32), negatives, float(max(expected, len(positives))))
-
-
-def _nth_best(scores: np.ndarray, n: float) -> float:
-    """The score of the ``n``-th best of ``scores`` (rounded up; the lowest when ``n`` exceeds them)."""
-    ranked = np.sort(scores)[::-1]
-    return float(ranked[min(len(ranked), max(1, math.ceil(n))) - 1])
+        if not (0 <= self.teacher_threshold <= 1):
+            raise HydraPickerError(f"teacher_threshold must be between 0 and 1, got {self.teacher_threshold!r}")
+        for label in ("lr", "loc_weight"):
+            value = getattr(self, label)
+            if not (np.isfinite(value) and value >= 0 and (value > 0 or label != "lr")):
+                raise HydraPickerError(f"{label} must be {'positive' if label == 'lr' else '>= 0'}, got {value!r}")
 
 
 @dataclass(frozen=True)
 class RoundReport:
     """What one round used and did (summed over the micrographs adapted on).
 
-    ``positives``: particle pseudo-labels; ``negatives``: known-background anchors (of
-    ``anchors``); ``expected``: particles the PU loss assumed (N); ``picks_before`` /
-    ``picks_after``: picks scoring >= the default pick threshold with the head that made the
-    labels / the new head; ``kept``: how many of the old head's best N picks are among the new
-    head's best N (IoU >= 0.6), ``new``: how many of the new head's best N are not.
+    ``taught``: the teacher's picks scoring >= ``teacher_threshold`` (the particles it teaches);
+    ``picks_before`` / ``picks_after``: single-pass picks >= the default pick threshold of the
+    head that taught (the generic head in round 1) / of the new head; ``kept``: how many of the
+    teacher's best ``taught`` picks are among the new head's best ``taught`` (IoU >= 0.6),
+    ``new``: how many of the new head's are not; ``loss``: the mean loss of the last fifth of
+    the steps.
     """
 
     round: int
-    positive_score: float
-    negative_score: float
-    positives: int
-    negatives: int
-    anchors: int
-    expected: float
+    turns: int
+    taught: int
     picks_before: int
     picks_after: int
     kept: int
     new: int
+    loss: float
     seconds: float
 
     def line(self) -> str:
         return (
-            f"round {self.round}: {self.positives} positives (score >= {self.positive_score:.3f}), "
-            f"{self.negatives} negative anchors (score < {self.negative_score:.3f}) of {self.anchors}, "
-            f"{self.expected:.0f} particles assumed; "
-            f"picks >= {PICK_THRESHOLD}: {self.picks_before} -> {self.picks_after}; best {self.expected:.0f} picks: "
-            f"{self.kept} kept, {self.new} new ({self.seconds:.0f} s)"
+            f"round {self.round}: taught by the {self.turns}-turn average, {self.taught} particles (teacher picks >= "
+            f"threshold); single-pass picks >= {PICK_THRESHOLD}: {self.picks_before} -> {self.picks_after}; best "
+            f"{self.taught}: {self.kept} kept, {self.new} new; loss {self.loss:.4f} ({self.seconds:.0f} s)"
         )
 
 
@@ -226,10 +145,62 @@ def run_folder(out: str | os.PathLike) -> Path:
     return out.with_name(out.stem + ".adapt")
 
 
+def turned_outputs(
+    model: HydraPicker, image: torch.Tensor | np.ndarray, head: str, turns: int = 4, *, features: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Head outputs ``[3, h, w]`` of a prepared image averaged over ``turns`` quarter turns of it.
+
+    The image is zero-padded at the bottom and right to a multiple of the stride (as the model
+    does), so each turn maps the anchor grid onto itself; each turn's outputs are turned back,
+    offsets included. Scores are averaged as probabilities, offsets as they are. ``features``:
+    the trunk's features ``[C, H, W]`` of the unturned padded image, if already computed. The
+    image goes through the trunk whole (``pick`` tiles images over ``PICK_TILE_SIZE`` px).
+    """
+    stride = model.stride
+    x = torch.as_tensor(image, dtype=torch.float32)
+    x = F.pad(x, (0, (-x.shape[1]) % stride, 0, (-x.shape[0]) % stride))
+    was_training = model.training
+    model.eval()
+    offsets, scores = [], []
+    with torch.inference_mode():
+        for k in range(turns):
+            if k == 0 and features is not None:
+                f = features[None].float()
+            else:
+                f = model.features(torch.rot90(x, k, (-2, -1))[None, None])
+            out = torch.rot90(model.run_head(f, head)[0], -k, (-2, -1))
+            dx, dy = out[0], out[1]
+            for _ in range(k):  # an offset (u, v) in the turned frame is (-v, u) in the frame before the turn
+                dx, dy = -dy, dx
+            offsets.append(torch.stack([dx, dy]))
+            scores.append(torch.sigmoid(out[2]))
+    model.train(was_training)
+    score = torch.stack(scores).mean(0).clamp(1e-7, 1 - 1e-7)
+    return torch.cat([torch.stack(offsets).mean(0), torch.logit(score)[None]])
+
+
+def distillation_loss(outputs: torch.Tensor, teacher: torch.Tensor, loc_weight: float = 1.0) -> torch.Tensor:
+    """How far a head's outputs ``[B, 3, h, w]`` are from the teacher's ``[B, 3, h, w]`` (both ``(dx, dy, logit)``).
+
+    Score term: binary cross-entropy of each anchor's logit against the teacher's probability
+    (a soft target), averaged over the anchors; smallest, for each anchor, where the two
+    probabilities agree. Offset term: L1 distance to the teacher's offsets (in strides), weighted
+    by the teacher's probability (offsets mean nothing where there is no particle), over the
+    sum of those weights.
+    """
+    if outputs.shape != teacher.shape:
+        raise ValueError(f"outputs {tuple(outputs.shape)} and teacher {tuple(teacher.shape)} differ in shape")
+    target = torch.sigmoid(teacher[:, 2])
+    score = F.binary_cross_entropy_with_logits(outputs[:, 2], target)
+    loc = (target * (outputs[:, :2] - teacher[:, :2]).abs().sum(1)).sum() / target.sum().clamp(min=1.0)
+    return score + loc_weight * loc
+
+
 @dataclass
 class _Micrograph:
     name: str
     image: torch.Tensor  # prepared (rescaled, normalised) float32 [row, col]
+    features: torch.Tensor  # trunk features of the padded image, float16 [C, H, W]
     scale: float
     shape: tuple[int, int]  # as stored
 
@@ -240,66 +211,29 @@ def _evenly_spaced(paths: Sequence[Path], most: int) -> list[Path]:
     return [paths[i] for i in np.linspace(0, len(paths) - 1, most).round().astype(int)]
 
 
-def turn_crop(image: torch.Tensor, points: np.ndarray, grid: torch.Tensor, quarter_turns: int, flip: bool):
-    """Turn a square crop ``[S, S]``, its points ``(x, y)`` and its anchor grid ``[S/16, S/16]`` alike.
-
-    ``quarter_turns`` counter-clockwise turns as :func:`torch.rot90` does on ``[row, col]``, then
-    a left-right flip. Anchors sit at cell centres, so the anchor grid turns onto itself.
-    """
-    size = image.shape[-1]
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    for _ in range(quarter_turns % 4):
-        # torch.rot90 on [row, col]: new[i, j] = old[j, S - 1 - i], so (x, y) -> (y, S - 1 - x).
-        points = np.column_stack([points[:, 1], size - 1 - points[:, 0]])
-    image, grid = torch.rot90(image, quarter_turns, (-2, -1)), torch.rot90(grid, quarter_turns, (-2, -1))
-    if flip:
-        points = np.column_stack([size - 1 - points[:, 0], points[:, 1]])
-        image, grid = torch.flip(image, (-1,)), torch.flip(grid, (-1,))
-    return image, points, grid
-
-
-def turned_outputs(model: HydraPicker, image: torch.Tensor | np.ndarray, head: str, turns: int = 4) -> torch.Tensor:
-    """Head outputs ``[3, h, w]`` of a prepared image averaged over ``turns`` quarter turns of it.
-
-    The image is zero-padded at the bottom and right to a multiple of the stride (as the model
-    does), so each turn maps the anchor grid onto itself; each turn's outputs are turned back,
-    offsets included. Scores are averaged as probabilities, offsets as they are.
-    """
-    from hydrapicker.pick import head_outputs
-
-    stride = model.stride
-    x = torch.as_tensor(image, dtype=torch.float32)
-    x = torch.nn.functional.pad(x, (0, (-x.shape[1]) % stride, 0, (-x.shape[0]) % stride))
-    offsets, scores = [], []
-    for k in range(turns):
-        out = torch.rot90(head_outputs(model, torch.rot90(x, k, (-2, -1)), head), -k, (-2, -1))
-        dx, dy = out[0], out[1]
-        for _ in range(k):  # an offset (u, v) in the turned frame is (-v, u) in the frame before the turn
-            dx, dy = -dy, dx
-        offsets.append(torch.stack([dx, dy]))
-        scores.append(torch.sigmoid(out[2]))
-    score = torch.stack(scores).mean(0).clamp(1e-7, 1 - 1e-7)
-    return torch.cat([torch.stack(offsets).mean(0), torch.logit(score)[None]])
-
-
-def _pick_all(model: HydraPicker, meta, head: str, micrographs: list[_Micrograph], turns: int) -> list[tuple[torch.Tensor, Picks]]:
-    """Turn-averaged head outputs ``[3, h, w]`` and every pick NMS keeps (stored frame) of each micrograph."""
+def _picks(outputs: torch.Tensor, meta, mic: _Micrograph) -> Picks:
     from hydrapicker.pick import picks_from_outputs
 
+    return picks_from_outputs(outputs, meta, mic.scale, mic.shape, 0.0, name=mic.name)
+
+
+def _single_pass(model: HydraPicker, head: str, mic: _Micrograph) -> torch.Tensor:
     model.eval()
-    result = []
-    for mic in micrographs:
-        outputs = turned_outputs(model, mic.image, head, turns)
-        result.append((outputs, picks_from_outputs(outputs, meta, mic.scale, mic.shape, 0.0, name=mic.name)))
-    return result
+    with torch.inference_mode():
+        return model.run_head(mic.features[None].float(), head)[0]
 
 
 def _count_above(picks: Sequence[Picks], threshold: float) -> int:
     return int(sum(np.sum(p.score >= threshold) for p in picks))
 
 
-def _agreement(before: Sequence[Picks], after: Sequence[Picks], n: float) -> tuple[int, int]:
-    """Each head's best ``n`` picks: (``before``'s that ``after`` still has at IoU >= 0.6, ``after``'s matching none of ``before``'s)."""
+def _nth_best(scores: np.ndarray, n: int) -> float:
+    ranked = np.sort(scores)[::-1]
+    return float(ranked[min(len(ranked), max(1, n)) - 1])
+
+
+def _agreement(before: Sequence[Picks], after: Sequence[Picks], n: int) -> tuple[int, int]:
+    """Each side's best ``n`` picks: (``before``'s that ``after`` still has at IoU >= 0.6, ``after``'s matching none of ``before``'s)."""
     from hydrapicker.evaluate import match_picks
 
     def best(picks: Sequence[Picks]) -> dict[str, Picks]:
@@ -316,64 +250,43 @@ def _agreement(before: Sequence[Picks], after: Sequence[Picks], n: float) -> tup
 
 
 def _train_head(
-    base: HydraPicker, name: str, micrographs: list[_Micrograph], labels: list[PseudoLabels], config: AdaptConfig,
-    meta, rng: np.random.Generator, say: Callable[[str], None],
-) -> HydraPicker:  # fmt: skip
+    base: HydraPicker, name: str, micrographs: list[_Micrograph], teachers: list[torch.Tensor], config: AdaptConfig,
+    rng: np.random.Generator, say: Callable[[str], None],
+) -> tuple[HydraPicker, float]:  # fmt: skip
+    """Head ``name`` (from the generic head) trained on crops of the cached features to give the teachers' outputs."""
     from hydrapicker.finetune import add_frozen_head
-    from hydrapicker.loss import detection_loss
 
     model = add_frozen_head(copy.deepcopy(base), name)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.Adam(params, lr=config.lr)
+    head = model.heads[name]
+    optimiser = torch.optim.Adam(head.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.steps)
     stride = model.stride
-    # Hidden particles per unlabelled anchor of each micrograph: what the positives leave of
-    # the expected count, spread over the anchors that are neither positive nor negative.
-    anchors = [int(np.prod(lab.negatives.shape)) for lab in labels]
-    hidden_per_anchor = [
-        max(0.0, lab.expected - len(lab.positives)) / max(1, n - int(lab.negatives.sum())) for lab, n in zip(labels, anchors)
-    ]
-    weights = np.array([float(m.image.numel()) for m in micrographs])
-    model.train()
+    sizes = [min(m.features.shape[-2:]) for m in micrographs]
+    size = min(config.crop_size // stride * stride or stride, min(sizes))  # one crop size per run: crops stack
+    weights = np.array([float(m.features[0].numel()) for m in micrographs])
+    model.eval()
+    head.train()  # dropout on in the head only
     losses = []
+    report_every = max(1, config.steps // 5)
     for step in range(config.steps):
-        images, centres, negatives, expected = [], [], [], []
+        crops, targets = [], []
         for _ in range(config.batch_size):
             k = int(rng.choice(len(micrographs), p=weights / weights.sum()))
-            mic, lab = micrographs[k], labels[k]
-            rows, cols = mic.image.shape
-            size = min(config.crop_size, rows // stride * stride, cols // stride * stride)
+            features, teacher = micrographs[k].features, teachers[k]
+            rows, cols = features.shape[-2:]
             r0 = stride * int(rng.integers(0, (rows - size) // stride + 1))
             c0 = stride * int(rng.integers(0, (cols - size) // stride + 1))
-            crop = mic.image[r0 : r0 + size, c0 : c0 + size]
-            grid = torch.from_numpy(lab.negatives[r0 // stride : (r0 + size) // stride, c0 // stride : (c0 + size) // stride].copy())
-            xy = lab.positives - np.array([c0, r0], dtype=np.float32)
-            inside = (xy[:, 0] >= -0.5) & (xy[:, 0] < size - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] < size - 0.5)
-            crop, xy, grid = turn_crop(crop, xy[inside], grid, int(rng.integers(4)), bool(rng.integers(2)))
-            n_unlabelled = grid.numel() - int(grid.sum())
-            images.append(crop)
-            centres.append(torch.from_numpy(xy.astype(np.float32)))
-            negatives.append(grid)
-            expected.append(len(xy) + hidden_per_anchor[k] * n_unlabelled)
-        if len({im.shape for im in images}) > 1:  # micrographs smaller than a crop: one size per batch
-            side = min(im.shape[-1] for im in images)
-            keep = [(im, c, g, e) for im, c, g, e in zip(images, centres, negatives, expected) if im.shape[-1] == side]
-            images, centres, negatives, expected = (list(t) for t in zip(*keep))
-        outputs = model(torch.stack(images)[:, None], name)
-        loss = detection_loss(
-            outputs, centres, box_size=meta.target_diameter_px, stride=stride, expected_particles=expected, negatives=negatives
-        )
-        total = loss.loc + loss.cls
+            crops.append(features[:, r0 : r0 + size, c0 : c0 + size].float())
+            targets.append(teacher[:, r0 // stride : (r0 + size) // stride, c0 // stride : (c0 + size) // stride])
+        loss = distillation_loss(head(torch.stack(crops)), torch.stack(targets), config.loc_weight)
         optimiser.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        loss.backward()
         optimiser.step()
         schedule.step()
-        losses.append(total.item())
-        if (step + 1) % max(1, config.steps // 5) == 0:
-            say(f"  step {step + 1}/{config.steps}: loss {np.mean(losses[-max(1, config.steps // 5):]):.4f}")
-    return model.eval()
-
+        losses.append(loss.item())
+        if (step + 1) % report_every == 0:
+            say(f"  step {step + 1}/{config.steps}: loss {np.mean(losses[-report_every:]):.4f}")
+    return model.eval(), float(np.mean(losses[-report_every:]))
 
 
 def adapt(
@@ -387,7 +300,7 @@ def adapt(
     model_path: str | os.PathLike | None = None,
     say: Callable[[str], None] = print,
 ) -> AdaptReport:
-    """Adapt: add head ``config.name`` to the base model, taught by pseudo-labels of ``micrographs``; write checkpoint ``out``.
+    """Adapt: add head ``config.name`` to the base model, taught by the turn-averaged head on ``micrographs``; write checkpoint ``out``.
 
     Args:
         micrographs: unlabelled micrographs of the new dataset (files, folders, globs).
@@ -410,6 +323,7 @@ def adapt(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     base, meta = load_picking_model(model_path)
+    base.eval()
     if config.name in base.head_names:
         known = ", ".join((GENERIC,) + base.head_names)
         raise HydraPickerError(f"the model already has a head {config.name!r} (it has: {known}): choose another --name")
@@ -417,54 +331,43 @@ def adapt(
     paths = expand_micrographs(micrographs)
     picker.check_paths(paths)
     chosen = _evenly_spaced(paths, config.max_micrographs)
-    mics = []
+    say(f"adapting head {config.name!r} on {len(chosen)} micrograph(s)"
+        + (f" ({len(paths) - len(chosen)} of {len(paths)} left out: --max-micrographs {config.max_micrographs})" if len(chosen) < len(paths) else ""))  # fmt: skip
+    mics, teachers = [], []
     for path in chosen:
         prepared = picker.prepare(path)
-        mics.append(_Micrograph(prepared.name, torch.from_numpy(np.ascontiguousarray(prepared.image)), prepared.scale,
-                                tuple(prepared.data.shape)))  # fmt: skip
-    if min(min(m.image.shape) for m in mics) < base.stride * 4:
-        raise HydraPickerError(f"micrographs are too small to adapt on after rescaling (under {base.stride * 4} px)")
+        image = torch.from_numpy(np.ascontiguousarray(prepared.image))
+        if min(image.shape) < base.stride * 4:
+            raise HydraPickerError(f"{prepared.name}: too small to adapt on after rescaling ({tuple(image.shape)}, under {base.stride * 4} px)")
+        with torch.inference_mode():
+            features = base.features(image[None, None])[0]
+        # Round 1's teacher now, while the float32 features are at hand.
+        teachers.append(turned_outputs(base, image, GENERIC, config.turns, features=features))
+        mics.append(_Micrograph(prepared.name, image, features.to(torch.float16), prepared.scale, tuple(prepared.data.shape)))
     report = AdaptReport([m.name for m in mics])
-    say(f"adapting head {config.name!r} on {len(mics)} micrograph(s)"
-        + (f" ({len(paths) - len(mics)} of {len(paths)} left out: --max-micrographs {config.max_micrographs})" if len(mics) < len(paths) else ""))  # fmt: skip
+    say(f"features and {config.turns}-turn teacher of {len(mics)} micrograph(s): {time.perf_counter() - start:.0f} s")
 
     model, head = base, GENERIC
-    picked = _pick_all(model, meta, head, mics, config.turns)
-    # The class prior is a property of the micrographs, not of a head: counted once, from the
-    # generic head's picks, and kept. Later rounds take the same number of best picks as
-    # particles (scores rise as a head adapts, counts above a fixed score would inflate).
-    expected = [float(np.sum(p.score >= config.prior_threshold)) for _, p in picked]
-    n_particles = sum(expected)
-    if n_particles == 0:
-        raise HydraPickerError(
-            f"no pick scores {config.prior_threshold} or more on any micrograph, so there is nothing to learn from "
-            "(check the particle diameter, or lower --prior-threshold)"
-        )
     for r in range(config.rounds):
         t0 = time.perf_counter()
-        before = [p for _, p in picked]
-        scores = np.concatenate([p.score for p in before])
-        particle_score = _nth_best(scores, n_particles)
-        positive_score = _nth_best(scores, (1 - config.positive_quantile) * n_particles)
-        anchor_scores = np.concatenate([torch.sigmoid(outputs[2]).flatten().numpy() for outputs, _ in picked])
-        negative_score = float(np.quantile(anchor_scores, config.negative_quantile)) if config.negative_quantile > 0 else -1.0
-        labels = [
-            pseudo_labels(outputs, p, m.scale, positive_score=positive_score, particle_score=particle_score,
-                          negative_score=negative_score, expected=e, negative_distance=config.negative_distance, stride=model.stride)
-            for (outputs, p), m, e in zip(picked, mics, expected)
-        ]  # fmt: skip
-        say(f"round {r + 1}/{config.rounds}: training on {sum(len(l.positives) for l in labels)} positives")
-        model = _train_head(base, config.name, mics, labels, config, meta, rng, say)
+        if r > 0:
+            teachers = [turned_outputs(model, m.image, head, config.turns, features=m.features) for m in mics]
+        taught_picks = [_picks(t, meta, m) for t, m in zip(teachers, mics)]
+        taught = _count_above(taught_picks, config.teacher_threshold)
+        if taught == 0:
+            raise HydraPickerError(
+                f"the {config.turns}-turn average of the {'generic' if r == 0 else 'round ' + str(r)} head scores no pick "
+                f"{config.teacher_threshold} or more on any micrograph: nothing to learn from (check the particle diameter)"
+            )
+        before = [_picks(_single_pass(model, head, m), meta, m) for m in mics]
+        say(f"round {r + 1}/{config.rounds}: teaching {taught} particles")
+        model, loss = _train_head(base, config.name, mics, teachers, config, rng, say)
         head = config.name
-        picked = _pick_all(model, meta, head, mics, config.turns)
-        after = [p for _, p in picked]
-        kept, new = _agreement(before, after, n_particles)
-        row = RoundReport(
-            round=r + 1, positive_score=positive_score, negative_score=negative_score, positives=int(sum(len(l.positives) for l in labels)),
-            negatives=int(sum(l.negatives.sum() for l in labels)), anchors=int(sum(l.negatives.size for l in labels)),
-            expected=float(sum(l.expected for l in labels)), picks_before=_count_above(before, PICK_THRESHOLD),
-            picks_after=_count_above(after, PICK_THRESHOLD), kept=kept, new=new, seconds=round(time.perf_counter() - t0, 1),
-        )  # fmt: skip
+        after = [_picks(_single_pass(model, head, m), meta, m) for m in mics]
+        kept, new = _agreement(taught_picks, after, taught)
+        row = RoundReport(round=r + 1, turns=config.turns, taught=taught, picks_before=_count_above(before, PICK_THRESHOLD),
+                          picks_after=_count_above(after, PICK_THRESHOLD), kept=kept, new=new, loss=round(loss, 5),
+                          seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
         report.rounds.append(row)
         say(row.line())
 
@@ -478,7 +381,7 @@ def adapt(
         "particle": {"diameter_px": diameter_px, "diameter_A": diameter_A, "pixel_size": pixel_size},
         "micrographs": report.micrographs,
         "rounds": [asdict(row) for row in report.rounds],
-        "loss": "positive-unlabelled focal with known negatives (hydrapicker.loss.pu_focal_loss)",
+        "loss": "distillation of the turn-averaged teacher (hydrapicker.adapt.distillation_loss)",
     }
     _save(out, _checkpoint(model, train_config, FINETUNE_STAGE, config.rounds - 1, None, adapt=record))
     report.checkpoint = str(out)
