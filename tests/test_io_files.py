@@ -8,6 +8,7 @@ import pytest
 
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import atomic_path, atomic_write_text
+from hydrapicker.io.files import save_figure
 
 
 def test_atomic_write_creates_file_and_leaves_no_temporary(tmp_path):
@@ -46,3 +47,20 @@ def test_unwritable_destination_is_a_clear_error(tmp_path):
     blocker.write_text("I am a file, not a folder")
     with pytest.raises(HydraPickerError, match="cannot write"):
         atomic_write_text(blocker / "out.txt", "x")
+
+
+def test_save_figure_writes_a_complete_png_and_closes_the_figure(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = save_figure(fig, tmp_path / "curve.png", dpi=50)
+    assert path == tmp_path / "curve.png"
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.png"]
+    assert not plt.fignum_exists(fig.number)

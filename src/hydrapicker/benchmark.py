@@ -42,7 +42,7 @@ from hydrapicker.defaults import NMS_IOU, REFINE_RADIUS
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.evaluate import Evaluation, evaluate
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_picks
-from hydrapicker.io.files import atomic_path, atomic_write_text
+from hydrapicker.io.files import atomic_path, atomic_write_text, save_figure
 
 __all__ = ["BenchmarkConfig", "GROUPS", "load_config", "run_benchmark"]
 
@@ -618,10 +618,7 @@ def _plot_curves(path: Path, t: _Table) -> None:
     pr.legend(fontsize=8, loc="lower left")
     roc.legend(fontsize=8, loc="lower right")
     fig.suptitle(t.title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def _plot_diameter(path: Path, curve: dict[float, dict[str, float]]) -> None:
@@ -637,10 +634,7 @@ def _plot_diameter(path: Path, curve: dict[float, dict[str, float]]) -> None:
     ax.axhline(curve[0.0]["targets"] - 0.05, color="grey", linestyle=":", label="targets at true size − 0.05")
     ax.set(xlabel="error of the given particle diameter (%)", ylabel="zero-shot AP (generic head)", ylim=(0, 1))
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def write_report(out_dir: Path, config: BenchmarkConfig, tables: list[_Table], diameter: dict, real_results: dict,

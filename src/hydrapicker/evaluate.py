@@ -32,7 +32,7 @@ import numpy as np
 
 from hydrapicker.defaults import MATCH_IOU
 from hydrapicker.errors import HydraPickerError
-from hydrapicker.io.files import atomic_path
+from hydrapicker.io.files import save_figure
 from hydrapicker.io.picks import Picks
 
 __all__ = ["Evaluation", "MicrographScore", "box_iou", "evaluate", "format_table", "match_picks", "write_curves"]
@@ -317,11 +317,7 @@ def write_curves(evaluation: Evaluation, out_dir: str | os.PathLike) -> list[Pat
                 f"box {evaluation.box_size:g} px, IoU >= {evaluation.iou_threshold:g}",
                 transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
             )  # fmt: skip
-            fig.tight_layout()
-            path = out_dir / name
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp)
-            written.append(path)
+            written.append(save_figure(fig, out_dir / name))
         finally:
             plt.close(fig)
     return written

@@ -33,7 +33,7 @@ import numpy as np
 from hydrapicker.defaults import CANDIDATE_FLOOR, COORDINATE_FORMATS
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.coordinates import read_picks, write_picks
-from hydrapicker.io.files import atomic_path, atomic_write_text
+from hydrapicker.io.files import atomic_write_text, save_figure
 from hydrapicker.io.picks import Picks
 from hydrapicker.pick import candidate_paths, output_paths, rebuild_picks_csv
 
@@ -217,11 +217,7 @@ def write_plots(candidates: dict[str, Picks], folder: str | os.PathLike, suggest
                     ax.axvline(value, color="tab:red", linestyle=style, label=f"{label} {value:.3f}")
             ax.set_xlim(0, 1)
             ax.legend(fontsize=7)
-            fig.tight_layout()
-            path = folder / name
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp)
-            written.append(path)
+            written.append(save_figure(fig, folder / name))
         finally:
             plt.close(fig)
     return written

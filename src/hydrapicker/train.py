@@ -70,7 +70,7 @@ from hydrapicker.defaults import (
     PARTICLE_DIAMETER_PX,
 )
 from hydrapicker.errors import HydraPickerError
-from hydrapicker.io.files import atomic_path, atomic_write_text
+from hydrapicker.io.files import atomic_path, atomic_write_text, save_figure
 from hydrapicker.loss import detection_loss, head_bias_loss
 from hydrapicker.model import GENERIC, HydraPicker, ModelPreset, get_preset
 
@@ -395,10 +395,7 @@ def _plot_losses(path: Path, rows: list[dict], stage: int, val_split: str) -> No
     ax.set_ylabel("loss")
     ax.set_title(f"HydraPicker stage {stage}")
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def _build_stage_model(stage: int, datasets: Sequence, config: TrainConfig, init_from: Path | None) -> HydraPicker:

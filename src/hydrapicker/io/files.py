@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hydrapicker.errors import HydraPickerError
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "save_figure"]
 
 
 @contextlib.contextmanager
@@ -61,3 +61,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig: object) -> Path:
+    """Lay out a matplotlib figure, write it to ``path`` atomically (PNG unless ``format`` says), close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, **{"format": "png", **savefig})
+    finally:
+        plt.close(fig)
+    return path
