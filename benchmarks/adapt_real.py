@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from scipy import ndimage
 
 from hydrapicker.adapt import AdaptConfig, adapt, turned_outputs
@@ -44,7 +43,13 @@ from hydrapicker.evaluate import evaluate
 from hydrapicker.io import read_micrograph, read_picks, write_mrc
 from hydrapicker.io.micrograph import micrograph_stem
 from hydrapicker.model import GENERIC
-from hydrapicker.pick import Picker, PickSettings, load_picking_model, pick_micrograph, picks_from_outputs
+from hydrapicker.pick import (
+    Picker,
+    PickSettings,
+    load_picking_model,
+    pick_micrograph,
+    picks_from_outputs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / "src" / "hydrapicker" / "assets" / "real"
@@ -86,8 +91,9 @@ def _picks(checkpoint: Path | None, head: str, paths: list[Path], diameter: floa
     model, meta = load_picking_model(checkpoint)
     if turns == 1:
         return {
-            micrograph_stem(p): pick_micrograph(model, meta, read_micrograph(p).data, pixel, diameter_A=diameter, head=head,
-                                                threshold=0.001, name=micrograph_stem(p))  # fmt: skip
+            micrograph_stem(p): pick_micrograph(
+                model, meta, read_micrograph(p).data, pixel, diameter_A=diameter, head=head, threshold=0.001, name=micrograph_stem(p)
+            )
             for p in paths
         }
     picker = Picker(model, meta, PickSettings(diameter_A=diameter, pixel_size=pixel, head=head))

@@ -14,10 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _synthetic import gaussian_spots
 from scipy import ndimage
 
-from _synthetic import gaussian_spots
-from hydrapicker.adapt import AdaptConfig, adapt, distillation_loss, run_folder, turned_outputs
+from hydrapicker.adapt import (
+    AdaptConfig,
+    adapt,
+    distillation_loss,
+    run_folder,
+    turned_outputs,
+)
 from hydrapicker.cli import main as cli_main
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import read_picks, write_mrc
@@ -27,7 +33,7 @@ from hydrapicker.pick import load_picking_model
 from hydrapicker.train import load_checkpoint
 
 DIAMETER = 24.0  # px, stored (rescaled 40 / 24: micrographs of 320² as the model sees them)
-FAST = dict(rounds=2, steps=2, batch_size=2, crop_size=96, turns=2, threads=1)  # 2 threads ran 3-4x slower on a busy 2-core machine
+FAST = {"rounds": 2, "steps": 2, "batch_size": 2, "crop_size": 96, "turns": 2, "threads": 1}  # 2 threads ran 3-4x slower on a busy 2-core machine
 
 
 @pytest.fixture(autouse=True)

@@ -239,8 +239,9 @@ def _agreement(before: Sequence[Picks], after: Sequence[Picks], n: int) -> tuple
     def best(picks: Sequence[Picks]) -> dict[str, Picks]:
         score = _nth_best(np.concatenate([p.score for p in picks]), n)
         return {
-            p.micrograph: Picks(p.micrograph, p.x[p.score >= score], p.y[p.score >= score], p.score[p.score >= score],
-                                box_size=p.box_size, shape=p.shape)  # fmt: skip
+            p.micrograph: Picks(
+                p.micrograph, p.x[p.score >= score], p.y[p.score >= score], p.score[p.score >= score], box_size=p.box_size, shape=p.shape
+            )
             for p in picks
         }
 
@@ -311,7 +312,12 @@ def adapt(
         model_path: the base checkpoint; ``None``: the shipped pretrained generic model.
         say: where progress lines go.
     """
-    from hydrapicker.pick import Picker, PickSettings, expand_micrographs, load_picking_model
+    from hydrapicker.pick import (
+        Picker,
+        PickSettings,
+        expand_micrographs,
+        load_picking_model,
+    )
     from hydrapicker.train import FINETUNE_STAGE, TrainConfig, _checkpoint, _save
 
     start = time.perf_counter()
