@@ -133,13 +133,34 @@ def test_picks_off_the_micrograph_are_dropped_and_whole_boxes_keeps_only_boxes_i
     outputs[0, 3, 0] = -1.0  # this one's offset puts its centre left of column -0.5
     outputs[2, 4, 4] = 10.0  # one well inside
     shape = (128, 128)
-    picks = picks_from_outputs(outputs, meta, 1.0, shape, 0.5, nms_iou=1.0)
+    picks = picks_from_outputs(outputs, meta, 1.0, shape, 0.5, nms_iou=1.0, refine_radius=0.0)
     assert len(picks) == 8 + 8 - 1 - 1 + 1  # the corner anchor counted once, the pushed-out one dropped
     assert np.all(picks.x >= -0.5)
-    whole = picks_from_outputs(outputs, meta, 1.0, shape, 0.5, nms_iou=1.0, whole_boxes=True)
+    whole = picks_from_outputs(outputs, meta, 1.0, shape, 0.5, nms_iou=1.0, whole_boxes=True, refine_radius=0.0)
     half = meta.target_diameter_px / 2
     assert len(whole) >= 1 and np.all(whole.x - half >= -0.5) and np.all(whole.y - half >= -0.5)
     assert len(whole) < len(picks)
+
+
+def test_a_pick_is_refined_to_where_the_anchors_around_it_agree_the_particle_is():
+    model = _tiny_model()
+    meta = _meta(model)
+    outputs = torch.zeros(3, 8, 8)
+    outputs[2] = -10.0
+    # the 2 x 2 anchors around (x, y) = (63.5, 63.5) all see one particle there; the best-scored one
+    # (row 3, column 3, at 55.5) overshoots by 4 px in x
+    for row, col in ((3, 3), (3, 4), (4, 3), (4, 4)):
+        outputs[0, row, col] = (63.5 - (col * 16 + 7.5)) / 16
+        outputs[1, row, col] = (63.5 - (row * 16 + 7.5)) / 16
+        outputs[2, row, col] = 2.0
+    outputs[0, 3, 3] += 4 / 16
+    outputs[2, 3, 3] = 3.0
+    raw = picks_from_outputs(outputs, meta, 1.0, (128, 128), 0.5, refine_radius=0.0)
+    refined = picks_from_outputs(outputs, meta, 1.0, (128, 128), 0.5)
+    assert len(raw) == len(refined) == 1
+    assert raw.x[0] == pytest.approx(67.5) and raw.y[0] == pytest.approx(63.5)
+    assert 63.5 < refined.x[0] < 66.0 and refined.y[0] == pytest.approx(63.5)
+    assert refined.score[0] == raw.score[0]
 
 
 # --- the folder pipeline, through the CLI -------------------------------------------------------
@@ -228,6 +249,7 @@ def test_without_model_the_missing_pretrained_model_is_a_clear_error(micrographs
         (("--format", "star,xml"), "unknown coordinate format 'xml'"),
         (("--head", "nope"), "no head 'nope'"),
         (("--threshold", "2"), "threshold must be"),
+        (("--refine-radius", "-0.5"), "refine radius must be"),
         (("--tile", "64"), "tile size 64"),
         (("--diameter-px", "-5"), "must be positive"),
     ],

@@ -432,6 +432,8 @@ class Picker:
         check_device(settings.device)
         if not (0 <= settings.threshold <= 1):
             raise HydraPickerError(f"threshold must be a score between 0 and 1, got {settings.threshold}")
+        if not settings.refine_radius >= 0:
+            raise HydraPickerError(f"refine radius must be 0 (off) or a positive fraction of the box size, got {settings.refine_radius}")
         model.head(settings.head)
         # Check the numbers now, not once per micrograph (a stand-in pixel size when the files give it).
         picking_scale(meta, settings.pixel_size or 1.0, settings.diameter_A, settings.diameter_px)

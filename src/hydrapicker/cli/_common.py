@@ -49,6 +49,6 @@ def pick_settings(args: argparse.Namespace) -> "PickSettings":
 
     return PickSettings(
         diameter_A=args.diameter_A, diameter_px=args.diameter_px, pixel_size=args.pixel_size, head=args.head,
-        threshold=args.threshold, nms_iou=args.nms_iou, tile_size=args.tile, whole_boxes=args.whole_boxes,
+        threshold=args.threshold, nms_iou=args.nms_iou, refine_radius=args.refine_radius, tile_size=args.tile, whole_boxes=args.whole_boxes,
         device=args.device, bf16=args.bf16,
     )  # fmt: skip

@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 from hydrapicker.cli._common import add_particle_size_arguments
-from hydrapicker.defaults import COORDINATE_FORMATS, NMS_IOU, PICK_THRESHOLD, PICK_TILE_SIZE, WATCH_IDLE_S, WATCH_POLL_S
+from hydrapicker.defaults import COORDINATE_FORMATS, NMS_IOU, PICK_THRESHOLD, REFINE_RADIUS, PICK_TILE_SIZE, WATCH_IDLE_S, WATCH_POLL_S
 
 __all__ = ["add_arguments", "main"]
 
@@ -54,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "a very low one, e.g. 0.001, keeps the ranking for AP)",
     )  # fmt: skip
     picking.add_argument("--nms-iou", type=float, default=NMS_IOU, metavar="IOU", help="duplicate suppression IoU (default: %(default)s)")
+    picking.add_argument("--refine-radius", type=float, default=REFINE_RADIUS, metavar="R",
+                         help="move each pick to the consensus of the anchors' centres within R box sizes; 0: off (default: %(default)s)")
     picking.add_argument("--whole-boxes", action="store_true", help="drop picks whose box reaches past the micrograph edge")
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument(
