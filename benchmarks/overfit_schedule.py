@@ -12,7 +12,7 @@ those same micrographs: a training-set figure). Three modes:
       .venv/bin/python benchmarks/overfit_schedule.py --epochs 30 --out /tmp/ovf \\
           --set '{"target_diameter_px": 40.0, "crop_size": 368, "pad_to": 520}'
 
-- ``--diagnose CHECKPOINT``: AP at IoU 0.6 / 0.5 / 0.3 / 0.1, precision at fixed recalls, and
+- ``--diagnose CHECKPOINT [--refine-radius R]``: AP at IoU 0.6 / 0.5 / 0.3 / 0.1, precision at fixed recalls, and
   the false picks ranked before recall 0.5 / 0.8 / 0.9 sorted into: inside the 32-px border
   that holds no label; within 13.5 px (half a box) of a true centre (localisation or a second
   pick on one particle); elsewhere (unlabelled particles, carbon, noise: look at them).
@@ -56,11 +56,11 @@ def _truth() -> dict[str, Picks]:
     return {s: read_picks(BGAL / f"{s}.csv", micrograph=s)[s] for s in STEMS}
 
 
-def _pick(checkpoint: Path) -> dict[str, Picks]:
+def _pick(checkpoint: Path, **settings) -> dict[str, Picks]:
     model, meta = load_checkpoint(checkpoint)
     return {
         s: pick_micrograph(model, meta, read_micrograph(BGAL / f"{s}.png").data, PIXEL_SIZE,
-                           diameter_A=BOX_PX * PIXEL_SIZE, threshold=0.01, name=s)
+                           diameter_A=BOX_PX * PIXEL_SIZE, threshold=0.01, name=s, **settings)
         for s in STEMS
     }  # fmt: skip
 
@@ -105,9 +105,9 @@ def run_training(epochs: int, every: int, out: Path, overrides: dict) -> None:
     train(datasets, out / "run", config, on_epoch_end=score)
 
 
-def diagnose(checkpoint: Path) -> None:
+def diagnose(checkpoint: Path, refine_radius: float | None = None) -> None:
     truth = _truth()
-    picks = _pick(checkpoint)
+    picks = _pick(checkpoint, **({} if refine_radius is None else {"refine_radius": refine_radius}))
     window = {s: inside_labelled_window(p) for s, p in picks.items()}
     for t in (0.6, 0.5, 0.3, 0.1):
         all_ap, in_ap = _aps(picks, truth, (t,))[0], _aps(window, truth, (t,))[0]
@@ -164,10 +164,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--set", default="{}", help="JSON object of TrainConfig fields to override")
     parser.add_argument("--diagnose", type=Path, metavar="CHECKPOINT")
+    parser.add_argument("--refine-radius", type=float, help="with --diagnose: pick's centre refinement (0: off)")
     parser.add_argument("--ceiling", action="store_true")
     args = parser.parse_args()
     if args.diagnose:
-        diagnose(args.diagnose)
+        diagnose(args.diagnose, args.refine_radius)
     elif args.ceiling:
         ceiling()
     else:

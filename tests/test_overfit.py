@@ -33,7 +33,8 @@ from hydrapicker.train import TrainConfig, load_checkpoint, train
 
 # Particles upsampled to 54 px (2x the stored 27 px): on the 16-px anchor grid the stored scale
 # localises too coarsely (after 200 steps, AP inside the labelled window 0.835 at 40 px, 0.853 at
-# 54 px; over all picks 0.730 at 27 px in an earlier session; benchmarks/overfit.md); 368-px crops, no
+# 54 px, 0.826 / 0.838 without pick's centre refinement; over all picks 0.730 at 27 px in an earlier
+# session; benchmarks/overfit.md); 368-px crops, no
 # rotation (an overfit test), the learning rate annealed to ~0 at the end. 120 steps: 200 took
 # 691 CPU-seconds (14.5 min at load 4-6), over the "a couple of minutes"; AP gains little
 # after 150 steps.
