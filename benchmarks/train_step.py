@@ -7,6 +7,9 @@ warm-up. FLOPs of a step are counted, not guessed: every Conv2d's forward multip
 optimiser are not counted). The floor is a 64->64 3x3 conv on a 1024² map measured in the same
 run (DESIGN.md, "Performance figures"): the ratio says how close a step gets to it.
 
+The allocator is tuned as `train` tunes it (hydrapicker.memory); HYDRAPICKER_DEFAULT_MALLOC=1
+leaves it alone (benchmarks/allocator.py compares the two).
+
 Usage: .venv/bin/python benchmarks/train_step.py [--presets tiny small paper] [--steps 3] [--threads 2]
 """
 
@@ -22,6 +25,7 @@ from torch import nn
 
 from hydrapicker.defaults import BATCH_SIZE, CROP_SIZE
 from hydrapicker.loss import detection_loss
+from hydrapicker.memory import keep_large_blocks
 from hydrapicker.model import PRESETS, HydraPicker
 
 
@@ -77,9 +81,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
+    tuned = keep_large_blocks()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()}")
+    print(f"torch {torch.__version__}, {args.threads} threads, allocator {'tuned' if tuned else 'glibc default'}, load average {os.getloadavg()}")
     floor = {cl: conv_floor_gflops(cl) for cl in (False, True)}
     print(f"floor: 64->64 3x3 conv on 1024^2: NCHW {floor[False]:.0f} GFLOP/s, channels-last {floor[True]:.0f} GFLOP/s")
     images = torch.randn(BATCH_SIZE, 1, CROP_SIZE, CROP_SIZE)

@@ -28,6 +28,8 @@ __all__ = [
     "WATCH_IDLE_S",
     "PRETRAINED_MODEL",
     "LOCAL_NORM_WINDOW",
+    "MALLOC_MMAP_THRESHOLD",
+    "MALLOC_TRIM_THRESHOLD",
     "PREPARED_CACHE_SIZE",
 ]
 
@@ -120,6 +122,15 @@ PRETRAINED_MODEL: str = "assets/models/generic.pt"
 
 #: Width of the local-normalisation window, in particle diameters (SIMULATION.md section 6).
 LOCAL_NORM_WINDOW: float = 3.0
+
+#: Training keeps freed blocks up to this size in glibc's heap instead of unmapping them
+#: (:mod:`hydrapicker.memory`): a tiny-preset CPU training step went from 3.2 s to 1.4 s, its
+#: kernel time from 19 s to 1 s over 7 steps (benchmarks/allocator.py). 1 GiB covers the
+#: activations of every preset at batch 4 x 368².
+MALLOC_MMAP_THRESHOLD: int = 1 << 30
+
+#: ... and glibc returns free heap memory to the system only above this much (the most a C int holds).
+MALLOC_TRIM_THRESHOLD: int = 2**31 - 1
 
 #: Prepared (rescaled, normalised) micrographs kept in memory by a crop stream.
 PREPARED_CACHE_SIZE: int = 8

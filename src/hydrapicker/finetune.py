@@ -44,6 +44,7 @@ from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.coordinates import guess_format, read_picks
 from hydrapicker.io.files import atomic_path, atomic_write_text
 from hydrapicker.io.micrograph import micrograph_stem, read_micrograph
+from hydrapicker.memory import keep_large_blocks
 from hydrapicker.model import GENERIC, HydraPicker
 from hydrapicker.train import FINETUNE_STAGE, ModelMeta, TrainConfig, train_stage
 
@@ -318,6 +319,7 @@ def finetune(
     """
     from hydrapicker.pick import load_picking_model
 
+    keep_large_blocks()
     out = Path(out)
     spec = data.spec
     if spec.name != config.name:

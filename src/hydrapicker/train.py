@@ -72,6 +72,7 @@ from hydrapicker.defaults import (
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.files import atomic_path, atomic_write_text, save_figure
 from hydrapicker.loss import detection_loss, head_bias_loss
+from hydrapicker.memory import keep_large_blocks
 from hydrapicker.model import GENERIC, HydraPicker, ModelPreset, get_preset
 
 __all__ = ["TrainConfig", "check_device", "ModelMeta", "train", "train_stage", "load_checkpoint", "CHECKPOINT_FORMAT", "FINETUNE_STAGE"]
@@ -575,6 +576,7 @@ def train(
         raise HydraPickerError(f"dataset names must be unique and not {GENERIC!r}: {names}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    keep_large_blocks()
     record = {
         "hydrapicker_version": __version__,
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
