@@ -123,10 +123,12 @@ PRETRAINED_MODEL: str = "assets/models/generic.pt"
 #: Width of the local-normalisation window, in particle diameters (SIMULATION.md section 6).
 LOCAL_NORM_WINDOW: float = 3.0
 
-#: Training keeps freed blocks up to this size in glibc's heap instead of unmapping them
-#: (:mod:`hydrapicker.memory`): a tiny-preset CPU training step went from 3.2 s to 1.4 s, its
-#: kernel time from 19 s to 1 s over 7 steps (benchmarks/allocator.py). 1 GiB covers the
-#: activations of every preset at batch 4 x 368².
+#: Training and picking keep freed blocks up to this size in glibc's heap instead of unmapping
+#: them (:mod:`hydrapicker.memory`): a tiny-preset CPU training step went from 3.3 s to 1.5 s,
+#: its kernel time from 19 s to 1 s over 6 steps (benchmarks/allocator.py); `pick` on 1 thread
+#: from 0.28 to 0.61 micrographs/s (1024²; peak RSS 1.3 -> 1.7-2.1 GB) and from 59 to 27 s per
+#: 4096² micrograph (peak RSS 3.2 -> 4.2 GB). 1 GiB covers every preset's activations at batch
+#: 4 x 368² and most tiles.
 MALLOC_MMAP_THRESHOLD: int = 1 << 30
 
 #: ... and glibc returns free heap memory to the system only above this much (the most a C int holds).

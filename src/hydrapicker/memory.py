@@ -1,13 +1,14 @@
-"""How a training process gets its memory: keep large freed blocks for the next step.
+"""How training and picking get their memory: keep large freed blocks for the next step.
 
-A training step allocates and frees activation buffers of tens to hundreds of MB. glibc serves
-blocks above its mmap threshold (128 KiB, adapting up to at most 32 MiB) with fresh ``mmap``\\ s
-and unmaps them on ``free``, so every step faults its activations in again page by page: on the
-tiny preset that was 40-60 % of a CPU training step, spent in the kernel
-(``benchmarks/allocator.py``). Raising the mmap threshold to ``MALLOC_MMAP_THRESHOLD`` and the trim
-threshold to ``MALLOC_TRIM_THRESHOLD`` keeps those blocks in the heap, where the next step reuses
-them. The cost: memory freed by the process is not given back to the system until it exits.
-Elsewhere than glibc (musl, macOS, Windows) this does nothing.
+A training step, or a micrograph being picked, allocates and frees buffers of tens to hundreds
+of MB. glibc serves blocks above its mmap threshold (128 KiB, adapting up to at most 32 MiB)
+with fresh mappings and unmaps them when freed, so every step faults its buffers in again page
+by page: on the tiny preset that was over half of a CPU training step and of picking, spent in
+the kernel (benchmarks/allocator.py; defaults.MALLOC_MMAP_THRESHOLD has the figures). Raising
+the mmap threshold to ``MALLOC_MMAP_THRESHOLD`` and the trim threshold to
+``MALLOC_TRIM_THRESHOLD`` keeps those blocks in the heap, where the next step reuses them. The
+cost: memory the process frees is kept until it exits (peak RSS +30-60 % when picking). Off
+glibc (musl, macOS, Windows) this does nothing.
 """
 
 from __future__ import annotations

@@ -53,16 +53,17 @@ from hydrapicker.defaults import (
     COORDINATE_FORMATS,
     MICROGRAPH_SUFFIXES,
     NMS_IOU,
-    REFINE_RADIUS,
     PICK_THRESHOLD,
     PICK_TILE_SIZE,
     PRETRAINED_MODEL,
+    REFINE_RADIUS,
 )
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.coordinates import read_picks, write_picks
 from hydrapicker.io.files import atomic_path, atomic_write_text
 from hydrapicker.io.micrograph import is_micrograph_path, micrograph_stem, read_micrograph
 from hydrapicker.io.picks import Picks
+from hydrapicker.memory import keep_large_blocks
 from hydrapicker.model import GENERIC, HydraPicker
 from hydrapicker.train import ModelMeta, check_device
 
@@ -430,6 +431,7 @@ class Picker:
 
     def __init__(self, model: HydraPicker, meta: ModelMeta, settings: PickSettings) -> None:
         check_device(settings.device)
+        keep_large_blocks()
         if not (0 <= settings.threshold <= 1):
             raise HydraPickerError(f"threshold must be a score between 0 and 1, got {settings.threshold}")
         if not settings.refine_radius >= 0:
