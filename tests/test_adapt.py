@@ -27,7 +27,6 @@ from hydrapicker.adapt import (
 from hydrapicker.cli import main as cli_main
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import read_picks, write_mrc
-from hydrapicker.loss import _focal_terms, pu_focal_loss
 from hydrapicker.model import GENERIC
 from hydrapicker.pick import load_picking_model
 from hydrapicker.train import load_checkpoint
@@ -108,36 +107,6 @@ def test_distillation_offsets_count_only_where_the_teacher_sees_a_particle():
     # An offset 1 stride off where the teacher's probability is w costs w (the weights sum to under 1: divided by 1).
     torch.testing.assert_close(distillation_loss(wrong_there, teacher) - base, torch.sigmoid(torch.tensor(8.0)))
     assert distillation_loss(wrong_there, teacher, loc_weight=0.0) == base
-
-
-# The positive-unlabelled loss with known negatives (adaptation's first design, still offered by
-# hydrapicker.loss for partial labels).
-
-
-def test_known_negatives_pay_plain_background_loss_and_hide_no_particle():
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(40, generator=gen)
-    labelled = torch.zeros(40, dtype=torch.bool)
-    labelled[:5] = True
-    negative = torch.zeros(40, dtype=torch.bool)
-    negative[30:] = True
-    combined = pu_focal_loss(logits, labelled, 3.0, negative=negative)
-    rest = ~negative
-    separately = pu_focal_loss(logits[rest], labelled[rest], 3.0) + _focal_terms(logits[negative], torch.zeros(10)).sum()
-    torch.testing.assert_close(combined, separately)
-
-
-def test_known_negatives_keep_hidden_particles_from_cancelling_their_loss():
-    # The unlabelled anchors look like easy background, the negatives like particles: called
-    # unlabelled, the negatives' loss would be taken off as that of the hidden particles; known,
-    # they pay it in full and the unlabelled background term is clamped at 0 on its own.
-    logits = torch.tensor([2.0] * 4 + [-6.0] * 20 + [1.0] * 6)
-    labelled = torch.arange(30) < 4
-    negative = torch.arange(30) >= 24
-    with_negatives = pu_focal_loss(logits, labelled, 3.0, negative=negative)
-    positive_part = _focal_terms(logits[:4], torch.ones(4)).sum() * (1 + 3.0 / 4)
-    torch.testing.assert_close(with_negatives, positive_part + _focal_terms(logits[24:], torch.zeros(6)).sum())
-    assert pu_focal_loss(logits, labelled, 3.0) < with_negatives
 
 
 # --- the rounds -----------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from hydrapicker.defaults import MATCH_IOU, PICK_THRESHOLD
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.files import atomic_write_text
 from hydrapicker.io.picks import Picks
+from hydrapicker.memory import keep_large_blocks
 from hydrapicker.model import GENERIC, HydraPicker
 
 __all__ = ["AdaptConfig", "AdaptReport", "RoundReport", "adapt", "distillation_loss", "run_folder", "turned_outputs"]
@@ -324,6 +325,7 @@ def adapt(
     out = Path(out)
     if out.suffix != ".pt":
         raise HydraPickerError(f"--out {out}: a checkpoint file name ending in .pt")
+    keep_large_blocks()
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)

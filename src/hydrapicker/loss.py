@@ -54,7 +54,6 @@ def pu_focal_loss(
     hidden: float,
     alpha: float = FOCAL_ALPHA,
     gamma: float = FOCAL_GAMMA,
-    negative: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Summed focal loss when the unlabelled anchors hide about ``hidden`` particle anchors.
 
@@ -75,16 +74,8 @@ def pu_focal_loss(
         logits: ``[N]`` particle logits of the scored anchors.
         labelled: bool ``[N]``, True for anchors matched to a labelled particle.
         hidden: expected particle anchors among the unlabelled ones (>= 0).
-        negative: bool ``[N]``, True for anchors known to be background (zero-label
-            adaptation's confidently empty places); they pay the plain background loss and
-            hide no particle, so the hidden particles' share is taken off the others only.
     """
     labelled = labelled.bool()
-    as_known = None
-    if negative is not None:
-        known = negative.bool() & ~labelled
-        as_known = _focal_terms(logits[known], torch.zeros_like(logits[known]), alpha, gamma).sum()
-        logits, labelled = logits[~known], labelled[~known]
     ones, zeros = torch.ones_like(logits), torch.zeros_like(logits)
     as_particle = _focal_terms(logits, ones, alpha, gamma)
     as_background = _focal_terms(logits, zeros, alpha, gamma)
@@ -97,7 +88,7 @@ def pu_focal_loss(
     else:
         positive = as_particle[labelled].sum() * (1.0 + hidden / n_labelled)
         loss = positive + torch.clamp(background - hidden * as_background[labelled].mean(), min=0.0)
-    return loss if as_known is None else loss + as_known
+    return loss
 
 
 def _focal_terms(logits: torch.Tensor, targets: torch.Tensor, alpha: float = FOCAL_ALPHA, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
@@ -120,7 +111,6 @@ def detection_loss(
     alpha: float = FOCAL_ALPHA,
     gamma: float = FOCAL_GAMMA,
     expected_particles: Sequence[float] | None = None,
-    negatives: Sequence[torch.Tensor] | None = None,
 ) -> DetectionLoss:
     """Localisation and focal classification loss of one head's output.
 
@@ -135,8 +125,6 @@ def detection_loss(
             (``r``: matched anchors per labelled particle, of the image, or of the batch when
             the image has no label), and normalised by matched + hidden anchors. ``None``:
             the labels are complete and every unmatched anchor is background.
-        negatives: with ``expected_particles``: per image, bool ``[h, w]`` anchors known to be
-            background (see :func:`pu_focal_loss`); the hidden particles are among the others.
     """
     b, _, h, w = outputs.shape
     if len(centres) != b:
@@ -146,7 +134,7 @@ def detection_loss(
     loc = outputs.new_zeros(())
     cls = outputs.new_zeros(())
     matched_total = 0
-    pu_logits, pu_labelled, pu_negative, pu_counts = [], [], [], []  # partial labels: pooled over the batch
+    pu_logits, pu_labelled, pu_counts = [], [], []  # partial labels: pooled over the batch
     for k in range(b):
         particles = centres[k].to(device=outputs.device, dtype=torch.float32).reshape(-1, 2)
         matched = match_anchors(anchors, particles, box_size, iou_threshold, ignore_iou).to(outputs.device)
@@ -161,8 +149,6 @@ def detection_loss(
         else:
             pu_logits.append(flat[k, 2, scored])
             pu_labelled.append(positive[scored])
-            if negatives is not None:
-                pu_negative.append(negatives[k].to(outputs.device).reshape(-1)[scored])
             pu_counts.append((n_pos, particles.shape[0]))
         matched_total += n_pos
     norm = max(matched_total, 1)
@@ -176,8 +162,7 @@ def detection_loss(
         max(0.0, float(expected) * (n_pos / n if n else batch_ratio) - n_pos)
         for expected, (n_pos, n) in zip(expected_particles, pu_counts)
     )
-    negative = torch.cat(pu_negative) if negatives is not None else None
-    cls = pu_focal_loss(torch.cat(pu_logits), torch.cat(pu_labelled), hidden, alpha, gamma, negative)
+    cls = pu_focal_loss(torch.cat(pu_logits), torch.cat(pu_labelled), hidden, alpha, gamma)
     return DetectionLoss(loc=loc / norm, cls=cls / max(matched_total + hidden, 1.0), matched=matched_total)
 
 
