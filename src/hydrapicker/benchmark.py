@@ -261,7 +261,7 @@ class GroupData:
     def truth(self, spec: DatasetSpec) -> dict[str, Picks]:
         """The test split's particles (from the record)."""
         path = self.out_dir / "truth" / f"{spec.name}.csv"
-        found = read_picks(path, "csv") if path.stat().st_size else {}
+        found = _read_picks_csv(path)
         return {stem: replace(found[stem], box_size=spec.diameter_px) if stem in found else Picks.empty(stem, spec.diameter_px)
                 for stem in spec.splits["test"]}  # fmt: skip
 
@@ -363,6 +363,11 @@ def _picks_path(out_dir: Path, method: str, dataset: str) -> Path:
     return out_dir / "picks" / method / f"{dataset}.csv"
 
 
+def _read_picks_csv(path: Path) -> dict[str, Picks]:
+    """A picks CSV of this run (picks or truth); written for no micrograph with a particle it is empty: no picks."""
+    return read_picks(path, "csv") if path.stat().st_size else {}
+
+
 def _same(spec: DatasetSpec) -> DatasetSpec:
     return spec
 
@@ -419,7 +424,7 @@ def score(picks_file: Path | str, spec: DatasetSpec, truth_picks: dict[str, Pick
     """``evaluate`` of a picks file against the truth of ``spec``'s test split (a reason string passes through)."""
     if isinstance(picks_file, str):
         return picks_file
-    picks = read_picks(picks_file, "csv") if picks_file.stat().st_size else {}
+    picks = _read_picks_csv(picks_file)
     picks = {k: v for k, v in picks.items() if k in truth_picks}
     return evaluate(picks, truth_picks, box_size=spec.diameter_px)
 
@@ -433,7 +438,7 @@ def pooled(results: dict[str, Evaluation | str], specs: dict[str, DatasetSpec], 
         if isinstance(result, str):
             continue
         d = specs[name].diameter_px
-        found = read_picks(_picks_path(out_dir, method, name), "csv") if _picks_path(out_dir, method, name).stat().st_size else {}
+        found = _read_picks_csv(_picks_path(out_dir, method, name))
         for stem, t in truths[name].items():
             key = f"{name}/{stem}"
             every_truth[key] = Picks(key, t.x / d, t.y / d, t.score, 1.0)
