@@ -1,4 +1,4 @@
-"""Helpers shared by the CLI verbs: the particle-size options and the run record of an output folder."""
+"""Helpers shared by the CLI verbs: the particle-size and pick-placing options, the run record of an output folder."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hydrapicker import __version__
+from hydrapicker.defaults import NMS_IOU, REFINE_RADIUS
 from hydrapicker.io.files import atomic_write_text
 
 if TYPE_CHECKING:
     from hydrapicker.pick import PickSettings
 
-__all__ = ["add_particle_size_arguments", "pick_settings", "write_run_record"]
+__all__ = ["add_particle_size_arguments", "add_pick_placing_arguments", "pick_settings", "write_run_record"]
 
 
 def write_run_record(out_dir: str | Path, args: argparse.Namespace, name: str = "command.json") -> Path:
@@ -41,6 +42,14 @@ def add_particle_size_arguments(parser: argparse.ArgumentParser, pixel_size_help
     sizes.add_argument("--diameter-px", type=float, metavar="N", help="particle diameter in micrograph pixels")
     sizes.add_argument("--diameter-A", type=float, metavar="N", help="particle diameter in Å (needs the pixel size)")
     size.add_argument("--pixel-size", type=float, metavar="A", help=pixel_size_help)
+
+
+def add_pick_placing_arguments(picking: argparse._ArgumentGroup) -> None:
+    """How candidates become picks (verbs that pick: ``pick``, ``relion``): duplicates, centre refinement, edges."""
+    picking.add_argument("--nms-iou", type=float, default=NMS_IOU, metavar="IOU", help="duplicate suppression IoU (default: %(default)s)")
+    picking.add_argument("--refine-radius", type=float, default=REFINE_RADIUS, metavar="R",
+                         help="move each pick to the consensus of the anchors' centres within R box sizes; 0: off (default: %(default)s)")
+    picking.add_argument("--whole-boxes", action="store_true", help="drop picks whose box reaches past the micrograph edge")
 
 
 def pick_settings(args: argparse.Namespace) -> "PickSettings":

@@ -30,8 +30,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from hydrapicker.cli._common import add_particle_size_arguments
-from hydrapicker.defaults import COORDINATE_FORMATS, NMS_IOU, PICK_THRESHOLD, REFINE_RADIUS, PICK_TILE_SIZE, WATCH_IDLE_S, WATCH_POLL_S
+from hydrapicker.cli._common import add_particle_size_arguments, add_pick_placing_arguments
+from hydrapicker.defaults import COORDINATE_FORMATS, PICK_THRESHOLD, PICK_TILE_SIZE, WATCH_IDLE_S, WATCH_POLL_S
 
 __all__ = ["add_arguments", "main"]
 
@@ -53,10 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"lowest score written (default: the one set with `hydrapicker threshold OUT --set`, else {PICK_THRESHOLD}; "
         "a very low one, e.g. 0.001, keeps the ranking for AP)",
     )  # fmt: skip
-    picking.add_argument("--nms-iou", type=float, default=NMS_IOU, metavar="IOU", help="duplicate suppression IoU (default: %(default)s)")
-    picking.add_argument("--refine-radius", type=float, default=REFINE_RADIUS, metavar="R",
-                         help="move each pick to the consensus of the anchors' centres within R box sizes; 0: off (default: %(default)s)")
-    picking.add_argument("--whole-boxes", action="store_true", help="drop picks whose box reaches past the micrograph edge")
+    add_pick_placing_arguments(picking)
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument(
         "--format", type=_formats, default=list(COORDINATE_FORMATS), metavar="LIST",

@@ -23,8 +23,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hydrapicker.cli._common import add_particle_size_arguments
-from hydrapicker.defaults import NMS_IOU, PICK_THRESHOLD, PICK_TILE_SIZE, REFINE_RADIUS
+from hydrapicker.cli._common import add_particle_size_arguments, add_pick_placing_arguments
+from hydrapicker.defaults import PICK_THRESHOLD, PICK_TILE_SIZE
 
 __all__ = ["add_arguments", "main", "entry_point"]
 
@@ -40,10 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     picking.add_argument("--model", type=Path, metavar="CKPT", help="checkpoint (default: the shipped generic model)")
     picking.add_argument("--head", default="generic", metavar="NAME", help="head to pick with (default: %(default)s)")
     picking.add_argument("--threshold", type=float, default=PICK_THRESHOLD, metavar="T", help="lowest score written (default: %(default)s)")
-    picking.add_argument("--nms-iou", type=float, default=NMS_IOU, metavar="IOU", help="duplicate suppression IoU (default: %(default)s)")
-    picking.add_argument("--refine-radius", type=float, default=REFINE_RADIUS, metavar="R",
-                         help="move each pick to the consensus of the anchors' centres within R box sizes; 0: off (default: %(default)s)")
-    picking.add_argument("--whole-boxes", action="store_true", help="drop picks whose box reaches past the micrograph edge")
+    add_pick_placing_arguments(picking)
     picking.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the network runs (default: %(default)s)")
     picking.add_argument("--tile", type=int, default=PICK_TILE_SIZE, metavar="PX", help="tile edge in rescaled px (default: %(default)s)")
     picking.add_argument("--bf16", action="store_true", help="bfloat16 convolutions")
