@@ -138,6 +138,8 @@ def test_adapt_reports_what_it_taught_and_how_the_picks_changed_for_every_round(
         assert r.taught > 0 and r.turns == 2
         assert 0 <= r.kept <= r.taught and 0 <= r.new <= r.taught
         assert r.picks_before >= 0 and r.picks_after >= 0 and np.isfinite(r.loss)
+    # round 2 is taught by round 1's head: its picks before are round 1's picks after
+    assert report.rounds[1].picks_before == report.rounds[0].picks_after
     assert sum(line.startswith("round 2:") for line in lines) == 1
     record = json.loads((run_folder(out) / "adapt.json").read_text())
     assert [r["taught"] for r in record["rounds"]] == [r.taught for r in report.rounds]

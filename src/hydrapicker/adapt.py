@@ -45,7 +45,6 @@ from hydrapicker.defaults import MATCH_IOU, PICK_THRESHOLD
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.files import atomic_write_text
 from hydrapicker.io.picks import Picks
-from hydrapicker.memory import keep_large_blocks
 from hydrapicker.model import GENERIC, HydraPicker
 
 __all__ = ["AdaptConfig", "AdaptReport", "RoundReport", "adapt", "distillation_loss", "run_folder", "turned_outputs"]
@@ -325,7 +324,6 @@ def adapt(
     out = Path(out)
     if out.suffix != ".pt":
         raise HydraPickerError(f"--out {out}: a checkpoint file name ending in .pt")
-    keep_large_blocks()
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -356,6 +354,7 @@ def adapt(
     say(f"features and {config.turns}-turn teacher of {len(mics)} micrograph(s): {time.perf_counter() - start:.0f} s")
 
     model, head = base, GENERIC
+    after: list[Picks] = []
     for r in range(config.rounds):
         t0 = time.perf_counter()
         if r > 0:
@@ -367,7 +366,8 @@ def adapt(
                 f"the {config.turns}-turn average of the {'generic' if r == 0 else 'round ' + str(r)} head scores no pick "
                 f"{config.teacher_threshold} or more on any micrograph: nothing to learn from (check the particle diameter)"
             )
-        before = [_picks(_single_pass(model, head, m), meta, m) for m in mics]
+        # the single-pass picks of the head that teaches: the round before's new head, picked at its end
+        before = after or [_picks(_single_pass(model, head, m), meta, m) for m in mics]
         say(f"round {r + 1}/{config.rounds}: teaching {taught} particles")
         model, loss = _train_head(base, config.name, mics, teachers, config, rng, say)
         head = config.name
