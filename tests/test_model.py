@@ -95,3 +95,14 @@ def test_named_head_and_generic_head_give_their_own_outputs():
 def test_unknown_preset_is_a_user_error_naming_it():
     with pytest.raises(HydraPickerError, match="huge"):
         get_preset("huge")
+
+
+def test_size_head_starts_at_the_trained_size_and_is_absent_unless_asked_for():
+    assert HydraPicker(PRESETS["tiny"]).size_head is None
+    model = HydraPicker(PRESETS["tiny"], size_head=True).eval()
+    with torch.no_grad():
+        _, sizes = model(torch.randn(1, 1, 80, 80), with_size=True)
+    assert sizes.shape == (1, 1, 5, 5)
+    assert torch.count_nonzero(sizes) == 0  # log size 0: "looks the trained size", so no correction
+    with pytest.raises(HydraPickerError, match="no size head"):
+        HydraPicker(PRESETS["tiny"])(torch.randn(1, 1, 32, 32), with_size=True)

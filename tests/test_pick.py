@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from _synthetic import gaussian_spots, spread_tiny_model
+from _synthetic import gaussian_spots, spread_tiny_model, write_checkpoint
 from hydrapicker import pick as pick_module
 from hydrapicker.cli import main as cli_main
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
@@ -19,6 +19,7 @@ from hydrapicker.pick import (
     PickSettings,
     Picker,
     Prepared,
+    estimate_size_correction,
     head_outputs,
     output_paths,
     pick_files,
@@ -161,6 +162,57 @@ def test_a_pick_is_refined_to_where_the_anchors_around_it_agree_the_particle_is(
     assert raw.x[0] == pytest.approx(67.5) and raw.y[0] == pytest.approx(63.5)
     assert 63.5 < refined.x[0] < 66.0 and refined.y[0] == pytest.approx(63.5)
     assert refined.score[0] == raw.score[0]
+
+
+# --- a diameter given wrong: the size head ---------------------------------------------------
+
+
+def test_size_estimate_is_the_score_squared_weighted_median_of_the_confident_anchors():
+    outputs = torch.full((3, 1, 5), -10.0)  # scores ~0: ignored
+    outputs[2, 0, :3] = torch.logit(torch.tensor([0.9, 0.5, 0.5]))
+    sizes = torch.log(torch.tensor([[1.3, 0.8, 0.9, 5.0, 5.0]]))
+    # weights 0.81, 0.25, 0.25: the 0.9-scored anchor outweighs the two others together
+    assert estimate_size_correction(outputs, sizes) == pytest.approx(1.3)
+    outputs[2, 0, 0] = torch.logit(torch.tensor(0.6))  # 0.36 < 0.5: now the median is 0.9
+    assert estimate_size_correction(outputs, sizes) == pytest.approx(0.9)
+    assert estimate_size_correction(torch.full((3, 2, 2), -10.0), torch.zeros(2, 2)) is None
+
+
+def _constant_size_model(log_size: float) -> HydraPicker:
+    """The spread tiny model with a size head that says every particle looks exp(log_size) times the trained size."""
+    model = spread_tiny_model(0)
+    model.size_head = type(model.generic)(model.preset, outputs=1)
+    with torch.no_grad():
+        model.size_head.predict.weight.zero_()
+        model.size_head.predict.bias.fill_(log_size)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    ("looks", "box"),
+    [
+        (1.2, 40 * 1.2 * 1.2),  # corrected twice (passes 1 and 2), the third pass picks
+        (2.0, 40 * 1.6),  # never past SIZE_CORRECTION_RANGE
+        (1 / 2.0, 40 * 0.6),
+        (1.02, 40.0),  # within SIZE_TOLERANCE: left as given
+    ],
+)
+def test_a_size_head_corrects_the_given_diameter_within_its_range(looks, box):
+    model = _constant_size_model(float(np.log(looks)))
+    image = _blobs((160, 160), np.array([[50.0, 50.0], [110.0, 100.0]]), 20)
+    picks = pick_module.pick_micrograph(model, _meta(model), image, None, diameter_px=40.0, threshold=0.0)
+    assert picks.box_size == pytest.approx(box, rel=1e-6)
+    fixed = pick_module.pick_micrograph(model, _meta(model), image, None, diameter_px=40.0, threshold=0.0, correct_size=False)
+    assert fixed.box_size == pytest.approx(40.0)
+
+
+def test_cli_fixed_diameter_keeps_the_given_box_size(micrographs, tmp_path):
+    path = write_checkpoint(tmp_path / "sized.pt", _constant_size_model(float(np.log(1.2))))
+    for flag, box in (((), 20 * 1.2 * 1.2), (("--fixed-diameter",), 20.0)):
+        out = tmp_path / f"out{len(flag)}"
+        assert _run(*micrographs, "--out", out, "--model", path, "--diameter-px", 20, "--format", "box", *flag) == 0
+        lines = (out / "box" / "mic_0.box").read_text().split()
+        assert lines and float(lines[2]) == pytest.approx(box, abs=1)
 
 
 # --- the folder pipeline, through the CLI -------------------------------------------------------

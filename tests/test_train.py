@@ -114,6 +114,26 @@ def test_stage2_starts_every_head_and_the_generic_head_from_the_stage1_head(proj
         assert torch.equal(value, single.trunk.state_dict()[key]), key
 
 
+def test_size_head_learns_the_scale_jitter_in_both_stages_and_stays_frozen_in_finetuning(project, finished_run, tmp_path):
+    from hydrapicker.finetune import add_frozen_head
+
+    config = replace(CONFIG, size_head=True, scale_jitter=(0.6, 1.6), stage2_lr=0.0)
+    train(load_project(project), tmp_path, config)
+    stage1 = _rows(tmp_path / "stage1" / "log.csv")
+    assert all(float(r["train_size"]) > 0 and float(r["val_size"]) >= 0 for r in stage1)
+    single, _ = load_checkpoint(tmp_path / "stage1" / "best.pt")
+    model, _ = load_checkpoint(tmp_path / "model.pt")
+    assert single.size_head is not None and model.size_head is not None
+    # stage 2 (lr 0 here) starts the size head from stage 1's, which training moved off its zero start
+    for key, value in model.size_head.state_dict().items():
+        assert torch.equal(value, single.size_head.state_dict()[key]), key
+    assert torch.count_nonzero(model.size_head.predict.weight) > 0
+    assert not any(p.requires_grad for p in add_frozen_head(model, "new").size_head.parameters())
+    # a model trained without one has none, and logs its size loss as 0
+    assert load_checkpoint(finished_run / "model.pt")[0].size_head is None
+    assert all(float(r["train_size"]) == 0 for r in _rows(finished_run / "stage1" / "log.csv"))
+
+
 def test_resume_after_a_kill_in_each_stage_gives_the_uninterrupted_weights(project, finished_run, tmp_path):
     datasets = load_project(project)
 

@@ -64,7 +64,8 @@ class BenchmarkConfig:
         micrographs, target_micrographs: micrographs per dataset; the last ``test_micrographs``
             are test, the ``val_micrographs`` before them validation, the rest training (of a
             target only the first ``few_shot_micrographs``).
-        preset ... scale_jitter: the multi-head model's training (:class:`hydrapicker.train.TrainConfig`).
+        preset ... size_head: the multi-head model's training (:class:`hydrapicker.train.TrainConfig`;
+            the single-head models never have a size head).
         single_epochs, single_batches: each target's single-head model (Table 2's "7 models").
         finetune_epochs, finetune_batches: each few-shot head (Tables 3 and 4).
         diameter_errors: relative errors of the particle diameter given at pick time.
@@ -95,6 +96,7 @@ class BenchmarkConfig:
     batches_per_epoch: int = 50
     val_batches: int = 8
     scale_jitter: tuple[float, float] = (0.7, 1.4)
+    size_head: bool = False
     single_epochs: int = 10
     single_batches: int = 25
     finetune_epochs: int = 10
@@ -318,7 +320,7 @@ def multihead_model(config: BenchmarkConfig, out_dir: Path, sources: list[Datase
     if not final.exists():
         say(f"training the multi-head model on {len(sources)} source datasets ({config.preset}, stage 1 then 2)")
         # Prepared micrographs on disk: the in-memory cache holds a few, and re-preparing one costs ~20 batches.
-        train(sources, run, _train_config(config, out_dir / "prepared"), resume=True)
+        train(sources, run, _train_config(config, out_dir / "prepared", size_head=config.size_head), resume=True)
     return final
 
 

@@ -593,6 +593,8 @@ class Batch:
         micrographs: per crop, the stem of the micrograph it came from.
         padding: bool ``[B, 1, S, S]``, True where a crop shows padding noise rather than
             the micrograph (no labels can lie there).
+        sizes: float32 ``[B]``, how large each crop's particles look relative to the
+            trained diameter (the scale jitter drawn for the crop; 1 without jitter).
     """
 
     dataset: str
@@ -600,6 +602,7 @@ class Batch:
     centres: list[torch.Tensor]
     micrographs: tuple[str, ...] = ()
     padding: torch.Tensor | None = None
+    sizes: torch.Tensor | None = None
 
 
 class CropBatches:
@@ -701,19 +704,21 @@ class CropBatches:
         spec = self.datasets[int(rng.integers(len(self.datasets)))]
         stems = split_stems(spec, self.split)
         chosen = rng.choice(len(stems), size=self.batch_size, replace=len(stems) < self.batch_size)
-        images, centres, names, padding = [], [], [], []
+        images, centres, names, padding, sizes = [], [], [], [], []
         for i in chosen:
-            crop, xy, outside = self._crop(self._prepared(spec, stems[int(i)]), rng)
+            crop, xy, outside, jitter = self._crop(self._prepared(spec, stems[int(i)]), rng)
             images.append(crop)
             centres.append(torch.from_numpy(xy.astype(np.float32)))
             names.append(stems[int(i)])
             padding.append(outside)
+            sizes.append(jitter)
         return Batch(
             spec.name,
             torch.from_numpy(np.stack(images)[:, None]),
             centres,
             tuple(names),
             torch.from_numpy(np.stack(padding)[:, None]),
+            torch.tensor(sizes, dtype=torch.float32),
         )
 
     def _prepared(self, spec: DatasetSpec, stem: str) -> _Prepared:
@@ -730,7 +735,7 @@ class CropBatches:
             self._cache.popitem(last=False)
         return prepared
 
-    def _crop(self, prep: _Prepared, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _crop(self, prep: _Prepared, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         low, high = self.scale_jitter
         jitter = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if high > low else low
         angle = float(rng.uniform(0.0, 2 * np.pi)) if self.rotate else 0.0
@@ -774,7 +779,7 @@ class CropBatches:
 
         xy = prep.centres @ forward.T + offset if len(prep.centres) else np.zeros((0, 2))
         inside = np.all((xy >= -0.5) & (xy < self.crop_size - 0.5), axis=1)
-        return crop.astype(np.float32, copy=False), xy[inside], outside
+        return crop.astype(np.float32, copy=False), xy[inside], outside, jitter
 
 
 def _crop_transform(

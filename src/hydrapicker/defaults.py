@@ -19,6 +19,11 @@ __all__ = [
     "FOCAL_ALPHA",
     "LAMBDA_CLS",
     "LAMBDA_BIAS",
+    "LAMBDA_SIZE",
+    "SIZE_CORRECTION_RANGE",
+    "SIZE_TOLERANCE",
+    "SIZE_PASSES",
+    "SIZE_MIN_SCORE",
     "NMS_IOU",
     "REFINE_RADIUS",
     "PICK_THRESHOLD",
@@ -76,6 +81,27 @@ FOCAL_ALPHA: float = 0.25
 #: LAMBDA_BIAS is per squared weight difference, summed over every head parameter.
 LAMBDA_CLS: float = 1.0
 LAMBDA_BIAS: float = 0.01
+
+#: Weight of the size head's loss (L1 on the log apparent size at matched anchors), added to
+#: the detection loss when a model has a size head. Its targets span about +-0.5 (the scale
+#: jitter), the offsets' about +-0.6: the same weight keeps both in one range.
+LAMBDA_SIZE: float = 1.0
+
+# --- the size a user gives (hydrapicker.pick.estimate_size_correction) --------------------
+
+#: A model with a size head corrects the diameter a user gave by at most these factors (the
+#: particle's apparent size is trusted only inside a range like the training's scale jitter).
+SIZE_CORRECTION_RANGE: tuple[float, float] = (0.6, 1.6)
+
+#: ... and only when the estimate is off by more than this factor (a smaller one is noise).
+SIZE_TOLERANCE: float = 1.05
+
+#: Network passes per micrograph at most when the size is corrected: the given size, then each
+#: corrected one (the estimate is re-read at the corrected scale, where it is most accurate).
+SIZE_PASSES: int = 3
+
+#: The size is read at the anchors scoring at least this (weighted by score squared).
+SIZE_MIN_SCORE: float = 0.1
 
 #: Picks whose boxes overlap a better pick by more than this IoU are suppressed. Two true
 #: particles at least half a box apart in x overlap by at most 1/3.

@@ -8,6 +8,8 @@
   RetinaNet does, so their scale does not depend on how many particles a crop holds.
 - ``L_bias = (1/N) sum_k ||W_k - W_generic||^2`` over the N dataset heads, summed over every
   parameter of a head. It is the only term through which the generic head learns.
+- ``L_size`` (only for a model with a size head, not in the paper): L1 distance between the
+  size head's log apparent size and the truth at the matched anchors (:func:`size_loss`).
 
 Loc and cls come from the output of the head assigned to the batch's dataset only, so the
 generic head receives no gradient from them.
@@ -31,7 +33,7 @@ from hydrapicker.boxes import IGNORE, anchor_centres, encode_offsets, match_anch
 from hydrapicker.defaults import ANCHOR_STRIDE, FOCAL_ALPHA, FOCAL_GAMMA, MATCH_IOU, PARTICLE_DIAMETER_PX
 from hydrapicker.model import HydraPicker
 
-__all__ = ["DetectionLoss", "detection_loss", "focal_loss", "head_bias_loss", "pu_focal_loss"]
+__all__ = ["DetectionLoss", "detection_loss", "focal_loss", "head_bias_loss", "pu_focal_loss", "size_loss"]
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,35 @@ def detection_loss(
     )
     cls = pu_focal_loss(torch.cat(pu_logits), torch.cat(pu_labelled), hidden, alpha, gamma)
     return DetectionLoss(loc=loc / norm, cls=cls / max(matched_total + hidden, 1.0), matched=matched_total)
+
+
+def size_loss(
+    sizes: torch.Tensor,
+    centres: Sequence[torch.Tensor],
+    apparent: torch.Tensor,
+    *,
+    box_size: float = PARTICLE_DIAMETER_PX,
+    stride: int = ANCHOR_STRIDE,
+    iou_threshold: float = MATCH_IOU,
+) -> torch.Tensor:
+    """Mean L1 distance between the size head's ``[B, 1, h, w]`` and ``log(apparent)`` at matched anchors.
+
+    ``apparent`` ``[B]``: how large each image's particles look relative to the trained diameter
+    (the scale jitter of its crop). The anchors are those :func:`detection_loss` matches, so the
+    size head learns where the picking heads fire. 0 (with a gradient of 0) when none matches.
+    """
+    b, _, h, w = sizes.shape
+    anchors = anchor_centres(h, w, stride).to(sizes.device)
+    flat = sizes.reshape(b, h * w)
+    total, count = sizes.new_zeros(()), 0
+    for k in range(b):
+        particles = centres[k].to(device=sizes.device, dtype=torch.float32).reshape(-1, 2)
+        positive = match_anchors(anchors, particles, box_size, iou_threshold) >= 0
+        n_pos = int(positive.sum())
+        if n_pos:
+            total = total + (flat[k, positive] - torch.log(apparent[k].to(sizes))).abs().sum()
+            count += n_pos
+    return total / max(count, 1)
 
 
 def head_bias_loss(model: HydraPicker) -> torch.Tensor:

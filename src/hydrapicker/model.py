@@ -134,9 +134,12 @@ class Trunk(nn.Module):
 
 
 class Head(nn.Module):
-    """SSD-like single-class head: ``[B,C,H,W] -> [B,3,H/16,W/16]`` as ``(dx, dy, logit)``."""
+    """SSD-like single-class head: ``[B,C,H,W] -> [B,3,H/16,W/16]`` as ``(dx, dy, logit)``.
 
-    def __init__(self, preset: ModelPreset) -> None:
+    With ``outputs=1`` the same blocks predict one number per anchor: the size head's log size.
+    """
+
+    def __init__(self, preset: ModelPreset, outputs: int = 3) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = preset.trunk_channels
@@ -145,25 +148,36 @@ class Head(nn.Module):
                        nn.Dropout(preset.dropout)]  # fmt: skip
             c_in = c_out
         self.blocks = nn.Sequential(*layers)
-        self.predict = _conv3x3(c_in, 3, bias=True)
-        # Offsets start near zero (anchor centres) and the logit at the low prior.
-        nn.init.normal_(self.predict.weight, std=0.01)
+        self.predict = _conv3x3(c_in, outputs, bias=True)
+        # Offsets start near zero (anchor centres) and the logit at the low prior; a log size
+        # at exactly zero (the trained size), so an untrained size head corrects nothing.
         nn.init.zeros_(self.predict.bias)
-        with torch.no_grad():
-            self.predict.bias[2] = -math.log((1 - LOGIT_PRIOR) / LOGIT_PRIOR)
+        if outputs == 3:
+            nn.init.normal_(self.predict.weight, std=0.01)
+            with torch.no_grad():
+                self.predict.bias[2] = -math.log((1 - LOGIT_PRIOR) / LOGIT_PRIOR)
+        else:
+            nn.init.zeros_(self.predict.weight)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.predict(self.blocks(features))
 
 
 class HydraPicker(nn.Module):
-    """Trunk + one head per training dataset (``heads``) + the ``generic`` head.
+    """Trunk + one head per training dataset (``heads``) + the ``generic`` head, and optionally
+    a ``size_head``.
 
     ``forward(images, head)`` runs the trunk and one head; :meth:`features` and
     :meth:`run_head` split the two when several heads see the same features.
+
+    The size head (one for all datasets, not tied to the others) predicts at every anchor how
+    large the particle there looks: ``log(apparent diameter / trained diameter)``. Training
+    shows particles at a random scale (scale jitter) and knows it; picking reads the size head
+    at its best picks to correct a particle diameter the user gave wrong
+    (:func:`hydrapicker.pick.estimate_size_correction`).
     """
 
-    def __init__(self, preset: ModelPreset, head_names: tuple[str, ...] | list[str] = ()) -> None:
+    def __init__(self, preset: ModelPreset, head_names: tuple[str, ...] | list[str] = (), size_head: bool = False) -> None:
         super().__init__()
         self.preset = preset
         self.trunk = Trunk(preset)
@@ -171,6 +185,7 @@ class HydraPicker(nn.Module):
         self.heads = nn.ModuleDict()
         for name in head_names:
             self.add_head(name)
+        self.size_head = Head(preset, outputs=1) if size_head else None
 
     @property
     def stride(self) -> int:
@@ -214,6 +229,13 @@ class HydraPicker(nn.Module):
     def run_head(self, features: torch.Tensor, head: str = GENERIC) -> torch.Tensor:
         return self.head(head)(features)
 
-    def forward(self, images: torch.Tensor, head: str = GENERIC) -> torch.Tensor:
-        """``[B,1,H,W]`` -> ``[B,3,ceil(H/16),ceil(W/16)]`` from head ``head``."""
-        return self.run_head(self.features(images), head)
+    def forward(self, images: torch.Tensor, head: str = GENERIC, with_size: bool = False):
+        """``[B,1,H,W]`` -> ``[B,3,ceil(H/16),ceil(W/16)]`` from head ``head``; with ``with_size``
+        the pair (that, the size head's ``[B,1,ceil(H/16),ceil(W/16)]``)."""
+        features = self.features(images)
+        outputs = self.run_head(features, head)
+        if not with_size:
+            return outputs
+        if self.size_head is None:
+            raise HydraPickerError("the model has no size head")
+        return outputs, self.size_head(features)

@@ -57,6 +57,10 @@ from hydrapicker.defaults import (
     PICK_TILE_SIZE,
     PRETRAINED_MODEL,
     REFINE_RADIUS,
+    SIZE_CORRECTION_RANGE,
+    SIZE_MIN_SCORE,
+    SIZE_PASSES,
+    SIZE_TOLERANCE,
 )
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.coordinates import read_picks, write_picks
@@ -72,6 +76,7 @@ __all__ = [
     "OVERLAY_MAX_SIZE",
     "candidate_paths",
     "check_formats",
+    "estimate_size_correction",
     "expand_micrographs",
     "expected_outputs",
     "head_outputs",
@@ -90,6 +95,7 @@ __all__ = [
     "pretrained_model_path",
     "rebuild_picks_csv",
     "receptive_radius",
+    "size_corrected_outputs",
     "tile_margin",
     "tile_spans",
     "write_overlay",
@@ -225,6 +231,17 @@ def _freeze_norms(net: nn.Module, frozen: bool = True) -> None:
             module.frozen = frozen
 
 
+class _WithSize(nn.Module):
+    """A head and the size head on the same features: ``[B, 4, h, w]`` = (dx, dy, logit, log size)."""
+
+    def __init__(self, head: nn.Module, size_head: nn.Module) -> None:
+        super().__init__()
+        self.head, self.size_head = head, size_head
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.cat((self.head(features), self.size_head(features)), dim=1)
+
+
 def head_outputs(
     model: HydraPicker,
     image: np.ndarray | torch.Tensor,
@@ -234,8 +251,11 @@ def head_outputs(
     stats_size: int | None = None,
     device: str | torch.device = "cpu",
     bf16: bool = False,
+    with_size: bool = False,
 ) -> torch.Tensor:
     """Run trunk + ``head`` over a prepared (rescaled, normalised) image: float32 ``[3, ceil(H/16), ceil(W/16)]`` on the CPU.
+
+    ``with_size`` adds the size head's output as a fourth channel (the model must have one).
 
     An image no larger than ``tile_size`` in both axes goes through in one pass. A larger
     one: GroupNorm statistics from a pass over its central ``stats_size`` window
@@ -252,7 +272,10 @@ def head_outputs(
     stride = model.stride
     device = torch.device(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    net = _with_measured_norms(nn.Sequential(model.trunk, model.head(head))).to(device).eval()
+    if with_size and model.size_head is None:
+        raise HydraPickerError("the model has no size head")
+    top = _WithSize(model.head(head), model.size_head) if with_size else model.head(head)
+    net = _with_measured_norms(nn.Sequential(model.trunk, top)).to(device).eval()
 
     def run(crop: torch.Tensor) -> torch.Tensor:
         with autocast:
@@ -267,7 +290,7 @@ def head_outputs(
         run(x[r0 : r0 + window, c0 : c0 + window])
         _freeze_norms(net)
         margin = tile_margin(model)
-        out = torch.empty(3, -(-rows // stride), -(-cols // stride))
+        out = torch.empty(4 if with_size else 3, -(-rows // stride), -(-cols // stride))
         for r_start, r_stop, r_first, r_last in tile_spans(rows, tile_size, margin, stride):
             for c_start, c_stop, c_first, c_last in tile_spans(cols, tile_size, margin, stride):
                 tile = run(x[r_start:r_stop, c_start:c_stop])
@@ -287,6 +310,81 @@ def prepare_micrograph(image: np.ndarray, scale: float, target_diameter_px: floa
         return normalise_micrograph(rescale_image(image, scale), target_diameter_px)
     except HydraPickerError as exc:
         raise HydraPickerError(f"{name}: {exc}" if name else str(exc)) from exc
+
+
+def estimate_size_correction(outputs: torch.Tensor, sizes: torch.Tensor, min_score: float = SIZE_MIN_SCORE) -> float | None:
+    """How much larger than the trained diameter the particles look: ``exp`` of the size head's
+    median over the anchors that score at least ``min_score``, weighted by score squared.
+
+    Args:
+        outputs: a head's output ``[3, h, w]``; sizes: the size head's ``[h, w]`` (log size).
+
+    Returns:
+        The factor (1.25: particles look 25 % larger than the model was trained on, i.e. the
+        diameter given was 20 % too small), or None when no anchor scores ``min_score``.
+    """
+    scores = torch.sigmoid(outputs[2]).reshape(-1).double()
+    logs = sizes.reshape(-1).double()
+    confident = scores >= min_score
+    if not bool(confident.any()):
+        return None
+    weight, logs = scores[confident] ** 2, logs[confident]
+    order = torch.argsort(logs)
+    cumulative = torch.cumsum(weight[order], 0)
+    median = logs[order][int(torch.searchsorted(cumulative, cumulative[-1] / 2))]
+    return float(torch.exp(median))
+
+
+def size_corrected_outputs(
+    model: HydraPicker,
+    meta: ModelMeta,
+    image: np.ndarray,
+    scale: float,
+    head: str = GENERIC,
+    *,
+    prepared: np.ndarray | None = None,
+    name: str = "",
+    passes: int = SIZE_PASSES,
+    tile_size: int = PICK_TILE_SIZE,
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+) -> tuple[torch.Tensor, float]:
+    """Head outputs ``[3, h, w]`` of a micrograph, at the scale where its particles look the size the model was trained on.
+
+    Users guess the diameter, and a detector localises particles badly when they look much
+    larger than its training size. A model with a size head reads, from the first pass at
+    ``scale`` (from the diameter given), how large the particles look
+    (:func:`estimate_size_correction`), rescales the micrograph by the inverse and runs again,
+    until the estimate is within ``SIZE_TOLERANCE`` or ``passes`` passes are spent; the overall
+    correction stays within ``SIZE_CORRECTION_RANGE`` of the given diameter. Without a size
+    head, or with ``passes=1``: one pass at ``scale``.
+
+    Args:
+        image: the micrograph as stored; prepared: it already prepared at ``scale`` (saves one preparation).
+
+    Returns:
+        ``(outputs, scale)``: the last pass's outputs and the scale (rescaled px per stored px) it ran at.
+    """
+    given = scale
+    if prepared is None:
+        prepared = prepare_micrograph(image, scale, meta.target_diameter_px, name)
+    low, high = SIZE_CORRECTION_RANGE
+    for n in range(max(1, passes)):
+        with_size = model.size_head is not None and n < passes - 1
+        outputs = head_outputs(model, prepared, head, tile_size=tile_size, device=device, bf16=bf16, with_size=with_size)
+        if not with_size:
+            return outputs, scale
+        outputs, sizes = outputs[:3], outputs[3]
+        factor = estimate_size_correction(outputs, sizes)
+        if factor is None or abs(np.log(factor)) < np.log(SIZE_TOLERANCE):
+            return outputs, scale
+        # The particles look `factor` times the trained size: shrink the micrograph by it.
+        corrected = float(np.clip(given / (scale / factor), low, high))
+        if abs(np.log(corrected * scale / given)) < 1e-9:
+            return outputs, scale  # at the edge of the range already
+        scale = given / corrected
+        prepared = prepare_micrograph(image, scale, meta.target_diameter_px, name)
+    raise AssertionError("unreachable: the last pass returns")
 
 
 def picks_from_outputs(
@@ -345,6 +443,7 @@ def pick_micrograph(
     tile_size: int = PICK_TILE_SIZE,
     whole_boxes: bool = False,
     refine_radius: float = REFINE_RADIUS,
+    correct_size: bool = True,
     device: str | torch.device = "cpu",
     bf16: bool = False,
 ) -> Picks:
@@ -361,15 +460,19 @@ def pick_micrograph(
         tile_size: largest square (rescaled px) run at once; see :func:`head_outputs`.
         whole_boxes: drop picks whose box reaches past the micrograph's edge.
         refine_radius: see :func:`picks_from_outputs` (0: each pick stays on its anchor's guess).
+        correct_size: with a model that has a size head, correct the diameter given when the
+            particles look another size (:func:`size_corrected_outputs`); False: use it as given.
         device, bf16: where and in what precision the network runs.
 
     Returns:
         Picks in the stored frame (x = column, y = row), descending score, box size = the
-        particle diameter in stored pixels; none outside the micrograph.
+        particle diameter in stored pixels (as corrected); none outside the micrograph.
     """
     scale = picking_scale(meta, pixel_size, diameter_A, diameter_px)
-    prepared = prepare_micrograph(image, scale, meta.target_diameter_px, name)
-    outputs = head_outputs(model, prepared, head, tile_size=tile_size, device=device, bf16=bf16)
+    outputs, scale = size_corrected_outputs(
+        model, meta, np.asarray(image), scale, head, name=name, passes=SIZE_PASSES if correct_size else 1,
+        tile_size=tile_size, device=device, bf16=bf16,
+    )  # fmt: skip
     return picks_from_outputs(
         outputs, meta, scale, (int(np.shape(image)[0]), int(np.shape(image)[1])), threshold, name=name, nms_iou=nms_iou,
         whole_boxes=whole_boxes, refine_radius=refine_radius,
@@ -411,6 +514,7 @@ class PickSettings:
     tile_size: int = PICK_TILE_SIZE
     whole_boxes: bool = False
     refine_radius: float = REFINE_RADIUS
+    correct_size: bool = True
     device: str = "cpu"
     bf16: bool = False
 
@@ -473,9 +577,12 @@ class Picker:
         ``candidates(...).above(t)``, and one network pass gives both.
         """
         s = self.settings
-        outputs = head_outputs(self.model, prepared.image, s.head, tile_size=s.tile_size, device=s.device, bf16=s.bf16)
+        outputs, scale = size_corrected_outputs(
+            self.model, self.meta, prepared.data, prepared.scale, s.head, prepared=prepared.image, name=str(prepared.path),
+            passes=SIZE_PASSES if s.correct_size else 1, tile_size=s.tile_size, device=s.device, bf16=s.bf16,
+        )  # fmt: skip
         return picks_from_outputs(
-            outputs, self.meta, prepared.scale, prepared.data.shape, min(CANDIDATE_FLOOR, s.threshold),
+            outputs, self.meta, scale, prepared.data.shape, min(CANDIDATE_FLOOR, s.threshold),
             name=prepared.name, nms_iou=s.nms_iou, whole_boxes=s.whole_boxes, refine_radius=s.refine_radius,
         )  # fmt: skip
 

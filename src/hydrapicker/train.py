@@ -65,13 +65,14 @@ from hydrapicker.defaults import (
     FOCAL_GAMMA,
     LAMBDA_BIAS,
     LAMBDA_CLS,
+    LAMBDA_SIZE,
     MATCH_IOU,
     PAD_TO,
     PARTICLE_DIAMETER_PX,
 )
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.files import atomic_path, atomic_write_text, save_figure
-from hydrapicker.loss import detection_loss, head_bias_loss
+from hydrapicker.loss import detection_loss, head_bias_loss, size_loss
 from hydrapicker.memory import keep_large_blocks
 from hydrapicker.model import GENERIC, HydraPicker, ModelPreset, get_preset
 
@@ -104,6 +105,9 @@ class TrainConfig:
     0.74 after stage 1, 2.2-3.5 in stage 2); 1e-4 held it (tiny preset, measured, benchmarks/REPORT.md); ``max_grad_norm`` guards the first steps.
     ``ignore_iou`` (None: off, as the paper) leaves anchors that overlap a particle that much
     but are not matched out of the classification loss. ``channels_last`` only changes speed.
+    ``size_head`` adds the size head (:class:`hydrapicker.model.HydraPicker`), trained with
+    ``lambda_size`` times its loss on the scale jitter each crop was drawn with; it is what lets
+    ``pick`` correct a wrong particle diameter, so it wants a wide ``scale_jitter``.
     """
 
     preset: str = "small"
@@ -120,6 +124,8 @@ class TrainConfig:
     max_grad_norm: float | None = 10.0
     lambda_cls: float = LAMBDA_CLS
     lambda_bias: float = LAMBDA_BIAS
+    size_head: bool = False
+    lambda_size: float = LAMBDA_SIZE
     focal_alpha: float = FOCAL_ALPHA
     focal_gamma: float = FOCAL_GAMMA
     match_iou: float = MATCH_IOU
@@ -246,7 +252,8 @@ def load_checkpoint(path: str | Path) -> tuple[HydraPicker, ModelMeta]:
     """Load a checkpoint written by :func:`train` as a model in eval mode (channels-last), with its metadata."""
     payload = _load_payload(path)
     meta = _meta_from_payload(payload)
-    model = HydraPicker(meta.preset, meta.head_names)
+    size_head = any(key.startswith("size_head.") for key in payload["model"])
+    model = HydraPicker(meta.preset, meta.head_names, size_head=size_head)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:
@@ -310,13 +317,25 @@ def _expected_particles(batch, density: Mapping[tuple[str, str], float] | None) 
     return [density[(batch.dataset, stem)] * area for stem, area in zip(batch.micrographs, areas)]
 
 
+def _trains_size(model: HydraPicker) -> bool:
+    # A size head that is there and not frozen (fine-tuning freezes it with the trunk).
+    return model.size_head is not None and any(p.requires_grad for p in model.size_head.parameters())
+
+
 def _batch_losses(
     model: HydraPicker, batch, head: str, config: TrainConfig, density: Mapping[tuple[str, str], float] | None = None,
     net: torch.nn.Module | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loc, cls, size)`` of one batch; ``size`` is 0 unless the model trains a size head."""
     # net: the model as trained (its DistributedDataParallel wrapper under torchrun)
     device = next(model.parameters()).device
-    outputs = (model if net is None else net)(batch.images.to(device, non_blocking=True), head)
+    with_size = _trains_size(model) and batch.sizes is not None
+    outputs = (model if net is None else net)(batch.images.to(device, non_blocking=True), head, with_size=with_size)
+    size = None
+    if with_size:
+        outputs, sizes = outputs
+        size = size_loss(sizes, [c.to(device) for c in batch.centres], batch.sizes.to(device), box_size=config.target_diameter_px,
+                         stride=model.stride, iou_threshold=config.match_iou)  # fmt: skip
     loss = detection_loss(
         outputs,
         [c.to(device) for c in batch.centres],
@@ -328,7 +347,7 @@ def _batch_losses(
         gamma=config.focal_gamma,
         expected_particles=_expected_particles(batch, density),
     )
-    return loss.loc, loss.cls
+    return loss.loc, loss.cls, loss.loc.new_zeros(()) if size is None else size
 
 
 def _validate(model: HydraPicker, batches, stage: int, config: TrainConfig, density=None) -> dict[str, float]:
@@ -338,11 +357,12 @@ def _validate(model: HydraPicker, batches, stage: int, config: TrainConfig, dens
     with torch.no_grad():
         for index in distributed.shard(range(len(batches))):  # each rank its share; all of them in one process
             batch = batches.batch(index)
-            loc, cls = _batch_losses(model, batch, GENERIC if stage == 1 else batch.dataset, config, density)
-            values.append((index, loc.item(), cls.item()))
-    _, locs, clss = zip(*_in_batch_order(values))
+            loc, cls, size = _batch_losses(model, batch, GENERIC if stage == 1 else batch.dataset, config, density)
+            values.append((index, loc.item(), cls.item(), size.item()))
+    _, locs, clss, sizes = zip(*_in_batch_order(values))
     loc, cls = float(np.mean(locs)), float(np.mean(clss))
-    return {"val_loss": loc + config.lambda_cls * cls, "val_loc": loc, "val_cls": cls}
+    # The best checkpoint is chosen on picking (loc + cls) alone; the size head is logged.
+    return {"val_loss": loc + config.lambda_cls * cls, "val_loc": loc, "val_cls": cls, "val_size": float(np.mean(sizes))}
 
 
 def _in_batch_order(values: list[tuple]) -> list[tuple]:
@@ -365,7 +385,8 @@ def _data_parallel(model: HydraPicker) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-LOG_FIELDS = ("epoch", "train_loss", "train_loc", "train_cls", "train_bias", "val_loss", "val_loc", "val_cls", "lr", "seconds")
+LOG_FIELDS = ("epoch", "train_loss", "train_loc", "train_cls", "train_bias", "train_size", "val_loss", "val_loc", "val_cls", "val_size",
+              "lr", "seconds")
 
 
 def _write_logs(stage_dir: Path, rows: list[dict], stage: int, val_split: str) -> None:
@@ -373,7 +394,8 @@ def _write_logs(stage_dir: Path, rows: list[dict], stage: int, val_split: str) -
     writer = csv.DictWriter(text, fieldnames=LOG_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in LOG_FIELDS})
+        # .get: rows logged before the size columns existed (a resumed older run) leave them empty
+        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in LOG_FIELDS})
     atomic_write_text(stage_dir / "log.csv", text.getvalue())
     atomic_write_text(
         stage_dir / "log.json", json.dumps({"stage": stage, "validation_split": val_split, "epochs": rows}, indent=1) + "\n"
@@ -402,14 +424,16 @@ def _plot_losses(path: Path, rows: list[dict], stage: int, val_split: str) -> No
 def _build_stage_model(stage: int, datasets: Sequence, config: TrainConfig, init_from: Path | None) -> HydraPicker:
     preset = get_preset(config.preset)
     if stage == 1:
-        return HydraPicker(preset)
+        return HydraPicker(preset, size_head=config.size_head)
     assert init_from is not None
     single, meta = load_checkpoint(init_from)
     if meta.preset != preset:
         raise HydraPickerError(f"{init_from}: stage-1 model has preset {meta.preset.name!r}, config asks for {preset.name!r}")
-    model = HydraPicker(preset)
+    model = HydraPicker(preset, size_head=single.size_head is not None)
     model.trunk.load_state_dict(single.trunk.state_dict())
     model.generic.load_state_dict(single.generic.state_dict())
+    if single.size_head is not None:
+        model.size_head.load_state_dict(single.size_head.state_dict())
     for spec in datasets:
         model.add_head(spec.name, init_from=GENERIC)
     return model
@@ -507,13 +531,13 @@ def train_stage(
                 last = k == per_rank - 1
                 # DDP averages the gradients over ranks on the step's last backward only
                 with contextlib.nullcontext() if last or net is model else net.no_sync():
-                    loc, cls = _batch_losses(model, batch, GENERIC if stage == 1 else batch.dataset, config, particle_density, net)
-                    loss = (loc + config.lambda_cls * cls) / per_rank
+                    loc, cls, size = _batch_losses(model, batch, GENERIC if stage == 1 else batch.dataset, config, particle_density, net)
+                    loss = (loc + config.lambda_cls * cls + config.lambda_size * size) / per_rank
                     if last:  # the bias term once per step (see the module docstring)
                         bias = head_bias_loss(model) if stage == 2 else loc.new_zeros(())
                         loss = loss + config.lambda_bias * bias
                     loss.backward()
-                values.append((index, loc.item(), cls.item()))
+                values.append((index, loc.item(), cls.item(), size.item()))
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimiser.step()
@@ -523,7 +547,7 @@ def train_stage(
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if not values:
             raise HydraPickerError("the training split yielded no batches (no training micrographs?)")
-        _, locs, clss = zip(*_in_batch_order(values))  # every rank's batches
+        _, locs, clss, sizes = zip(*_in_batch_order(values))  # every rank's batches
         train_loc, train_cls, train_bias = np.mean(locs), np.mean(clss), np.mean(biases)
         row = {
             "epoch": epoch,
@@ -531,6 +555,7 @@ def train_stage(
             "train_loc": float(train_loc),
             "train_cls": float(train_cls),
             "train_bias": float(train_bias),
+            "train_size": float(np.mean(sizes)),
             **_validate(model, val_batches, stage, config, particle_density),
             "lr": float(optimiser.param_groups[0]["lr"]),
         }

@@ -50,6 +50,9 @@ def add_pick_placing_arguments(picking: argparse._ArgumentGroup) -> None:
     picking.add_argument("--refine-radius", type=float, default=REFINE_RADIUS, metavar="R",
                          help="move each pick to the consensus of the anchors' centres within R box sizes; 0: off (default: %(default)s)")
     picking.add_argument("--whole-boxes", action="store_true", help="drop picks whose box reaches past the micrograph edge")
+    picking.add_argument("--fixed-diameter", action="store_true",
+                         help="use the diameter exactly as given; by default a model with a size head corrects it per micrograph "
+                              "when the particles look another size (within x0.6-1.6)")  # fmt: skip
 
 
 def pick_settings(args: argparse.Namespace) -> "PickSettings":
@@ -59,5 +62,5 @@ def pick_settings(args: argparse.Namespace) -> "PickSettings":
     return PickSettings(
         diameter_A=args.diameter_A, diameter_px=args.diameter_px, pixel_size=args.pixel_size, head=args.head,
         threshold=args.threshold, nms_iou=args.nms_iou, refine_radius=args.refine_radius, tile_size=args.tile, whole_boxes=args.whole_boxes,
-        device=args.device, bf16=args.bf16,
+        correct_size=not args.fixed_diameter, device=args.device, bf16=args.bf16,
     )  # fmt: skip

@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="batches averaged per optimiser step, per process (default: %(default)s)")  # fmt: skip
     group.add_argument("--scale-jitter", type=float, nargs=2, default=defaults.scale_jitter, metavar=("LO", "HI"),
                        help="extra rescale of each training crop, log-uniform in [LO, HI] (default: %(default)s)")  # fmt: skip
+    group.add_argument("--size-head", action="store_true",
+                       help="also train a size head, which lets `pick` correct a wrong particle diameter (wants a wide --scale-jitter)")  # fmt: skip
     group = parser.add_argument_group("run")
     group.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     group.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
@@ -77,6 +79,7 @@ def _train(args: argparse.Namespace) -> int:
         val_batches=args.val_batches,
         t0_epochs=args.t0_epochs,
         scale_jitter=tuple(args.scale_jitter),
+        size_head=args.size_head,
         seed=args.seed,
         accumulate=args.accumulate,
         threads=args.threads,
