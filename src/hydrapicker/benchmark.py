@@ -375,9 +375,12 @@ def _same(spec: DatasetSpec) -> DatasetSpec:
 
 
 def network_picks(out_dir: Path, method: str, checkpoint: Path, head: str, spec: DatasetSpec, config: BenchmarkConfig,
-                  diameter_factor: float = 1.0, resolve: Callable[[DatasetSpec], DatasetSpec] = _same) -> Path:  # fmt: skip
+                  diameter_factor: float = 1.0, resolve: Callable[[DatasetSpec], DatasetSpec] = _same,
+                  correct_size: bool = True) -> Path:  # fmt: skip
     """Pick the test micrographs of ``spec`` with one head into ``picks/<method>/<dataset>.csv`` (once);
-    ``resolve`` gives the spec with its micrographs when they are needed."""
+    ``resolve`` gives the spec with its micrographs when they are needed. The diameter each
+    micrograph was picked at (given x ``diameter_factor``, or as the size head corrected it
+    with ``correct_size``) goes to ``<dataset>.diameters.json`` beside it."""
     from hydrapicker.pick import load_picking_model, pick_micrograph
 
     target = _picks_path(out_dir, method, spec.name)
@@ -391,11 +394,22 @@ def network_picks(out_dir: Path, method: str, checkpoint: Path, head: str, spec:
         micrograph = read_micrograph(spec.micrograph_path(stem))
         every.append(pick_micrograph(
             model, meta, micrograph.data, None, diameter_px=spec.diameter_px * diameter_factor, head=head,
-            threshold=SCORE_FLOOR, name=stem, device=config.device,
+            threshold=SCORE_FLOOR, name=stem, device=config.device, correct_size=correct_size,
         ))  # fmt: skip
     target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(_diameters_path(target), json.dumps({p.micrograph: p.box_size for p in every}) + "\n")
     write_picks(target, every, "csv")
     return target
+
+
+def _diameters_path(picks_file: Path) -> Path:
+    return picks_file.with_suffix(".diameters.json")
+
+
+def picked_diameters(out_dir: Path, method: str, dataset: str) -> list[float]:
+    """The diameters (stored px) the test micrographs of ``dataset`` were picked at by ``method`` (empty if not recorded)."""
+    path = _diameters_path(_picks_path(out_dir, method, dataset))
+    return list(json.loads(path.read_text()).values()) if path.exists() else []
 
 
 def baseline_picks(out_dir: Path, name: str, script: Path, spec: DatasetSpec,
@@ -498,13 +512,14 @@ def run_benchmark(config: BenchmarkConfig, out_dir: str | os.PathLike, *, say: C
     def column(rows: Sequence[DatasetSpec], make: Callable[[DatasetSpec], Path | str]) -> dict[str, Evaluation | str]:
         return {spec.name: score(make(spec), spec, truths[spec.name]) for spec in rows}
 
-    def picks(method: str, checkpoint: Path | Callable[[DatasetSpec], Path], head: str | None = "generic", factor: float = 1.0):
+    def picks(method: str, checkpoint: Path | Callable[[DatasetSpec], Path], head: str | None = "generic", factor: float = 1.0,
+              correct_size: bool = True):  # fmt: skip
         """A column maker: one head (None: the dataset's own) of a checkpoint (or one per dataset)."""
         def make(spec: DatasetSpec) -> Path:
             if _picks_path(out_dir, method, spec.name).exists():
                 return _picks_path(out_dir, method, spec.name)
             path = checkpoint(spec) if callable(checkpoint) else checkpoint
-            return network_picks(out_dir, method, path, head or spec.name, spec, config, factor, resolve)
+            return network_picks(out_dir, method, path, head or spec.name, spec, config, factor, resolve, correct_size)
         return make
 
     say("Table 1: generic vs specialised heads on the source test micrographs")
@@ -530,10 +545,13 @@ def run_benchmark(config: BenchmarkConfig, out_dir: str | os.PathLike, *, say: C
 
         t3[f"fewshot-{base}"] = timed("picking", column, targets, picks(f"fewshot-{base}", head, None))
     say("zero-shot AP against the error of the given diameter")
-    diameter = {}
-    for error in config.diameter_errors:
-        method = "generic" if error == 0 else f"generic-d{error:+.2f}"
-        diameter[error] = timed("picking", column, zero_rows, picks(method, multihead, factor=1.0 + error))
+    diameter: dict[str, dict[float, dict]] = {"generic": {}}
+    if config.size_head:  # the same picks with the diameter used as given, to show what the size head does
+        diameter["fixed"] = {}
+    for kind, curve in diameter.items():
+        for error in config.diameter_errors:
+            method = kind if error == 0 else f"{kind}-d{error:+.2f}"
+            curve[error] = timed("picking", column, zero_rows, picks(method, multihead, factor=1.0 + error, correct_size=kind == "generic"))
     real_results: dict[str, dict[str, Evaluation | str]] = {}
     if reals:
         from hydrapicker.pick import pretrained_model_path
@@ -567,7 +585,8 @@ def run_benchmark(config: BenchmarkConfig, out_dir: str | os.PathLike, *, say: C
               targets, t3, {"fewshot-multi": "multi-head", "fewshot-single-head": "single-head"}),
     ]  # fmt: skip
     timings["total"] = sum(timings.values())
-    return write_report(out_dir, config, tables, diameter, real_results, reals, timings, config_path, len(targets))
+    return write_report(out_dir, config, tables, diameter, real_results, reals, timings, config_path, len(targets),
+                        {name: spec.diameter_px for name, spec in specs.items()})  # fmt: skip
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -628,25 +647,33 @@ def _plot_curves(path: Path, t: _Table) -> None:
     save_figure(fig, path, dpi=90)
 
 
-def _plot_diameter(path: Path, curve: dict[float, dict[str, float]]) -> None:
+#: The curves of the diameter-error section: picks with the size head's correction, and the diameter used as given.
+_DIAMETER_KINDS = {"generic": "size corrected", "fixed": "diameter as given"}
+
+
+def _plot_diameter(path: Path, curves: dict[str, dict[float, dict[str, float]]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    errors = sorted(curve)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for key, label in (("targets", "mean over targets"), ("unseen", "mean over unseen proteins")):
-        ax.plot([100 * e for e in errors], [curve[e][key] for e in errors], marker="o", label=label)
-    ax.axhline(curve[0.0]["targets"] - 0.05, color="grey", linestyle=":", label="targets at true size − 0.05")
+    for kind, curve in curves.items():
+        errors = sorted(curve)
+        style = "-" if kind == "generic" else "--"
+        for key, label, colour in (("targets", "targets", "C0"), ("unseen", "unseen proteins", "C1")):
+            ax.plot([100 * e for e in errors], [curve[e][key] for e in errors], style, marker="o", color=colour,
+                    label=f"{label}, {_DIAMETER_KINDS[kind]}")  # fmt: skip
+    ax.axhline(curves["generic"][0.0]["targets"] - 0.05, color="grey", linestyle=":", label="targets at true size − 0.05")
     ax.set(xlabel="error of the given particle diameter (%)", ylabel="zero-shot AP (generic head)", ylim=(0, 1))
     ax.legend(fontsize=8)
     save_figure(fig, path, dpi=90)
 
 
 def write_report(out_dir: Path, config: BenchmarkConfig, tables: list[_Table], diameter: dict, real_results: dict,
-                 reals: list[DatasetSpec], timings: dict[str, float], config_path: str | None, n_targets: int) -> Path:  # fmt: skip
-    """``REPORT.md`` and its figures (``figures/*.png``) in ``out_dir``."""
+                 reals: list[DatasetSpec], timings: dict[str, float], config_path: str | None, n_targets: int,
+                 truths_px: dict[str, float]) -> Path:  # fmt: skip
+    """``REPORT.md`` and its figures (``figures/*.png``) in ``out_dir``; ``truths_px``: each dataset's true diameter (px)."""
     import torch
 
     from hydrapicker import __version__
@@ -673,7 +700,8 @@ def write_report(out_dir: Path, config: BenchmarkConfig, tables: list[_Table], d
         f"{config.few_shot_micrographs} micrographs. Seed {config.seed}.",
         f"- Multi-head model: preset `{config.preset}`, stage 1 {config.epochs} epochs, stage 2 {config.stage2_epochs} epochs, "
         f"{config.batches_per_epoch} batches of 4 crops each (Adam lr {_train_config(config).lr:g}, then SGD lr "
-        f"{_train_config(config).stage2_lr:g} with momentum), scale jitter {tuple(config.scale_jitter)}. Single models: "
+        f"{_train_config(config).stage2_lr:g} with momentum), scale jitter {tuple(config.scale_jitter)}"
+        f"{', with a size head' if config.size_head else ''}. Single models (no size head): "
         f"{config.single_epochs} × {config.single_batches} batches from scratch. Few-shot heads: {config.finetune_epochs} × "
         f"{config.finetune_batches} batches.",
         "- Scores: `hydrapicker.evaluate` (IoU ≥ 0.6 with the true diameter as box, AP all-point interpolated, AUROC with "
@@ -688,20 +716,41 @@ def write_report(out_dir: Path, config: BenchmarkConfig, tables: list[_Table], d
         figure = figures / f"table{i}.png"
         _plot_curves(figure, t)
         lines += ["", f"![{t.title}](figures/{figure.name})", ""]
-    lines += ["## Robustness to the particle diameter", ""]
+    lines += ["## Robustness to the particle diameter", "",
+              "Zero-shot picks of the generic head with the diameter given to `pick` off by the error shown. "
+              + ("'Size corrected' is `pick`'s default: the model's size head reads how large the particles look and "
+                 "corrects the diameter per micrograph; 'as given' is `pick --fixed-diameter`. 'Picked at' is the diameter "
+                 "the corrected picks were made at over the true one (mean over the target micrographs)."
+                 if "fixed" in diameter else "The model has no size head: the diameter is used as given."), ""]  # fmt: skip
     target_names = {name for name in tables[1].rows[:n_targets]}
-    curve = {}
-    lines += ["| diameter error | mean AP targets | mean AP unseen | mean AUROC targets |", "|---:|---:|---:|---:|"]
-    for error, results in sorted(diameter.items()):
-        good = {n: r for n, r in results.items() if isinstance(r, Evaluation)}
-        tgt = _mean([r.ap for n, r in good.items() if n in target_names])
-        uns = _mean([r.ap for n, r in good.items() if n not in target_names])
-        curve[error] = {"targets": tgt, "unseen": uns}
-        lines.append(f"| {100 * error:+.0f} % | {tgt:.3f} | {uns:.3f} | {_mean([r.auroc for n, r in good.items() if n in target_names]):.3f} |")
-    drop = max(curve[0.0]["targets"] - curve[e]["targets"] for e in curve)
-    lines += ["", f"Largest drop of the mean target AP from the true diameter: {drop:.3f} (goal: at most 0.05 for −20 % and +25 %).",
-              "", "![AP against diameter error](figures/diameter.png)", ""]  # fmt: skip
-    _plot_diameter(figures / "diameter.png", curve)
+    curves: dict[str, dict[float, dict[str, float]]] = {}
+    for kind, by_error in diameter.items():
+        curves[kind] = {}
+        for error, results in sorted(by_error.items()):
+            good = {n: r for n, r in results.items() if isinstance(r, Evaluation)}
+            curves[kind][error] = {
+                "targets": _mean([r.ap for n, r in good.items() if n in target_names]),
+                "unseen": _mean([r.ap for n, r in good.items() if n not in target_names]),
+                "auroc_targets": _mean([r.auroc for n, r in good.items() if n in target_names]),
+                "picked_at": _mean([d / truths_px[n] for n in target_names for d in
+                                    picked_diameters(out_dir, kind if error == 0 else f"{kind}-d{error:+.2f}", n)]),
+            }  # fmt: skip
+    kinds = list(curves)
+    header = "| diameter error | " + " | ".join(
+        f"AP targets ({_DIAMETER_KINDS[k]}) | AP unseen ({_DIAMETER_KINDS[k]}) | AUROC targets ({_DIAMETER_KINDS[k]})" for k in kinds
+    ) + (" | picked at / true (targets) |" if "fixed" in curves else " |")  # fmt: skip
+    lines += [header, "|---:|" + "---:|" * (3 * len(kinds) + ("fixed" in curves))]
+    for error in sorted(curves["generic"]):
+        cells = [f"{curves[k][error]['targets']:.3f} | {curves[k][error]['unseen']:.3f} | {curves[k][error]['auroc_targets']:.3f}" for k in kinds]
+        extra = f" | ×{curves['generic'][error]['picked_at']:.2f}" if "fixed" in curves else ""
+        lines.append(f"| {100 * error:+.0f} % | " + " | ".join(cells) + extra + " |")
+    lines.append("")
+    for kind in kinds:
+        drop = max(curves[kind][0.0]["targets"] - curves[kind][e]["targets"] for e in curves[kind])
+        lines.append(f"Largest drop of the mean target AP from the true diameter, {_DIAMETER_KINDS[kind]}: {drop:.3f} "
+                     "(goal: at most 0.05 for −20 % and +25 %).")  # fmt: skip
+    lines += ["", "![AP against diameter error](figures/diameter.png)", ""]
+    _plot_diameter(figures / "diameter.png", curves)
     if reals:
         labels = {"shipped": "shipped model", "generic": "this run's generic head", **{n: n for n, _ in config.baselines}}
         t = _Table("Zero-shot on real micrographs", "", [s.name for s in reals], labels,
@@ -719,7 +768,7 @@ def write_report(out_dir: Path, config: BenchmarkConfig, tables: list[_Table], d
     summary = {
         "tables": {t.title: {m: {n: (r.to_json() if isinstance(r, Evaluation) else r) for n, r in t.results[m].items()} for m in t.columns}
                    for t in tables},
-        "diameter": {str(e): c for e, c in curve.items()},
+        "diameter": {kind: {str(e): c for e, c in curve.items()} for kind, curve in curves.items()},
         "timings": timings,
     }  # fmt: skip
     atomic_write_text(out_dir / "results.json", json.dumps(summary, indent=1) + "\n")
