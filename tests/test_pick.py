@@ -13,7 +13,7 @@ from _synthetic import gaussian_spots, spread_tiny_model, write_checkpoint
 from hydrapicker import pick as pick_module
 from hydrapicker.cli import main as cli_main
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
-from hydrapicker.model import HydraPicker
+from hydrapicker.model import HydraPicker, SizeHead
 from hydrapicker.pick import (
     OVERLAY_COLOUR,
     PickSettings,
@@ -167,23 +167,24 @@ def test_a_pick_is_refined_to_where_the_anchors_around_it_agree_the_particle_is(
 # --- a diameter given wrong: the size head ---------------------------------------------------
 
 
-def test_size_estimate_is_the_score_squared_weighted_median_of_the_confident_anchors():
-    outputs = torch.full((3, 1, 5), -10.0)  # scores ~0: ignored
-    outputs[2, 0, :3] = torch.logit(torch.tensor([0.9, 0.5, 0.5]))
+def test_size_estimate_is_the_mean_log_size_of_the_cells_where_the_picks_are():
+    outputs = torch.full((3, 2, 10), -10.0)  # scores ~0: those cells are not read
+    # one confident anchor in each of the first three cells (2 x 2 anchors each; the best one counts)
+    outputs[2, 1, 0], outputs[2, 0, 3], outputs[2, 1, 4] = (torch.logit(torch.tensor(p)) for p in (0.9, 0.5, 0.5))
     sizes = torch.log(torch.tensor([[1.3, 0.8, 0.9, 5.0, 5.0]]))
-    # weights 0.81, 0.25, 0.25: the 0.9-scored anchor outweighs the two others together
-    assert estimate_size_correction(outputs, sizes) == pytest.approx(1.3)
-    outputs[2, 0, 0] = torch.logit(torch.tensor(0.6))  # 0.36 < 0.5: now the median is 0.9
-    assert estimate_size_correction(outputs, sizes) == pytest.approx(0.9)
-    assert estimate_size_correction(torch.full((3, 2, 2), -10.0), torch.zeros(2, 2)) is None
+    assert estimate_size_correction(outputs, sizes) == pytest.approx((1.3 * 0.8 * 0.9) ** (1 / 3))
+    outputs[2, 1, 0] = torch.logit(torch.tensor(0.2))  # below SIZE_MIN_SCORE: no longer read
+    assert estimate_size_correction(outputs, sizes) == pytest.approx((0.8 * 0.9) ** 0.5)
+    assert estimate_size_correction(torch.full((3, 2, 2), -10.0), torch.zeros(1, 1)) is None
+    with pytest.raises(ValueError, match="does not fit"):
+        estimate_size_correction(outputs, sizes[:, :3])
 
 
 def _constant_size_model(log_size: float) -> HydraPicker:
     """The spread tiny model with a size head that says every particle looks exp(log_size) times the trained size."""
     model = spread_tiny_model(0)
-    model.size_head = type(model.generic)(model.preset, outputs=1)
+    model.size_head = SizeHead()
     with torch.no_grad():
-        model.size_head.predict.weight.zero_()
         model.size_head.predict.bias.fill_(log_size)
     return model.eval()
 

@@ -22,7 +22,7 @@ import os
 import tomllib
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -528,6 +528,7 @@ class _Prepared:
     centres: np.ndarray  # [n, 2] (x, y) rescaled px
     mean: float  # of the background: pixels farther than one diameter from every centre
     std: float
+    oversample: float = 1.0  # the particle is oversample x target_diameter_px wide in image
 
 
 def background_stats(image: np.ndarray, centres: np.ndarray, diameter_px: float) -> tuple[float, float]:
@@ -726,18 +727,38 @@ class CropBatches:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
+        oversample = self._oversample(spec)
+        diameter_px = self.target_diameter_px * oversample
         if self.cache_dir is None:
-            prepared = _prepare(spec, stem, self.target_diameter_px)
+            prepared = _prepare(spec, stem, diameter_px)
         else:
-            prepared = _prepare_via_disk(spec, stem, self.target_diameter_px, self.cache_dir)
+            prepared = _prepare_via_disk(spec, stem, diameter_px, self.cache_dir)
+        prepared = replace(prepared, oversample=oversample)
         self._cache[key] = prepared
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return prepared
 
+    def _oversample(self, spec: DatasetSpec) -> float:
+        """How much larger than ``target_diameter_px`` the particle is kept in the prepared micrograph.
+
+        ``pick`` rescales a micrograph once, from its stored pixels, to whatever scale the given
+        diameter asks for: a particle shown 1.25x too large has crisp noise around it, not the
+        smooth noise of an image enlarged twice. So crops are made in one resampling from a
+        micrograph prepared at the largest scale any crop needs (``high`` x the target scale),
+        never above its stored pixels: every crop is then shrunk from it, or enlarged from the
+        stored pixels themselves, as at pick time. Resampling the target-scale micrograph
+        instead taught the model that large particles come with smooth noise, and neither it
+        nor a size head then recognised large particles in a micrograph rescaled once
+        (benchmarks/scale_search.md).
+        """
+        _, high = self.scale_jitter
+        return min(high, 1.0 / rescale_factor(spec.pixel_size, spec.diameter, self.target_diameter_px))
+
     def _crop(self, prep: _Prepared, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         low, high = self.scale_jitter
-        jitter = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if high > low else low
+        apparent = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if high > low else low
+        jitter = apparent / prep.oversample  # the resampling of the prepared micrograph that shows it so
         angle = float(rng.uniform(0.0, 2 * np.pi)) if self.rotate else 0.0
         rows, cols = prep.image.shape
         canvas = np.array([max(math.ceil(cols * jitter), self.pad_to), max(math.ceil(rows * jitter), self.pad_to)])
@@ -779,7 +800,7 @@ class CropBatches:
 
         xy = prep.centres @ forward.T + offset if len(prep.centres) else np.zeros((0, 2))
         inside = np.all((xy >= -0.5) & (xy < self.crop_size - 0.5), axis=1)
-        return crop.astype(np.float32, copy=False), xy[inside], outside, jitter
+        return crop.astype(np.float32, copy=False), xy[inside], outside, apparent
 
 
 def _crop_transform(

@@ -20,6 +20,7 @@ __all__ = [
     "LAMBDA_CLS",
     "LAMBDA_BIAS",
     "LAMBDA_SIZE",
+    "SIZE_HEAD_LR_FACTOR",
     "SIZE_CORRECTION_RANGE",
     "SIZE_TOLERANCE",
     "SIZE_PASSES",
@@ -87,6 +88,11 @@ LAMBDA_BIAS: float = 0.01
 #: jitter), the offsets' about +-0.6: the same weight keeps both in one range.
 LAMBDA_SIZE: float = 1.0
 
+#: The size head learns at this multiple of the learning rate: it shares nothing with the
+#: picking heads, and at their rate it was still far from calibrated after a benchmark's
+#: ~500 steps (a 1000-step pilot at 3x was, on crops).
+SIZE_HEAD_LR_FACTOR: float = 3.0
+
 # --- the size a user gives (hydrapicker.pick.estimate_size_correction) --------------------
 
 #: A model with a size head corrects the diameter a user gave by at most these factors (the
@@ -100,8 +106,8 @@ SIZE_TOLERANCE: float = 1.05
 #: corrected one (the estimate is re-read at the corrected scale, where it is most accurate).
 SIZE_PASSES: int = 3
 
-#: The size is read at the anchors scoring at least this (weighted by score squared).
-SIZE_MIN_SCORE: float = 0.1
+#: The size is read in the cells whose best anchor scores at least this (0.1 let background in).
+SIZE_MIN_SCORE: float = 0.3
 
 #: Picks whose boxes overlap a better pick by more than this IoU are suppressed. Two true
 #: particles at least half a box apart in x overlap by at most 1/3.

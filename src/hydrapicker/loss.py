@@ -9,7 +9,8 @@
 - ``L_bias = (1/N) sum_k ||W_k - W_generic||^2`` over the N dataset heads, summed over every
   parameter of a head. It is the only term through which the generic head learns.
 - ``L_size`` (only for a model with a size head, not in the paper): L1 distance between the
-  size head's log apparent size and the truth at the matched anchors (:func:`size_loss`).
+  size head's mean log apparent size over the cells that hold particles and the truth, per image
+  (:func:`size_loss`).
 
 Loc and cls come from the output of the head assigned to the batch's dataset only, so the
 generic head receives no gradient from them.
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 
 from hydrapicker.boxes import IGNORE, anchor_centres, encode_offsets, match_anchors
 from hydrapicker.defaults import ANCHOR_STRIDE, FOCAL_ALPHA, FOCAL_GAMMA, MATCH_IOU, PARTICLE_DIAMETER_PX
-from hydrapicker.model import HydraPicker
+from hydrapicker.model import SIZE_STRIDE, HydraPicker
 
 __all__ = ["DetectionLoss", "detection_loss", "focal_loss", "head_bias_loss", "pu_focal_loss", "size_loss"]
 
@@ -168,32 +169,28 @@ def detection_loss(
     return DetectionLoss(loc=loc / norm, cls=cls / max(matched_total + hidden, 1.0), matched=matched_total)
 
 
-def size_loss(
-    sizes: torch.Tensor,
-    centres: Sequence[torch.Tensor],
-    apparent: torch.Tensor,
-    *,
-    box_size: float = PARTICLE_DIAMETER_PX,
-    stride: int = ANCHOR_STRIDE,
-    iou_threshold: float = MATCH_IOU,
-) -> torch.Tensor:
-    """Mean L1 distance between the size head's ``[B, 1, h, w]`` and ``log(apparent)`` at matched anchors.
+def size_loss(sizes: torch.Tensor, centres: Sequence[torch.Tensor], apparent: torch.Tensor) -> torch.Tensor:
+    """L1 distance between the size head's mean over the cells holding a particle and ``log(apparent)``, mean over images.
 
-    ``apparent`` ``[B]``: how large each image's particles look relative to the trained diameter
-    (the scale jitter of its crop). The anchors are those :func:`detection_loss` matches, so the
-    size head learns where the picking heads fire. 0 (with a gradient of 0) when none matches.
+    ``sizes``: the size head's ``[B, 1, h, w]``; ``apparent`` ``[B]``: how large each image's
+    particles look relative to the trained diameter (the scale jitter of its crop); ``centres``
+    as in :func:`detection_loss`. The mean over an image's particle cells (``SIZE_STRIDE`` px
+    squares with a particle centre) is what is scored, not each cell: one cell sees a particle
+    or two in noise, and an L1 fit per cell shrinks every answer towards the middle of the
+    jitter range; picking reads the mean over many cells, and that is what this calibrates.
+    0 (with a gradient of 0) when no image has a particle.
     """
     b, _, h, w = sizes.shape
-    anchors = anchor_centres(h, w, stride).to(sizes.device)
     flat = sizes.reshape(b, h * w)
     total, count = sizes.new_zeros(()), 0
     for k in range(b):
-        particles = centres[k].to(device=sizes.device, dtype=torch.float32).reshape(-1, 2)
-        positive = match_anchors(anchors, particles, box_size, iou_threshold) >= 0
-        n_pos = int(positive.sum())
-        if n_pos:
-            total = total + (flat[k, positive] - torch.log(apparent[k].to(sizes))).abs().sum()
-            count += n_pos
+        xy = centres[k].to(device=sizes.device, dtype=torch.float32).reshape(-1, 2)
+        cells = torch.floor((xy + 0.5) / SIZE_STRIDE).long()
+        inside = (cells[:, 0] >= 0) & (cells[:, 0] < w) & (cells[:, 1] >= 0) & (cells[:, 1] < h)
+        index = torch.unique(cells[inside, 1] * w + cells[inside, 0])
+        if len(index):
+            total = total + (flat[k, index].mean() - torch.log(apparent[k].to(sizes))).abs()
+            count += 1
     return total / max(count, 1)
 
 

@@ -96,6 +96,7 @@ __all__ = [
     "rebuild_picks_csv",
     "receptive_radius",
     "size_corrected_outputs",
+    "size_map",
     "tile_margin",
     "tile_spans",
     "write_overlay",
@@ -231,17 +232,6 @@ def _freeze_norms(net: nn.Module, frozen: bool = True) -> None:
             module.frozen = frozen
 
 
-class _WithSize(nn.Module):
-    """A head and the size head on the same features: ``[B, 4, h, w]`` = (dx, dy, logit, log size)."""
-
-    def __init__(self, head: nn.Module, size_head: nn.Module) -> None:
-        super().__init__()
-        self.head, self.size_head = head, size_head
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.cat((self.head(features), self.size_head(features)), dim=1)
-
-
 def head_outputs(
     model: HydraPicker,
     image: np.ndarray | torch.Tensor,
@@ -251,11 +241,8 @@ def head_outputs(
     stats_size: int | None = None,
     device: str | torch.device = "cpu",
     bf16: bool = False,
-    with_size: bool = False,
 ) -> torch.Tensor:
     """Run trunk + ``head`` over a prepared (rescaled, normalised) image: float32 ``[3, ceil(H/16), ceil(W/16)]`` on the CPU.
-
-    ``with_size`` adds the size head's output as a fourth channel (the model must have one).
 
     An image no larger than ``tile_size`` in both axes goes through in one pass. A larger
     one: GroupNorm statistics from a pass over its central ``stats_size`` window
@@ -272,10 +259,7 @@ def head_outputs(
     stride = model.stride
     device = torch.device(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    if with_size and model.size_head is None:
-        raise HydraPickerError("the model has no size head")
-    top = _WithSize(model.head(head), model.size_head) if with_size else model.head(head)
-    net = _with_measured_norms(nn.Sequential(model.trunk, top)).to(device).eval()
+    net = _with_measured_norms(nn.Sequential(model.trunk, model.head(head))).to(device).eval()
 
     def run(crop: torch.Tensor) -> torch.Tensor:
         with autocast:
@@ -290,7 +274,7 @@ def head_outputs(
         run(x[r0 : r0 + window, c0 : c0 + window])
         _freeze_norms(net)
         margin = tile_margin(model)
-        out = torch.empty(4 if with_size else 3, -(-rows // stride), -(-cols // stride))
+        out = torch.empty(3, -(-rows // stride), -(-cols // stride))
         for r_start, r_stop, r_first, r_last in tile_spans(rows, tile_size, margin, stride):
             for c_start, c_stop, c_first, c_last in tile_spans(cols, tile_size, margin, stride):
                 tile = run(x[r_start:r_stop, c_start:c_stop])
@@ -312,27 +296,39 @@ def prepare_micrograph(image: np.ndarray, scale: float, target_diameter_px: floa
         raise HydraPickerError(f"{name}: {exc}" if name else str(exc)) from exc
 
 
+def size_map(model: HydraPicker, image: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The size head over a whole prepared image: float32 ``[ceil(H/32), ceil(W/32)]`` log apparent size, on the CPU.
+
+    One pass however large the image: the size head shrinks it 4x first, so a 4096² micrograph
+    costs it about what a 1024² one costs the trunk.
+    """
+    if model.size_head is None:
+        raise HydraPickerError("the model has no size head")
+    x = torch.as_tensor(image, dtype=torch.float32)[None, None].to(device)
+    with torch.inference_mode():
+        return model.size_head.to(device).eval()(model.pad(x)).float()[0, 0].cpu()
+
+
 def estimate_size_correction(outputs: torch.Tensor, sizes: torch.Tensor, min_score: float = SIZE_MIN_SCORE) -> float | None:
     """How much larger than the trained diameter the particles look: ``exp`` of the size head's
-    median over the anchors that score at least ``min_score``, weighted by score squared.
+    mean over the cells whose best anchor scores at least ``min_score`` (where the particles are;
+    the mean is what training calibrates, :func:`hydrapicker.loss.size_loss`).
 
     Args:
-        outputs: a head's output ``[3, h, w]``; sizes: the size head's ``[h, w]`` (log size).
+        outputs: a head's output ``[3, h, w]``; sizes: the size head's ``[ceil(h/2), ceil(w/2)]``
+            (log size; one cell per 2 x 2 anchors).
 
     Returns:
         The factor (1.25: particles look 25 % larger than the model was trained on, i.e. the
         diameter given was 20 % too small), or None when no anchor scores ``min_score``.
     """
-    scores = torch.sigmoid(outputs[2]).reshape(-1).double()
-    logs = sizes.reshape(-1).double()
+    scores = torch.nn.functional.max_pool2d(torch.sigmoid(outputs[2])[None], 2, ceil_mode=True)[0]
+    if scores.shape != sizes.shape:
+        raise ValueError(f"size map {tuple(sizes.shape)} does not fit the anchor grid {tuple(outputs.shape[1:])}")
     confident = scores >= min_score
     if not bool(confident.any()):
         return None
-    weight, logs = scores[confident] ** 2, logs[confident]
-    order = torch.argsort(logs)
-    cumulative = torch.cumsum(weight[order], 0)
-    median = logs[order][int(torch.searchsorted(cumulative, cumulative[-1] / 2))]
-    return float(torch.exp(median))
+    return float(torch.exp(sizes[confident].double().mean()))
 
 
 def size_corrected_outputs(
@@ -370,12 +366,10 @@ def size_corrected_outputs(
         prepared = prepare_micrograph(image, scale, meta.target_diameter_px, name)
     low, high = SIZE_CORRECTION_RANGE
     for n in range(max(1, passes)):
-        with_size = model.size_head is not None and n < passes - 1
-        outputs = head_outputs(model, prepared, head, tile_size=tile_size, device=device, bf16=bf16, with_size=with_size)
-        if not with_size:
+        outputs = head_outputs(model, prepared, head, tile_size=tile_size, device=device, bf16=bf16)
+        if model.size_head is None or n == passes - 1:
             return outputs, scale
-        outputs, sizes = outputs[:3], outputs[3]
-        factor = estimate_size_correction(outputs, sizes)
+        factor = estimate_size_correction(outputs, size_map(model, prepared, device))
         if factor is None or abs(np.log(factor)) < np.log(SIZE_TOLERANCE):
             return outputs, scale
         # The particles look `factor` times the trained size: shrink the micrograph by it.

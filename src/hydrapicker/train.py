@@ -67,6 +67,7 @@ from hydrapicker.defaults import (
     LAMBDA_CLS,
     LAMBDA_SIZE,
     MATCH_IOU,
+    SIZE_HEAD_LR_FACTOR,
     PAD_TO,
     PARTICLE_DIAMETER_PX,
 )
@@ -334,8 +335,7 @@ def _batch_losses(
     size = None
     if with_size:
         outputs, sizes = outputs
-        size = size_loss(sizes, [c.to(device) for c in batch.centres], batch.sizes.to(device), box_size=config.target_diameter_px,
-                         stride=model.stride, iou_threshold=config.match_iou)  # fmt: skip
+        size = size_loss(sizes, [c.to(device) for c in batch.centres], batch.sizes.to(device))
     loss = detection_loss(
         outputs,
         [c.to(device) for c in batch.centres],
@@ -440,14 +440,17 @@ def _build_stage_model(stage: int, datasets: Sequence, config: TrainConfig, init
 
 
 def _optimiser(model: HydraPicker, stage: int, config: TrainConfig):
-    params = [p for p in model.parameters() if p.requires_grad]  # frozen ones stay bit-identical
+    # frozen parameters stay bit-identical; the size head learns at SIZE_HEAD_LR_FACTOR x the rate
+    sized = {id(p) for p in model.size_head.parameters()} if model.size_head is not None else set()
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in sized]
+    size_params = [p for p in model.parameters() if p.requires_grad and id(p) in sized]
+    lr = config.lr if stage in (1, FINETUNE_STAGE) else config.stage2_lr
+    groups = [{"params": params}] + ([{"params": size_params, "lr": lr * SIZE_HEAD_LR_FACTOR}] if size_params else [])
     if stage in (1, FINETUNE_STAGE):
-        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        opt = torch.optim.Adam(groups, lr=lr, weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=config.t0_epochs)
         return opt, sched
-    opt = torch.optim.SGD(
-        params, lr=config.stage2_lr, momentum=config.stage2_momentum, weight_decay=config.weight_decay
-    )
+    opt = torch.optim.SGD(groups, lr=lr, momentum=config.stage2_momentum, weight_decay=config.weight_decay)
     return opt, None
 
 
