@@ -522,3 +522,33 @@ def test_stream_works_as_a_map_style_dataset_for_a_dataloader(tmp_path):
     with pytest.raises(IndexError):
         batches[3]
 
+
+
+def _lag1_correlation(image: np.ndarray) -> float:
+    a = image - image.mean()
+    return float((a[:, 1:] * a[:, :-1]).mean() / (a * a).mean())
+
+
+def test_a_crop_shown_larger_is_resampled_once_from_the_stored_pixels_like_pick_does(tmp_path):
+    from hydrapicker.pick import prepare_micrograph
+
+    # White noise micrographs (faint spots for labels); 8-px particles, target 4 px: the model's scale is x0.5.
+    folder = tmp_path / "mics"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    stored = rng.normal(0, 1, (400, 400)).astype(np.float32)
+    write_mrc(folder / "m.mrc", stored, pixel_size=2.0)
+    (folder / "m.csv").write_text("x,y\n200,200\n")
+    (tmp_path / "project.toml").write_text(_dataset_toml())
+    specs = load_project(tmp_path / "project.toml")
+    batches = CropBatches(specs, target_diameter_px=4.0, crop_size=96, pad_to=112, batch_size=1, batches_per_epoch=4,
+                          rotate=False, scale_jitter=(1.6, 1.6))  # fmt: skip
+    crops = [b.images[0, 0].numpy()[~b.padding[0, 0].numpy()] for b in batches]
+    assert all(float(b.sizes[0]) == pytest.approx(1.6) for b in batches)
+    # pick at a diameter given 1/1.6 of the truth rescales the stored micrograph once, by 0.5 x 1.6
+    picked = prepare_micrograph(stored, 0.8, 4.0)[20:-20, 20:-20]
+    # The crops' noise is as fine as that (shrunk once by 0.8), not the blur of a x0.5 image enlarged x1.6.
+    twice = prepare_micrograph(prepare_micrograph(stored, 0.5, 4.0), 1.6, 4.0)[20:-20, 20:-20]
+    crop_corr = np.mean([_lag1_correlation(c.reshape(-1, int(np.sqrt(c.size)))) for c in crops if c.size == 96 * 96])
+    assert abs(crop_corr - _lag1_correlation(picked)) < 0.1
+    assert _lag1_correlation(twice) - _lag1_correlation(picked) > 0.2
