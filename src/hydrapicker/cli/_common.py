@@ -51,8 +51,8 @@ def add_pick_placing_arguments(picking: argparse._ArgumentGroup) -> None:
                          help="move each pick to the consensus of the anchors' centres within R box sizes; 0: off (default: %(default)s)")
     picking.add_argument("--whole-boxes", action="store_true", help="drop picks whose box reaches past the micrograph edge")
     picking.add_argument("--fixed-diameter", action="store_true",
-                         help="use the diameter exactly as given; by default a model with a size head corrects it per micrograph "
-                              "when the particles look another size (within x0.6-1.6)")  # fmt: skip
+                         help="use the diameter exactly as given; by default, picking with the generic head of a model with a size head "
+                              "corrects it per micrograph when the particles look another size (within x0.6-1.6)")  # fmt: skip
 
 
 def pick_settings(args: argparse.Namespace) -> "PickSettings":
