@@ -83,9 +83,9 @@ FOCAL_ALPHA: float = 0.25
 LAMBDA_CLS: float = 1.0
 LAMBDA_BIAS: float = 0.01
 
-#: Weight of the size head's loss (L1 on the log apparent size at matched anchors), added to
-#: the detection loss when a model has a size head. Its targets span about +-0.5 (the scale
-#: jitter), the offsets' about +-0.6: the same weight keeps both in one range.
+#: Weight of the size head's loss (L1 on a crop's mean log apparent size over its particle
+#: cells), added to the detection loss when a model has a size head. Its targets span about
+#: +-0.5 (the scale jitter), the offsets' about +-0.6. It shares no weight with the detector.
 LAMBDA_SIZE: float = 1.0
 
 #: The size head learns at this multiple of the learning rate: it shares nothing with the

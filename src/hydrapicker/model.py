@@ -167,8 +167,9 @@ class SizeHead(nn.Module):
 
     Its own small network on the image itself, not on the trunk's features: the detector's
     receptive field (~80 px) barely holds a particle shown 1.6x its 40 px, so features made
-    for picking say little about size. Shrunk 4x first, three stride-2 convs see about
-    130 px around each cell, several particles; a 0.06 M-parameter net, cheap beside the trunk.
+    for picking say little about size (benchmarks/scale_search.md). Shrunk 4x first, three
+    stride-2 convs see about 130 px across around each cell, several particles; a 0.06
+    M-parameter net, cheap beside the trunk.
     """
 
     def __init__(self, channels: tuple[int, ...] = (16, 32, 64, 64), groups: int = 8) -> None:

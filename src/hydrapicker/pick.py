@@ -19,6 +19,10 @@ of it: on a real 1517² micrograph in 768-px tiles, scores move by at most 4e-3 
 6 of 414 picks above 0.5 change (benchmarks/pick_real/run.py). The network's memory is bounded
 by the tile size; the whole micrograph is still read and normalised in memory (NumPy).
 
+A model with a size head, picking with its generic head, first checks the diameter the user
+gave: it reads how large the particles look where it picks and, when they look another size,
+rescales and picks again (:func:`size_corrected_outputs`; off with ``correct_size=False``).
+
 A folder (:func:`pick_files`): reading and preparing the next micrographs (threads), inference
 (this thread) and writing (a thread) overlap; outputs are written atomically, per format in
 ``OUT/<format>/<stem><suffix>``; a rerun skips micrographs whose outputs are all there;
