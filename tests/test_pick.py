@@ -205,6 +205,9 @@ def test_a_size_head_corrects_the_given_diameter_within_its_range(looks, box):
     assert picks.box_size == pytest.approx(box, rel=1e-6)
     fixed = pick_module.pick_micrograph(model, _meta(model), image, None, diameter_px=40.0, threshold=0.0, correct_size=False)
     assert fixed.box_size == pytest.approx(40.0)
+    for passes in (0, 1):  # one pass at the diameter given (0 used to fall through every pass)
+        _, scale = pick_module.size_corrected_outputs(model, _meta(model), image, 1.0, passes=passes)
+        assert scale == 1.0
     model.add_head("sample")  # a dataset's own head picks at the labelled size: never corrected
     named = pick_module.pick_micrograph(model, _meta(model), image, None, diameter_px=40.0, head="sample", threshold=0.0)
     assert named.box_size == pytest.approx(40.0)

@@ -371,21 +371,22 @@ def size_corrected_outputs(
     given = scale
     if prepared is None:
         prepared = prepare_micrograph(image, scale, meta.target_diameter_px, name)
+    if model.size_head is None or head != GENERIC:
+        passes = 1
     low, high = SIZE_CORRECTION_RANGE
-    for n in range(max(1, passes)):
+    for _ in range(max(1, passes) - 1):
         outputs = head_outputs(model, prepared, head, tile_size=tile_size, device=device, bf16=bf16)
-        if model.size_head is None or head != GENERIC or n == passes - 1:
-            return outputs, scale
         factor = estimate_size_correction(outputs, size_map(model, prepared, device))
         if factor is None or abs(np.log(factor)) < np.log(SIZE_TOLERANCE):
             return outputs, scale
-        # The particles look `factor` times the trained size: shrink the micrograph by it.
-        corrected = float(np.clip(given / (scale / factor), low, high))
-        if abs(np.log(corrected * scale / given)) < 1e-9:
+        # The particles look `factor` times the trained size: shrink the micrograph by it, so that
+        # the diameter becomes `corrected` times the one given (within the range).
+        corrected = float(np.clip(given / scale * factor, low, high))
+        if np.isclose(corrected, given / scale, rtol=1e-9, atol=0.0):
             return outputs, scale  # at the edge of the range already
         scale = given / corrected
         prepared = prepare_micrograph(image, scale, meta.target_diameter_px, name)
-    raise AssertionError("unreachable: the last pass returns")
+    return head_outputs(model, prepared, head, tile_size=tile_size, device=device, bf16=bf16), scale
 
 
 def picks_from_outputs(
