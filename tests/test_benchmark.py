@@ -48,6 +48,8 @@ def test_config_errors_name_the_field(tmp_path):
         group_structures(load_config(_config_file(tmp_path, 'targets = ["9zzz"]\nunseen = ["1hvr"]\n')))
     with pytest.raises(HydraPickerError, match="too few"):
         load_config(_config_file(tmp_path, 'targets = ["4hhb"]\nunseen = ["1hvr"]\nmicrographs = 2\n'))
+    with pytest.raises(HydraPickerError, match="field 'size_head' must be true or false, got 'yes'"):
+        load_config(_config_file(tmp_path, 'targets = ["4hhb"]\nunseen = ["1hvr"]\nsize_head = "yes"\n'))
 
 
 def test_splits_test_on_the_last_micrographs_and_few_shot_on_the_first():

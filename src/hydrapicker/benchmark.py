@@ -142,6 +142,8 @@ def load_config(path: str | os.PathLike, *, quick: bool = False, **overrides: ob
     for key in ("structures", "targets", "unseen"):
         if key not in data:
             raise HydraPickerError(f"{path}: missing field {key!r}")
+    if not isinstance(data.get("size_head", False), bool):
+        raise HydraPickerError(f"{path}: field 'size_head' must be true or false, got {data['size_head']!r}")
     base = path.resolve().parent
     data["structures"] = (base / data["structures"]).resolve()
     data["baselines"] = tuple((name, (base / script).resolve()) for name, script in dict(data.get("baselines", {})).items())
