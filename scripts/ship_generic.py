@@ -1,4 +1,4 @@
-"""Write the shippable generic model: trunk + generic head of a training checkpoint, nothing else.
+"""Write the shippable generic model: trunk + generic head (+ size head) of a training checkpoint, nothing else.
 
 Dataset heads (stage 2 adds one per training dataset), optimiser state, RNG state and the
 training log are dropped, so the file stays a few MB whatever the collection's size; the
@@ -29,12 +29,12 @@ KEPT = ("format", "version", "preset", "target_diameter_px", "anchor_stride", "n
 
 
 def ship_generic(checkpoint: Path, out: Path, trained_on: list[str] | None = None) -> dict:
-    """Write trunk + generic head of ``checkpoint`` to ``out``, with the names of the datasets
+    """Write trunk + generic head (and the size head, if it has one) of ``checkpoint`` to ``out``, with the names of the datasets
     it was ``trained_on`` (so the file itself says what it must not be called zero-shot on);
     returns what was written."""
     load_checkpoint(checkpoint)  # refuse anything that is not a loadable checkpoint
     payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    prefixes = ("trunk.", f"{GENERIC}.")
+    prefixes = ("trunk.", f"{GENERIC}.", "size_head.")  # the size head serves the generic head
     weights = {k: v.contiguous() for k, v in payload["model"].items() if k.startswith(prefixes)}
     shipped = {key: payload[key] for key in KEPT}
     shipped.update(head_names=[], model=weights, source=str(checkpoint), trained_on=list(trained_on or []))
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ship_generic: error: {exc}", file=sys.stderr)
         return 1
     size = args.out.stat().st_size / 1e6
-    print(f"{args.out}: trunk + generic head, preset {shipped['preset']['name']}, stage {shipped['stage']}, "
+    size_head = " + size head" if any(k.startswith("size_head.") for k in shipped["model"]) else ""
+    print(f"{args.out}: trunk + generic head{size_head}, preset {shipped['preset']['name']}, stage {shipped['stage']}, "
           f"epoch {shipped['epoch']}, validation loss {shipped['val_loss']:.4g}, "
           f"{len(shipped['trained_on'])} training datasets, {size:.2f} MB")  # fmt: skip
     return 0

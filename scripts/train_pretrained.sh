@@ -12,7 +12,7 @@
 #    validation loss on those held-out simulated micrographs; no real micrograph is used).
 # 3. Runs `hydrapicker train --stage 1 --resume` into runs/pretrained: rerunning the script
 #    continues from runs/pretrained/stage1/last.pt after the last finished epoch.
-# 4. Copies the best checkpoint, stripped to trunk + generic head, to
+# 4. Copies the best checkpoint, stripped to trunk + generic head (+ size head), to
 #    src/hydrapicker/assets/models/generic.pt (defaults.PRETRAINED_MODEL).
 #
 # Everything is logged to runs/pretrained/train.log. Settings can be overridden from the
@@ -34,6 +34,7 @@ T0_EPOCHS=${T0_EPOCHS:-20}
 BATCHES=${BATCHES:-25}
 VAL_BATCHES=${VAL_BATCHES:-10}
 SCALE_JITTER=${SCALE_JITTER:-"0.5 2.0"}
+SIZE_HEAD=${SIZE_HEAD:-1}  # 1: train a size head, so that `pick` corrects a diameter given wrong
 THREADS=${THREADS:-2}
 COLLECTION=${COLLECTION:-data-generated/collection}
 RUN=${RUN:-runs/pretrained}
@@ -95,10 +96,12 @@ print(f"project: {root / 'pretrained.toml'} ({len(includes)} datasets)")
 EOF
 
 # --- 3. training (stage 1: one head on every dataset pooled = the generic head) ---------
+size_head_flag=""
+if [[ "$SIZE_HEAD" == 1 ]]; then size_head_flag="--size-head"; fi
 # shellcheck disable=SC2086
 "$HP" train "$COLLECTION/pretrained.toml" --out "$RUN" --preset "$PRESET" --stage 1 --epochs "$EPOCHS" \
     --t0-epochs "$T0_EPOCHS" --batches-per-epoch "$BATCHES" --val-batches "$VAL_BATCHES" \
-    --scale-jitter $SCALE_JITTER --cache-dir "$COLLECTION/.prepared" --seed "$SEED" --threads "$THREADS" --resume
+    --scale-jitter $SCALE_JITTER --cache-dir "$COLLECTION/.prepared" --seed "$SEED" --threads "$THREADS" --resume $size_head_flag
 
 # --- 4. the shipped file: trunk + generic head of the best checkpoint --------------------
 "$PY" scripts/ship_generic.py "$RUN/model.pt" "$SHIPPED" --run-record "$RUN/config.json"

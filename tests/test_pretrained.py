@@ -55,6 +55,19 @@ def test_ship_generic_keeps_trunk_and_generic_head_and_drops_dataset_heads(tmp_p
     assert torch.load(shipped, weights_only=True)["trained_on"] == ["sim-a", "sim-b"]
 
 
+def test_ship_generic_keeps_the_size_head_so_pick_can_still_correct_the_diameter(tmp_path):
+    model = HydraPicker(get_preset("tiny"), ("sim-a",), size_head=True)
+    source, shipped = tmp_path / "stage1.pt", tmp_path / "generic.pt"
+    _save(source, _checkpoint(model, TrainConfig(preset="tiny", size_head=True), stage=1, epoch=0, val_loss=1.0, optimiser={}))
+
+    _ship_generic()(source, shipped)
+
+    loaded, meta = load_checkpoint(shipped)
+    assert meta.head_names == () and loaded.size_head is not None
+    want = model.size_head.state_dict()
+    assert all(torch.equal(loaded.size_head.state_dict()[k], want[k]) for k in want)
+
+
 def test_cli_train_passes_scale_jitter_restart_period_and_cache_dir_into_the_config(tmp_path, monkeypatch):
     import hydrapicker.train
 
