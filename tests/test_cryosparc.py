@@ -37,6 +37,9 @@ class _SpotPicker(Picker):
     def check_paths(self, paths):
         pass
 
+    def calibrate(self, paths):
+        return None
+
     def prepare(self, path: Path) -> Prepared:
         mic = read_micrograph(path)
         return Prepared(mic.name, path, mic.data, mic.data, 1.0)

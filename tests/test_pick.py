@@ -13,7 +13,7 @@ from _synthetic import gaussian_spots, spread_tiny_model, write_checkpoint
 from hydrapicker import pick as pick_module
 from hydrapicker.cli import main as cli_main
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
-from hydrapicker.model import HydraPicker, SizeHead
+from hydrapicker.model import GENERIC, HydraPicker, SizeHead
 from hydrapicker.pick import (
     OVERLAY_COLOUR,
     PickSettings,
@@ -213,6 +213,49 @@ def test_a_size_head_corrects_the_given_diameter_within_its_range(looks, box):
     assert named.box_size == pytest.approx(40.0)
 
 
+def test_a_set_of_micrographs_gets_one_correction_pooled_over_all_their_confident_cells(monkeypatch):
+    model = _constant_size_model(0.0)
+    images = [_blobs(shape, np.array([[50.0, 50.0], [110.0, 100.0]]), 20, seed=i) for i, shape in enumerate([(160, 160), (160, 224)])]
+    looks = {(5, 5): 1.3, (5, 7): 1.0}  # by size-map shape: the first micrograph's particles look larger
+    monkeypatch.setattr(pick_module, "size_map", lambda model, image, device="cpu": torch.full(
+        (-(-image.shape[0] // 32), -(-image.shape[1] // 32)), float(np.log(looks[(-(-image.shape[0] // 32), -(-image.shape[1] // 32))]))))
+    cells = []
+    for image in images:
+        outputs = pick_module.head_outputs(model, pick_module.prepare_micrograph(image, 1.0, 40.0), GENERIC)
+        cells.append(len(pick_module.confident_log_sizes(outputs, pick_module.size_map(model, np.zeros(image.shape)))))
+    assert min(cells) > 0
+    pooled = np.exp((cells[0] * np.log(1.3) + cells[1] * np.log(1.0)) / sum(cells))
+    estimate = pick_module.estimate_diameter(model, _meta(model), [(image, 1.0) for image in images], passes=2)
+    assert estimate.factor == pytest.approx(pooled) and estimate.micrographs == 2 and estimate.cells == sum(cells)
+    # each alone would be corrected differently; a dataset head is never corrected
+    alone = [pick_module.estimate_diameter(model, _meta(model), [(image, 1.0)], passes=2).factor for image in images]
+    assert alone == [pytest.approx(1.3), 1.0]
+    model.add_head("sample")
+    assert pick_module.estimate_diameter(model, _meta(model), [(images[0], 1.0)], "sample").factor == 1.0
+
+
+def test_a_run_reads_the_size_once_from_a_sample_and_picks_every_micrograph_at_one_diameter(tmp_path, monkeypatch):
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / "mics" / f"mic_{i}.mrc")
+        paths[-1].parent.mkdir(exist_ok=True)
+        write_mrc(paths[-1], _blobs((160, 160), np.array([[50.0, 50.0], [110.0, 100.0]]), 20, seed=i), pixel_size=2.0)
+    model = _constant_size_model(float(np.log(1.2)))
+    reads = []
+    size_map = pick_module.size_map
+    monkeypatch.setattr(pick_module, "size_map", lambda *a, **k: reads.append(1) or size_map(*a, **k))
+    monkeypatch.setattr(pick_module, "SIZE_SAMPLE_MICROGRAPHS", 2)
+    picker = Picker(model, _meta(model), PickSettings(diameter_px=40.0, threshold=0.0))
+    said = []
+    report = pick_files(paths, tmp_path / "out", picker, ("csv",), progress=False, log=said.append)
+    assert report.picked == [p.stem for p in paths]
+    # 2 sampled micrographs x 2 estimate rounds (x1.2, then x1.44 where it is read again), then no more reads
+    assert len(reads) == 4 and picker.size_estimate.factor == pytest.approx(1.44)
+    boxes = {json.loads((tmp_path / "out" / "candidates" / f"{p.stem}.json").read_text())["box_size"] for p in paths}
+    assert len(boxes) == 1 and boxes.pop() == pytest.approx(40 * 1.44)
+    assert any("picking at 57.6 px, 1.44x the 40 px given" in line for line in said)
+
+
 def test_cli_fixed_diameter_keeps_the_given_box_size(micrographs, tmp_path):
     path = write_checkpoint(tmp_path / "sized.pt", _constant_size_model(float(np.log(1.2))))
     for flag, box in (((), 20 * 1.2 * 1.2), (("--fixed-diameter",), 20.0)):
@@ -342,6 +385,9 @@ class _LabelPicker(Picker):
 
     def check_paths(self, paths):
         pass
+
+    def calibrate(self, paths):
+        return None
 
     def prepare(self, path: Path) -> Prepared:
         mic = read_micrograph(path)

@@ -173,6 +173,9 @@ class _SpotPicker(Picker):
     def check_paths(self, paths):
         pass
 
+    def calibrate(self, paths):
+        return None
+
     def prepare(self, path: Path) -> Prepared:
         mic = read_micrograph(path)
         _SpotPicker.seen[mic.name] = self.settings.pixel_size

@@ -205,12 +205,6 @@ class _Micrograph:
     shape: tuple[int, int]  # as stored
 
 
-def _evenly_spaced(paths: Sequence[Path], most: int) -> list[Path]:
-    if len(paths) <= most:
-        return list(paths)
-    return [paths[i] for i in np.linspace(0, len(paths) - 1, most).round().astype(int)]
-
-
 def _picks(outputs: torch.Tensor, meta, mic: _Micrograph) -> Picks:
     from hydrapicker.pick import picks_from_outputs
 
@@ -315,6 +309,7 @@ def adapt(
     from hydrapicker.pick import (
         Picker,
         PickSettings,
+        _evenly_spaced,
         expand_micrographs,
         load_picking_model,
     )

@@ -380,24 +380,25 @@ def network_picks(out_dir: Path, method: str, checkpoint: Path, head: str, spec:
                   diameter_factor: float = 1.0, resolve: Callable[[DatasetSpec], DatasetSpec] = _same,
                   correct_size: bool = True) -> Path:  # fmt: skip
     """Pick the test micrographs of ``spec`` with one head into ``picks/<method>/<dataset>.csv`` (once);
-    ``resolve`` gives the spec with its micrographs when they are needed. The diameter each
-    micrograph was picked at (given x ``diameter_factor``, or as the size head corrected it
-    with ``correct_size``) goes to ``<dataset>.diameters.json`` beside it."""
-    from hydrapicker.pick import load_picking_model, pick_micrograph
+    ``resolve`` gives the spec with its micrographs when they are needed.
+
+    Picked as ``hydrapicker pick`` picks a dataset (:class:`hydrapicker.pick.Picker`): with
+    ``correct_size`` and a size head, the generic head's diameter (given x ``diameter_factor``)
+    is corrected once, from a sample of every micrograph of the dataset (images only, no
+    labels: a user picking zero-shot has them all), and the test micrographs are picked at it.
+    The diameter each was picked at goes to ``<dataset>.diameters.json`` beside the picks."""
+    from hydrapicker.pick import Picker, PickSettings, load_picking_model
 
     target = _picks_path(out_dir, method, spec.name)
     if target.exists():
         return target
     spec = resolve(spec)
     model, meta = load_picking_model(checkpoint)
-    model = model.to(config.device).eval()
-    every = []
-    for stem in spec.splits["test"]:
-        micrograph = read_micrograph(spec.micrograph_path(stem))
-        every.append(pick_micrograph(
-            model, meta, micrograph.data, None, diameter_px=spec.diameter_px * diameter_factor, head=head,
-            threshold=SCORE_FLOOR, name=stem, device=config.device, correct_size=correct_size,
-        ))  # fmt: skip
+    settings = PickSettings(diameter_px=spec.diameter_px * diameter_factor, head=head, threshold=SCORE_FLOOR,
+                            correct_size=correct_size, device=config.device)  # fmt: skip
+    picker = Picker(model, meta, settings)
+    picker.calibrate(list(spec.micrographs))
+    every = [picker.pick(picker.prepare(spec.micrograph_path(stem))) for stem in spec.splits["test"]]
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(_diameters_path(target), json.dumps({p.micrograph: p.box_size for p in every}) + "\n")
     write_picks(target, every, "csv")

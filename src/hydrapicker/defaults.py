@@ -25,6 +25,7 @@ __all__ = [
     "SIZE_TOLERANCE",
     "SIZE_PASSES",
     "SIZE_MIN_SCORE",
+    "SIZE_SAMPLE_MICROGRAPHS",
     "NMS_IOU",
     "REFINE_RADIUS",
     "PICK_THRESHOLD",
@@ -108,6 +109,10 @@ SIZE_PASSES: int = 3
 
 #: The size is read in the cells whose best anchor scores at least this (0.1 let background in).
 SIZE_MIN_SCORE: float = 0.3
+
+#: ``pick`` reads the size once per run, pooled over at most this many micrographs spread over
+#: the run (one micrograph's estimate can be 20-40 % off; more cost a pass each, up to SIZE_PASSES).
+SIZE_SAMPLE_MICROGRAPHS: int = 8
 
 #: Picks whose boxes overlap a better pick by more than this IoU are suppressed. Two true
 #: particles at least half a box apart in x overlap by at most 1/3.

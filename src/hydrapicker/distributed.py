@@ -157,6 +157,7 @@ def pick_files_sharded(paths: Sequence[Path], out_dir: str | os.PathLike, picker
 
     if not is_distributed():
         return pick_files(paths, out_dir, picker, formats, **options)
+    picker.calibrate(paths)  # on the whole list: every rank reads the same sample, picks at the same diameter
     mine = pick_files(shard(paths), out_dir, picker, formats, merge=False, **options)
     barrier()  # every rank's files are written (atomically) before rank 0 reads them
     if is_main():

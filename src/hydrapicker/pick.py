@@ -21,7 +21,9 @@ by the tile size; the whole micrograph is still read and normalised in memory (N
 
 A model with a size head, picking with its generic head, first checks the diameter the user
 gave: it reads how large the particles look where it picks and, when they look another size,
-rescales and picks again (:func:`size_corrected_outputs`; off with ``correct_size=False``).
+rescales and picks again (:func:`size_corrected_outputs`; off with ``correct_size=False``). A
+folder is read once, over a sample of its micrographs, and picked at one diameter
+(:meth:`Picker.calibrate`, :func:`estimate_diameter`).
 
 A folder (:func:`pick_files`): reading and preparing the next micrographs (threads), inference
 (this thread) and writing (a thread) overlap; outputs are written atomically, per format in
@@ -64,12 +66,13 @@ from hydrapicker.defaults import (
     SIZE_CORRECTION_RANGE,
     SIZE_MIN_SCORE,
     SIZE_PASSES,
+    SIZE_SAMPLE_MICROGRAPHS,
     SIZE_TOLERANCE,
 )
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.coordinates import read_picks, write_picks
 from hydrapicker.io.files import atomic_path, atomic_write_text
-from hydrapicker.io.micrograph import is_micrograph_path, micrograph_stem, read_micrograph
+from hydrapicker.io.micrograph import Micrograph, is_micrograph_path, micrograph_stem, read_micrograph
 from hydrapicker.io.picks import Picks
 from hydrapicker.memory import keep_large_blocks
 from hydrapicker.model import GENERIC, HydraPicker
@@ -100,6 +103,10 @@ __all__ = [
     "rebuild_picks_csv",
     "receptive_radius",
     "size_corrected_outputs",
+    "estimate_diameter",
+    "SizeEstimate",
+    "confident_log_sizes",
+    "corrects_size",
     "size_map",
     "tile_margin",
     "tile_spans",
@@ -313,26 +320,123 @@ def size_map(model: HydraPicker, image: np.ndarray | torch.Tensor, device: str |
         return model.size_head.to(device).eval()(model.pad(x)).float()[0, 0].cpu()
 
 
-def estimate_size_correction(outputs: torch.Tensor, sizes: torch.Tensor, min_score: float = SIZE_MIN_SCORE) -> float | None:
-    """How much larger than the trained diameter the particles look: ``exp`` of the size head's
-    mean over the cells whose best anchor scores at least ``min_score`` (where the particles are;
-    the mean is what training calibrates, :func:`hydrapicker.loss.size_loss`).
+def confident_log_sizes(outputs: torch.Tensor, sizes: torch.Tensor, min_score: float = SIZE_MIN_SCORE) -> torch.Tensor:
+    """The size head's log sizes in the cells whose best anchor scores at least ``min_score`` (where the particles are).
 
     Args:
         outputs: a head's output ``[3, h, w]``; sizes: the size head's ``[ceil(h/2), ceil(w/2)]``
             (log size; one cell per 2 x 2 anchors).
+    """
+    scores = torch.nn.functional.max_pool2d(torch.sigmoid(outputs[2])[None], 2, ceil_mode=True)[0]
+    if scores.shape != sizes.shape:
+        raise ValueError(f"size map {tuple(sizes.shape)} does not fit the anchor grid {tuple(outputs.shape[1:])}")
+    return sizes[scores >= min_score].double()
+
+
+def estimate_size_correction(outputs: torch.Tensor, sizes: torch.Tensor, min_score: float = SIZE_MIN_SCORE) -> float | None:
+    """How much larger than the trained diameter the particles look: ``exp`` of the size head's
+    mean over the cells whose best anchor scores at least ``min_score``
+    (:func:`confident_log_sizes`; the mean is what training calibrates, :func:`hydrapicker.loss.size_loss`).
 
     Returns:
         The factor (1.25: particles look 25 % larger than the model was trained on, i.e. the
         diameter given was 20 % too small), or None when no anchor scores ``min_score``.
     """
-    scores = torch.nn.functional.max_pool2d(torch.sigmoid(outputs[2])[None], 2, ceil_mode=True)[0]
-    if scores.shape != sizes.shape:
-        raise ValueError(f"size map {tuple(sizes.shape)} does not fit the anchor grid {tuple(outputs.shape[1:])}")
-    confident = scores >= min_score
-    if not bool(confident.any()):
-        return None
-    return float(torch.exp(sizes[confident].double().mean()))
+    logs = confident_log_sizes(outputs, sizes, min_score)
+    return float(torch.exp(logs.mean())) if len(logs) else None
+
+
+@dataclass(frozen=True)
+class SizeEstimate:
+    """What the size head made of the diameter given, over one or more micrographs."""
+
+    factor: float  # the diameter to pick at / the diameter given (1: as given)
+    micrographs: int  # micrographs read
+    cells: int  # size-head cells the last estimate pooled (0: no confident pick, left as given)
+
+
+def _size_passes(
+    model: HydraPicker,
+    meta: ModelMeta,
+    micrographs: Sequence[tuple[np.ndarray, float]],
+    head: str,
+    passes: int,
+    *,
+    prepared: Sequence[np.ndarray | None] = (),
+    names: Sequence[str] = (),
+    tile_size: int = PICK_TILE_SIZE,
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+) -> tuple[SizeEstimate, list[torch.Tensor] | None]:
+    """Up to ``passes - 1`` rounds of: every micrograph at the current diameter, one estimate
+    pooled over all their confident cells, a corrected diameter. Returns the estimate and, when
+    the last round ran at the final diameter, its outputs (a caller need not run them again)."""
+    prepared = list(prepared) or [None] * len(micrographs)
+    names = list(names) or [""] * len(micrographs)
+    low, high = SIZE_CORRECTION_RANGE
+    factor, cells = 1.0, 0
+    for _ in range(max(1, passes) - 1):
+        outputs, logs = [], []
+        for i, (image, scale) in enumerate(micrographs):
+            image_in = prepared[i] if prepared[i] is not None else prepare_micrograph(image, scale / factor, meta.target_diameter_px, names[i])
+            prepared[i] = None  # only valid at the diameter given
+            outputs.append(head_outputs(model, image_in, head, tile_size=tile_size, device=device, bf16=bf16))
+            logs.append(confident_log_sizes(outputs[-1], size_map(model, image_in, device)))
+        pooled = torch.cat(logs)
+        cells = len(pooled)
+        if not cells:
+            return SizeEstimate(factor, len(micrographs), 0), outputs
+        looks = float(torch.exp(pooled.mean()))
+        if abs(np.log(looks)) < np.log(SIZE_TOLERANCE):
+            return SizeEstimate(factor, len(micrographs), cells), outputs
+        # The particles look `looks` times the trained size: pick at a diameter that much larger
+        # (within the range), i.e. shrink the micrographs by it.
+        corrected = float(np.clip(factor * looks, low, high))
+        if np.isclose(corrected, factor, rtol=1e-9, atol=0.0):
+            return SizeEstimate(factor, len(micrographs), cells), outputs  # at the edge of the range already
+        factor = corrected
+    return SizeEstimate(factor, len(micrographs), cells), None
+
+
+def corrects_size(model: HydraPicker, head: str) -> bool:
+    """Whether picking with ``head`` of ``model`` corrects the diameter given: only the generic head, with a size head.
+
+    A dataset's own head (trained or fine-tuned on labels) knows its particles at the labelled
+    size, which the user gives again; correcting it cost few-shot heads 0.15 mean AP in the
+    benchmark (sim-4hhb 0.87 -> 0.50), while the generic head's diameter is a guess.
+    """
+    return model.size_head is not None and head == GENERIC
+
+
+def estimate_diameter(
+    model: HydraPicker,
+    meta: ModelMeta,
+    micrographs: Sequence[tuple[np.ndarray, float]],
+    head: str = GENERIC,
+    *,
+    names: Sequence[str] = (),
+    passes: int = SIZE_PASSES,
+    tile_size: int = PICK_TILE_SIZE,
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+) -> SizeEstimate:
+    """One diameter correction for a set of micrographs of one sample, from the size head.
+
+    A dataset has one particle size: pooling the cells of several micrographs steadies the
+    estimate (one micrograph's can be off by 20-40 %, benchmarks/scale_search.md) and gives one
+    box size for the whole set, as extraction wants. Each micrograph runs at the diameter given
+    (``scale``: rescaled px per stored px for it), then at each corrected one, until the pooled
+    estimate is within ``SIZE_TOLERANCE``, ``passes - 1`` rounds are spent, or the correction
+    reaches ``SIZE_CORRECTION_RANGE``. Without a size head, or for any head but the generic one
+    (:func:`corrects_size`): factor 1.
+
+    Args:
+        micrographs: ``(image as stored, scale at the diameter given)`` each.
+    """
+    if not corrects_size(model, head) or not micrographs:
+        return SizeEstimate(1.0, 0, 0)
+    estimate, _ = _size_passes(model, meta, micrographs, head, passes, names=names, tile_size=tile_size, device=device, bf16=bf16)
+    return estimate
 
 
 def size_corrected_outputs(
@@ -349,42 +453,30 @@ def size_corrected_outputs(
     device: str | torch.device = "cpu",
     bf16: bool = False,
 ) -> tuple[torch.Tensor, float]:
-    """Head outputs ``[3, h, w]`` of a micrograph, at the scale where its particles look the size the model was trained on.
+    """Head outputs ``[3, h, w]`` of one micrograph, at the scale where its particles look the size the model was trained on.
 
     Users guess the diameter, and a detector localises particles badly when they look much
     larger than its training size. A model with a size head reads, from the first pass at
-    ``scale`` (from the diameter given), how large the particles look
-    (:func:`estimate_size_correction`), rescales the micrograph by the inverse and runs again,
-    until the estimate is within ``SIZE_TOLERANCE`` or ``passes`` passes are spent; the overall
-    correction stays within ``SIZE_CORRECTION_RANGE`` of the given diameter. Without a size
-    head, with ``passes=1``, or for any head but the generic one: one pass at ``scale``. A
-    dataset's own head (trained or fine-tuned on labels) knows its particles at the labelled
-    size, which the user gives again; correcting it cost few-shot heads 0.15 mean AP in the
-    benchmark (sim-4hhb 0.87 -> 0.50), while the generic head's diameter is a guess.
+    ``scale`` (from the diameter given), how large the particles look, rescales the micrograph
+    by the inverse and runs again (:func:`estimate_diameter`, on this micrograph alone). The
+    last pass's outputs are reused when it ran at the final scale. Without a size head, with
+    ``passes=1``, or for any head but the generic one (:func:`corrects_size`): one pass at ``scale``.
 
     Args:
         image: the micrograph as stored; prepared: it already prepared at ``scale`` (saves one preparation).
 
     Returns:
-        ``(outputs, scale)``: the last pass's outputs and the scale (rescaled px per stored px) it ran at.
+        ``(outputs, scale)``: the outputs and the scale (rescaled px per stored px) they ran at.
     """
-    given = scale
-    if prepared is None:
-        prepared = prepare_micrograph(image, scale, meta.target_diameter_px, name)
-    if model.size_head is None or head != GENERIC:
-        passes = 1
-    low, high = SIZE_CORRECTION_RANGE
-    for _ in range(max(1, passes) - 1):
-        outputs = head_outputs(model, prepared, head, tile_size=tile_size, device=device, bf16=bf16)
-        factor = estimate_size_correction(outputs, size_map(model, prepared, device))
-        if factor is None or abs(np.log(factor)) < np.log(SIZE_TOLERANCE):
-            return outputs, scale
-        # The particles look `factor` times the trained size: shrink the micrograph by it, so that
-        # the diameter becomes `corrected` times the one given (within the range).
-        corrected = float(np.clip(given / scale * factor, low, high))
-        if np.isclose(corrected, given / scale, rtol=1e-9, atol=0.0):
-            return outputs, scale  # at the edge of the range already
-        scale = given / corrected
+    estimate, outputs = SizeEstimate(1.0, 0, 0), None
+    if corrects_size(model, head) and passes > 1:
+        estimate, outputs = _size_passes(
+            model, meta, [(image, scale)], head, passes, prepared=[prepared], names=[name], tile_size=tile_size, device=device, bf16=bf16,
+        )  # fmt: skip
+    scale = scale / estimate.factor
+    if outputs is not None:
+        return outputs[0], scale
+    if prepared is None or estimate.factor != 1.0:
         prepared = prepare_micrograph(image, scale, meta.target_diameter_px, name)
     return head_outputs(model, prepared, head, tile_size=tile_size, device=device, bf16=bf16), scale
 
@@ -533,6 +625,13 @@ class Prepared:
     scale: float
 
 
+def _evenly_spaced(paths: Sequence[Path], most: int) -> list[Path]:
+    """At most ``most`` of ``paths``, spread evenly from the first to the last."""
+    if len(paths) <= most:
+        return list(paths)
+    return [paths[i] for i in np.linspace(0, len(paths) - 1, most).round().astype(int)]
+
+
 class Picker:
     """Model + settings: :meth:`prepare` (thread-safe, NumPy) then :meth:`pick` (the network)."""
 
@@ -551,6 +650,9 @@ class Picker:
         self.model = model.to(settings.device).eval()
         self.meta = meta
         self.settings = settings
+        #: The dataset's diameter correction, once :meth:`calibrate` has read it; until then each
+        #: micrograph is corrected on its own (:func:`size_corrected_outputs`).
+        self.size_estimate: SizeEstimate | None = None
 
     def check_paths(self, paths: Sequence[Path]) -> None:
         """Refuse up front what would fail on every file: a size in Å, no pixel size, files without a header."""
@@ -561,16 +663,65 @@ class Picker:
                         f"{path}: a {path.suffix} file has no pixel size: give --pixel-size (Å/px) or --diameter-px"
                     )
 
-    def prepare(self, path: Path) -> Prepared:
-        """Read one micrograph and rescale + normalise it; HydraPickerError names the file if it is unusable."""
+    def _read(self, path: Path) -> tuple[Micrograph, float]:
+        """One micrograph as stored and its scale at the diameter given."""
         s = self.settings
         micrograph = read_micrograph(path)
         pixel_size = s.pixel_size if s.pixel_size is not None else micrograph.pixel_size
         if s.diameter_A is not None and pixel_size is None:
             raise HydraPickerError(f"{path}: no pixel size in the file header: give --pixel-size (Å/px) or --diameter-px")
-        scale = picking_scale(self.meta, pixel_size, s.diameter_A, s.diameter_px)
+        return micrograph, picking_scale(self.meta, pixel_size, s.diameter_A, s.diameter_px)
+
+    def prepare(self, path: Path) -> Prepared:
+        """Read one micrograph and rescale + normalise it (at the calibrated diameter, if any); HydraPickerError names the file if it is unusable."""
+        micrograph, scale = self._read(path)
+        if self.size_estimate is not None:
+            scale /= self.size_estimate.factor
         image = prepare_micrograph(micrograph.data, scale, self.meta.target_diameter_px, str(path))
         return Prepared(micrograph.name, path, micrograph.data, image, scale)
+
+    def calibrate(self, paths: Sequence[Path], most: int | None = None) -> SizeEstimate | None:
+        """Read the particle size once for the run, from up to ``most`` micrographs spread over ``paths``
+        (:func:`estimate_diameter`; ``most`` defaults to ``SIZE_SAMPLE_MICROGRAPHS``); every
+        micrograph is then picked at that one diameter.
+
+        Returns None, and changes nothing, when the diameter is not corrected (``--fixed-diameter``,
+        no size head, a dataset's own head), when already calibrated, or when no sampled
+        micrograph can be read (those are reported when picked). The same ``paths`` give the
+        same sample, so a rerun or another rank picks at the same diameter.
+        """
+        s = self.settings
+        if self.size_estimate is not None or not s.correct_size or not corrects_size(self.model, s.head) or not paths:
+            return None
+        sample, names = [], []
+        for path in _evenly_spaced(paths, SIZE_SAMPLE_MICROGRAPHS if most is None else most):
+            try:
+                micrograph, scale = self._read(path)
+            except (HydraPickerError, OSError):
+                continue
+            sample.append((micrograph.data, scale))
+            names.append(str(path))
+        if not sample:
+            return None
+        self.size_estimate = estimate_diameter(
+            self.model, self.meta, sample, s.head, names=names, tile_size=s.tile_size, device=s.device, bf16=s.bf16
+        )
+        return self.size_estimate
+
+    def describe_size(self) -> str:
+        """One line on the diameter the run picks at (after :meth:`calibrate`)."""
+        estimate, s = self.size_estimate, self.settings
+        if estimate is None:
+            return ""
+        given = f"{s.diameter_A:g} Å" if s.diameter_A is not None else f"{s.diameter_px:g} px"
+        value = s.diameter_A if s.diameter_A is not None else s.diameter_px
+        unit = "Å" if s.diameter_A is not None else "px"
+        if estimate.cells == 0:
+            return f"particle diameter: {given} as given (the size head found no confident pick in {estimate.micrographs} micrograph(s))"
+        if estimate.factor == 1.0:
+            return f"particle diameter: {given} as given (the size head agrees, {estimate.micrographs} micrograph(s))"
+        return (f"particle diameter: picking at {value * estimate.factor:.4g} {unit}, {estimate.factor:.2f}x the {given} given "
+                f"(size head, {estimate.micrographs} micrograph(s)); --fixed-diameter picks at {given}")  # fmt: skip
 
     def candidates(self, prepared: Prepared) -> Picks:
         """Every pick of one prepared micrograph down to ``CANDIDATE_FLOOR`` (or the threshold, if lower), in its stored frame.
@@ -580,9 +731,10 @@ class Picker:
         ``candidates(...).above(t)``, and one network pass gives both.
         """
         s = self.settings
+        per_micrograph = s.correct_size and self.size_estimate is None  # calibrated: prepared at the run's diameter
         outputs, scale = size_corrected_outputs(
             self.model, self.meta, prepared.data, prepared.scale, s.head, prepared=prepared.image, name=str(prepared.path),
-            passes=SIZE_PASSES if s.correct_size else 1, tile_size=s.tile_size, device=s.device, bf16=s.bf16,
+            passes=SIZE_PASSES if per_micrograph else 1, tile_size=s.tile_size, device=s.device, bf16=s.bf16,
         )  # fmt: skip
         return picks_from_outputs(
             outputs, self.meta, scale, prepared.data.shape, min(CANDIDATE_FLOOR, s.threshold),
@@ -691,6 +843,9 @@ def pick_files(
     prepared is reported through ``log`` (one line) and skipped. ``workers`` threads read
     and prepare micrographs ahead of the network; one thread writes. At the end
     ``out_dir/picks.csv`` is rebuilt from every per-micrograph CSV in ``out_dir/csv``.
+    Before the first micrograph, a model that corrects the diameter reads the particle size
+    once from a sample of ``paths`` (:meth:`Picker.calibrate`) and says what it found; every
+    micrograph is then picked at that diameter.
     ``stop`` (asked before each micrograph; ``pick --watch`` sets it on Ctrl-C) ends the run
     early, after the micrographs in flight are written. ``merge=False`` leaves ``picks.csv``
     alone (one rank's share under torchrun: :func:`hydrapicker.distributed.pick_files_sharded`).
@@ -712,6 +867,9 @@ def pick_files(
             report.skipped.append(micrograph_stem(path))
         else:
             todo.append(path)
+
+    if todo and picker.calibrate(paths) is not None:
+        say(picker.describe_size())
 
     def write(picks: Picks, candidates: Picks, prepared: Prepared) -> None:
         # Candidates first: a micrograph whose outputs exist then always has its candidates too.
