@@ -722,7 +722,8 @@ def write_report(out_dir: Path, config: BenchmarkConfig, tables: list[_Table], d
     lines += ["## Robustness to the particle diameter", "",
               "Zero-shot picks of the generic head with the diameter given to `pick` off by the error shown. "
               + ("'Size corrected' is `pick`'s default: the model's size head reads how large the particles look and "
-                 "corrects the diameter per micrograph; 'as given' is `pick --fixed-diameter`. 'Picked at' is the diameter "
+                 "corrects the diameter once per dataset, read over its micrographs (images only, as `pick` reads it once over "
+                 "the micrographs of a run); 'as given' is `pick --fixed-diameter`. 'Picked at' is the diameter "
                  "the corrected picks were made at over the true one (mean over the target micrographs)."
                  if "fixed" in diameter else "The model has no size head: the diameter is used as given."), ""]  # fmt: skip
     target_names = {name for name in tables[1].rows[:n_targets]}
