@@ -22,7 +22,7 @@ import numpy as np
 
 from hydrapicker.defaults import PICK_THRESHOLD
 from hydrapicker.evaluate import Evaluation, evaluate, write_curves
-from hydrapicker.io import Picks, atomic_write_text, read_micrograph, read_picks, write_picks
+from hydrapicker.io import Picks, atomic_write_text, read_picks, write_picks
 
 __all__ = ["BundledDataset", "DemoResult", "bundled_datasets", "format_figure", "run_demo"]
 
@@ -75,21 +75,24 @@ def format_figure(value: float) -> str:
     return "n/a" if np.isnan(value) else f"{value:.3f}"
 
 
-def _pick_and_write(model, meta, dataset: BundledDataset, paths: list[Path], head: str, out_dir: Path) -> dict[str, Picks]:
-    """Pick ``paths``; write STAR files and overlays of the picks above the default threshold."""
-    from hydrapicker.pick import pick_micrograph, write_overlay
+def _pick_and_write(
+    model, meta, dataset: BundledDataset, paths: list[Path], head: str, out_dir: Path, say: Callable[[str], None]
+) -> dict[str, Picks]:
+    """Pick ``paths`` as ``hydrapicker pick`` does (the size read once over them); write STAR files and overlays of the picks above the default threshold."""
+    from hydrapicker.pick import Picker, PickSettings, write_overlay
 
+    settings = PickSettings(diameter_px=dataset.box_size, pixel_size=dataset.pixel_size, head=head, threshold=RANKING_THRESHOLD)
+    picker = Picker(model, meta, settings)
+    if picker.calibrate(paths) is not None:
+        say(f"  {picker.describe_size()}")
     picks: dict[str, Picks] = {}
     for path in paths:
-        image = read_micrograph(path).data
-        ranked = pick_micrograph(
-            model, meta, image, dataset.pixel_size, diameter_px=dataset.box_size, head=head,
-            threshold=RANKING_THRESHOLD, name=path.stem,
-        )  # fmt: skip
+        prepared = picker.prepare(path)
+        ranked = picker.pick(prepared)
         picks[path.stem] = ranked
         kept = ranked.above(PICK_THRESHOLD)
         write_picks(out_dir / "star" / f"{path.stem}.star", kept, "star")
-        write_overlay(out_dir / "overlays" / f"{path.stem}.png", image, kept)
+        write_overlay(out_dir / "overlays" / f"{path.stem}.png", prepared.data, kept)
     return picks
 
 
@@ -121,7 +124,7 @@ def run_demo(
     for dataset in datasets:
         say(f"zero-shot: picking {dataset.name} with the generic head")
         run_dir = out_dir / "zero_shot" / dataset.name
-        picks = _pick_and_write(model, meta, dataset, dataset.micrographs(), "generic", run_dir)
+        picks = _pick_and_write(model, meta, dataset, dataset.micrographs(), "generic", run_dir, say)
         zero_shot_picks[dataset.name] = picks
         zero_shot[dataset.name] = _score(picks, dataset.labels(), dataset.box_size, run_dir)
 
@@ -139,7 +142,7 @@ def run_demo(
     tuned, tuned_meta = load_picking_model(checkpoint)
     say(f"few-shot: picking the held-out micrograph {held_out.stem} with head {FEW_SHOT_HEAD!r}")
     held_dir = out_dir / "few_shot" / "held_out"
-    tuned_picks = _pick_and_write(tuned, tuned_meta, bgal, [held_out], FEW_SHOT_HEAD, held_dir)
+    tuned_picks = _pick_and_write(tuned, tuned_meta, bgal, [held_out], FEW_SHOT_HEAD, held_dir, say)
     truth = bgal.labels()
     held_out_finetuned = _score(tuned_picks, truth, bgal.box_size, held_dir)
     held_out_generic = _score(
