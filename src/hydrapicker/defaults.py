@@ -103,8 +103,9 @@ SIZE_CORRECTION_RANGE: tuple[float, float] = (0.6, 1.6)
 #: ... and only when the estimate is off by more than this factor (a smaller one is noise).
 SIZE_TOLERANCE: float = 1.05
 
-#: Network passes per micrograph at most when the size is corrected: the given size, then each
-#: corrected one (the estimate is re-read at the corrected scale, where it is most accurate).
+#: Network passes per sampled micrograph at most when the size is corrected: the given size, then
+#: each corrected one (the estimate is re-read at the corrected scale, where it is most accurate);
+#: the last pass picks (one micrograph alone) or the run is picked at the result (a run).
 SIZE_PASSES: int = 3
 
 #: The size is read in the cells whose best anchor scores at least this (0.1 let background in).

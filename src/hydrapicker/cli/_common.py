@@ -52,7 +52,8 @@ def add_pick_placing_arguments(picking: argparse._ArgumentGroup) -> None:
     picking.add_argument("--whole-boxes", action="store_true", help="drop picks whose box reaches past the micrograph edge")
     picking.add_argument("--fixed-diameter", action="store_true",
                          help="use the diameter exactly as given; by default, picking with the generic head of a model with a size head "
-                              "corrects it per micrograph when the particles look another size (within x0.6-1.6)")  # fmt: skip
+                              "reads the particle size once over up to 8 of the micrographs and picks them all at the corrected "
+                              "diameter when the particles look another size (within x0.6-1.6); give this when you know the diameter")  # fmt: skip
 
 
 def pick_settings(args: argparse.Namespace) -> "PickSettings":
