@@ -40,3 +40,7 @@ def test_demo_picks_finetunes_and_reports(tmp_path, capsys):
     assert json.loads((held_out / "evaluation.json").read_text())["n_true"] > 0
     assert (tmp_path / "few_shot" / "model.pt").exists()
     assert (tmp_path / "command.json").exists()
+
+    # `make demo` again, into the same folder (it used to stop at the earlier fine-tuning run)
+    assert cli.main(["demo", "--out", str(tmp_path), "--epochs", "1", "--batches-per-epoch", "2"]) == 0
+    assert (tmp_path / "few_shot" / "model.pt").exists()

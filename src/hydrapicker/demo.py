@@ -13,6 +13,7 @@ proteasome micrograph (EMPIAR-10025), none of which the shipped model was traine
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -135,6 +136,9 @@ def run_demo(
         FEW_SHOT_HEAD, few_shot, [p.with_suffix(".csv") for p in few_shot], diameter_px=bgal.box_size
     )
     overrides = {k: v for k, v in (("epochs", epochs), ("batches_per_epoch", batches_per_epoch)) if v is not None}
+    # Each demo fine-tunes afresh: an earlier or interrupted demo's run in the same folder would
+    # otherwise stop this one ("a training run is already there"); the folder is the demo's own.
+    shutil.rmtree(out_dir / "few_shot", ignore_errors=True)
     checkpoint = finetune(
         data, out_dir / "few_shot" / "model.pt", FinetuneConfig(name=FEW_SHOT_HEAD, seed=seed, **overrides),
         model_path=model_path, say=say,
