@@ -553,7 +553,7 @@ def run_benchmark(config: BenchmarkConfig, out_dir: str | os.PathLike, *, say: C
         diameter["fixed"] = {}
     for kind, curve in diameter.items():
         for error in config.diameter_errors:
-            method = kind if error == 0 else f"{kind}-d{error:+.2f}"
+            method = _diameter_method(kind, error)
             curve[error] = timed("picking", column, zero_rows, picks(method, multihead, factor=1.0 + error, correct_size=kind == "generic"))
     real_results: dict[str, dict[str, Evaluation | str]] = {}
     if reals:
@@ -654,6 +654,11 @@ def _plot_curves(path: Path, t: _Table) -> None:
 _DIAMETER_KINDS = {"generic": "size corrected", "fixed": "diameter as given"}
 
 
+def _diameter_method(kind: str, error: float) -> str:
+    """The picks folder of one point of a diameter curve (the true diameter's is the kind itself: Table 2's picks)."""
+    return kind if error == 0 else f"{kind}-d{error:+.2f}"
+
+
 def _plot_diameter(path: Path, curves: dict[str, dict[float, dict[str, float]]]) -> None:
     import matplotlib
 
@@ -737,7 +742,7 @@ def write_report(out_dir: Path, config: BenchmarkConfig, tables: list[_Table], d
                 "unseen": _mean([r.ap for n, r in good.items() if n not in target_names]),
                 "auroc_targets": _mean([r.auroc for n, r in good.items() if n in target_names]),
                 "picked_at": _mean([d / truths_px[n] for n in target_names for d in
-                                    picked_diameters(out_dir, kind if error == 0 else f"{kind}-d{error:+.2f}", n)]),
+                                    picked_diameters(out_dir, _diameter_method(kind, error), n)]),
             }  # fmt: skip
     kinds = list(curves)
     header = "| diameter error | " + " | ".join(

@@ -94,7 +94,7 @@ LAMBDA_SIZE: float = 1.0
 #: ~500 steps (a 1000-step pilot at 3x was, on crops).
 SIZE_HEAD_LR_FACTOR: float = 3.0
 
-# --- the size a user gives (hydrapicker.pick.estimate_size_correction) --------------------
+# --- the size a user gives (hydrapicker.pick.estimate_diameter) ---------------------------
 
 #: A model with a size head corrects the diameter a user gave by at most these factors (the
 #: particle's apparent size is trusted only inside a range like the training's scale jitter).

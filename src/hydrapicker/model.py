@@ -200,7 +200,7 @@ class HydraPicker(nn.Module):
     predicts per 32-px cell how large the particles there look: ``log(apparent diameter /
     trained diameter)``. Training shows particles at a random scale (scale jitter) and knows
     it; picking reads the size head where its picks are to correct a particle diameter the
-    user gave wrong (:func:`hydrapicker.pick.estimate_size_correction`).
+    user gave wrong (:func:`hydrapicker.pick.estimate_diameter`).
     """
 
     def __init__(self, preset: ModelPreset, head_names: tuple[str, ...] | list[str] = (), size_head: bool = False) -> None:

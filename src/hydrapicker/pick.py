@@ -713,9 +713,8 @@ class Picker:
         estimate, s = self.size_estimate, self.settings
         if estimate is None:
             return ""
-        given = f"{s.diameter_A:g} Å" if s.diameter_A is not None else f"{s.diameter_px:g} px"
-        value = s.diameter_A if s.diameter_A is not None else s.diameter_px
-        unit = "Å" if s.diameter_A is not None else "px"
+        value, unit = (s.diameter_A, "Å") if s.diameter_A is not None else (s.diameter_px, "px")
+        given = f"{value:g} {unit}"
         if estimate.cells == 0:
             return f"particle diameter: {given} as given (the size head found no confident pick in {estimate.micrographs} micrograph(s))"
         if estimate.factor == 1.0:
