@@ -45,7 +45,10 @@ class Rendering:
         border_stripes_px: width of reflected-padding stripes at the borders, as some
             denoisers and exporters leave.
         eight_bit: ``None`` (float32 MRC), ``"png"`` or ``"jpg"``.
-        stretch: percentiles mapped to 0 and 255 for 8-bit exports ((0, 100) = min-max).
+        sixteen_bit: a 16-bit contrast-stretched, clipped TIFF export (as some facilities hand
+            over averaged frames): ``stretch`` percentiles map to 0 and 65535.
+        stretch: percentiles mapped to the ends of the integer range for 8- and 16-bit exports
+            ((0, 100) = min-max).
         jpeg_quality: JPEG quality for ``"jpg"``.
     """
 
@@ -55,11 +58,14 @@ class Rendering:
     denoise: float | None = None
     border_stripes_px: int = 0
     eight_bit: str | None = None
+    sixteen_bit: bool = False
     stretch: tuple[float, float] = (0.5, 99.5)
     jpeg_quality: int = 85
 
     @property
     def suffix(self) -> str:
+        if self.sixteen_bit:
+            return ".tif"
         return {None: ".mrc", "png": ".png", "jpg": ".jpg"}[self.eight_bit]
 
 
@@ -73,6 +79,7 @@ RENDERINGS: dict[str, Rendering] = {
     "jpg": Rendering("jpg", eight_bit="jpg", jpeg_quality=80),
     "denoised-png": Rendering("denoised-png", bin=2, denoise=0.25, border_stripes_px=12, eight_bit="png"),
     "lowpass-png": Rendering("lowpass-png", bin=2, lowpass_A=25.0, eight_bit="png", stretch=(0.0, 100.0)),
+    "tif16": Rendering("tif16", sixteen_bit=True, stretch=(1.0, 99.0)),
 }
 
 
@@ -215,6 +222,8 @@ class SimulationConfig:
             bad("rendering.bin", self.rendering.bin, "must be a whole number >= 1")
         if self.rendering.eight_bit not in (None, "png", "jpg"):
             bad("rendering.eight_bit", self.rendering.eight_bit, "must be png, jpg or none")
+        if self.rendering.sixteen_bit and self.rendering.eight_bit is not None:
+            bad("rendering.sixteen_bit", True, "a rendering is exported as 8-bit or as 16-bit, not both")
         lo, hi = self.rendering.stretch
         if not 0 <= lo < hi <= 100:
             bad("rendering.stretch", self.rendering.stretch, "must be percentiles 0 <= lo < hi <= 100")

@@ -24,7 +24,7 @@ __all__ = ["Rendered", "render", "render_image", "binned_coordinate", "write_ren
 
 @dataclass
 class Rendered:
-    """A stored micrograph: float32 (MRC) or uint8 (PNG/JPEG) ``[row, col]``."""
+    """A stored micrograph: float32 (MRC), uint16 (TIFF) or uint8 (PNG/JPEG) ``[row, col]``."""
 
     data: np.ndarray
     pixel_size: float
@@ -76,11 +76,21 @@ def _stripes(image: np.ndarray, width: int, rng: np.random.Generator) -> np.ndar
 
 def to_eight_bit(image: np.ndarray, stretch: tuple[float, float]) -> np.ndarray:
     """Contrast-stretch: the ``stretch`` percentiles map to 0 and 255, clipped, uint8."""
+    return _stretch(image, stretch, np.uint8)
+
+
+def to_sixteen_bit(image: np.ndarray, stretch: tuple[float, float]) -> np.ndarray:
+    """Contrast-stretch: the ``stretch`` percentiles map to 0 and 65535, clipped, uint16."""
+    return _stretch(image, stretch, np.uint16)
+
+
+def _stretch(image: np.ndarray, stretch: tuple[float, float], dtype: type) -> np.ndarray:
+    top = float(np.iinfo(dtype).max)
     lo, hi = np.percentile(image, stretch)
     if hi <= lo:
         hi = lo + 1.0
-    scaled = (image - lo) / (hi - lo) * 255.0
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    scaled = (image - lo) / (hi - lo) * top
+    return np.clip(np.rint(scaled), 0, top).astype(dtype)
 
 
 def render_image(
@@ -106,6 +116,8 @@ def render_image(
         image = _stripes(image, rendering.border_stripes_px, rng)
     if rendering.eight_bit is not None:
         return Rendered(to_eight_bit(image, rendering.stretch), pixel, rendering)
+    if rendering.sixteen_bit:
+        return Rendered(to_sixteen_bit(image, rendering.stretch), pixel, rendering)
     return Rendered(image.astype(np.float32), pixel, rendering)
 
 
@@ -134,6 +146,12 @@ def render(sim, rendering: Rendering, rng: np.random.Generator) -> tuple[Rendere
 def write_rendered(path: str | os.PathLike, rendered: Rendered) -> Path:
     """Write to ``path`` (its suffix must match the rendering), atomically."""
     path = Path(path)
+    if rendered.rendering.sixteen_bit:
+        import tifffile
+
+        with atomic_path(path) as tmp:
+            tifffile.imwrite(tmp, rendered.data)
+        return path
     if rendered.rendering.eight_bit is None:
         write_mrc(path, rendered.data, rendered.pixel_size)
         return path
