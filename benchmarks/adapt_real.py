@@ -38,18 +38,16 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from hydrapicker.adapt import AdaptConfig, adapt, turned_outputs
+from hydrapicker.preprocess import ParticleSize
+from hydrapicker.training.config import AdaptConfig
+from hydrapicker.training.adapt import adapt, turned_outputs
 from hydrapicker.evaluate import evaluate
 from hydrapicker.io import read_micrograph, read_picks, write_mrc
 from hydrapicker.io.micrograph import micrograph_stem
-from hydrapicker.model import GENERIC
-from hydrapicker.pick import (
-    Picker,
-    PickSettings,
-    load_picking_model,
-    pick_micrograph,
-    picks_from_outputs,
-)
+from hydrapicker.defaults import GENERIC
+from hydrapicker.picking.picker import pick_micrograph, Picker, PickSettings
+from hydrapicker.checkpoint import load_model
+from hydrapicker.picking.decode import picks_from_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / "src" / "hydrapicker" / "assets" / "real"
@@ -88,7 +86,7 @@ def _simulated(out: Path) -> tuple[list[Path], float]:
 
 
 def _picks(checkpoint: Path | None, head: str, paths: list[Path], diameter: float, pixel: float, turns: int = 1) -> dict:
-    model, meta = load_picking_model(checkpoint)
+    model, meta = load_model(checkpoint)
     if turns == 1:
         return {
             micrograph_stem(p): pick_micrograph(
@@ -96,7 +94,7 @@ def _picks(checkpoint: Path | None, head: str, paths: list[Path], diameter: floa
             )
             for p in paths
         }
-    picker = Picker(model, meta, PickSettings(diameter_A=diameter, pixel_size=pixel, head=head))
+    picker = Picker(model, meta, PickSettings(ParticleSize(diameter_A=diameter, pixel_size=pixel), head=head))
     picks = {}
     for path in paths:
         prepared = picker.prepare(path)
@@ -108,7 +106,7 @@ def _picks(checkpoint: Path | None, head: str, paths: list[Path], diameter: floa
 def _adapt(out: Path, paths: list[Path], diameter: float, pixel: float, config: AdaptConfig, model: Path | None) -> tuple[Path, dict]:
     checkpoint = out / f"{config.name}.pt"
     load = os.getloadavg()[0]
-    report = adapt(paths, checkpoint, config, diameter_A=diameter, pixel_size=pixel, model_path=model)
+    report = adapt(paths, checkpoint, config, model_path=model, size=ParticleSize(diameter_A=diameter, pixel_size=pixel))
     return checkpoint, {"seconds": report.seconds, "load_average_before_after": [load, os.getloadavg()[0]],
                         "micrographs": len(report.micrographs), "rounds": [asdict(r) for r in report.rounds]}  # fmt: skip
 

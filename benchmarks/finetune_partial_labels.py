@@ -30,14 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
+from hydrapicker.preprocess import ParticleSize
 from hydrapicker.defaults import PICK_THRESHOLD
-from hydrapicker.demo import bundled_datasets
+from hydrapicker.bundled import bundled_datasets
 from hydrapicker.evaluate import evaluate
-from hydrapicker.finetune import FinetuneConfig, finetune, labelled_micrographs
-from hydrapicker.io import Picks, read_micrograph, read_picks, write_picks
-from hydrapicker.model import GENERIC
-from hydrapicker.pick import pick_micrograph
-from hydrapicker.train import load_checkpoint
+from hydrapicker.training.config import FinetuneConfig
+from hydrapicker.training.finetune import finetune, labelled_micrographs
+from hydrapicker.io import Picks, read_micrograph, write_picks
+from hydrapicker.defaults import GENERIC
+from hydrapicker.picking.picker import pick_micrograph
+from hydrapicker.checkpoint import load_checkpoint
 
 RUNS = ("generic", "full", "plain10", "pu10", "pu10-true")
 
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{run:10s} AP {results[run]['ap']:.3f}", flush=True)
             continue
         coords = full_coords if run == "full" else partial_coords
-        data = labelled_micrographs(run.replace("-", "_"), train_mics, coords, diameter_A=diameter_A, pixel_size=bgal.pixel_size)
+        data = labelled_micrographs(run.replace("-", "_"), train_mics, coords, size=ParticleSize(diameter_A=diameter_A, pixel_size=bgal.pixel_size))
         expected = None
         if run == "pu10-true":
             expected = float(np.mean([len(truth[m.stem]) for m in train_mics]))

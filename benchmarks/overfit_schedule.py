@@ -42,11 +42,12 @@ from test_overfit import (
     inside_labelled_window,
 )
 
-from hydrapicker.data import load_project
+from hydrapicker.data.project import load_project
 from hydrapicker.evaluate import evaluate, match_picks
 from hydrapicker.io import Picks, read_micrograph, read_picks
-from hydrapicker.pick import pick_micrograph
-from hydrapicker.train import load_checkpoint, train
+from hydrapicker.picking.picker import pick_micrograph
+from hydrapicker.checkpoint import load_checkpoint
+from hydrapicker.training.stages import train
 
 BGAL = Path(__file__).resolve().parents[1] / "src" / "hydrapicker" / "assets" / "real" / "empiar10017_bgal_bin4"
 STEMS = ("empiar10017_Falcon_2012_06_12-14_33_35_0_bin4", "empiar10017_Falcon_2012_06_12-15_53_09_0_bin4")

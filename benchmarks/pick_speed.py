@@ -35,8 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hydrapicker.model import HydraPicker, get_preset
-from hydrapicker.pick import head_outputs
+from hydrapicker.model import HydraPicker
+from hydrapicker.presets import get_preset
+from hydrapicker.picking.inference import head_outputs
 
 
 def _best_time(fn, repeats: int) -> float:
@@ -124,7 +125,7 @@ def speed(args: argparse.Namespace) -> None:
 
 def bf16_error(args: argparse.Namespace) -> None:
     if args.model:
-        from hydrapicker.train import load_checkpoint
+        from hydrapicker.checkpoint import load_checkpoint
 
         model, _ = load_checkpoint(args.model)
         source = args.model
@@ -145,8 +146,9 @@ def bf16_error(args: argparse.Namespace) -> None:
 
 
 def _memory_child(size: int, preset: str, tile: int) -> None:
-    from hydrapicker.pick import picks_from_outputs, prepare_micrograph
-    from hydrapicker.train import ModelMeta
+    from hydrapicker.picking.decode import picks_from_outputs
+    from hydrapicker.preprocess import prepare_micrograph
+    from hydrapicker.checkpoint import ModelMeta
 
     def peak() -> int:
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

@@ -108,12 +108,15 @@ def run_pick(mics: Path, out: Path, procs: int, threads: int, model: Path | None
 
 def single_process_costs(mics: list[Path], out: Path, model_path: Path | None, device: str, threads: int) -> dict:
     """Network seconds, CPU prepare seconds and merge seconds per micrograph, in this process."""
-    from hydrapicker.pick import PickSettings, Picker, head_outputs, load_picking_model, rebuild_picks_csv
-    from hydrapicker.train import load_checkpoint
+    from hydrapicker.picking.picker import Picker, PickSettings
+    from hydrapicker.picking.inference import head_outputs
+    from hydrapicker.checkpoint import load_model
+    from hydrapicker.io.run_folder import rebuild_picks_csv
+    from hydrapicker.checkpoint import load_checkpoint
 
     torch.set_num_threads(threads)
-    model, meta = load_checkpoint(model_path) if model_path else load_picking_model(None)
-    picker = Picker(model, meta, PickSettings(diameter_px=DIAMETER_PX, device=device))
+    model, meta = load_checkpoint(model_path) if model_path else load_model(None)
+    picker = Picker(model, meta, PickSettings(ParticleSize(diameter_px=DIAMETER_PX), device=device))
     sample = mics[:3]
     t0 = time.perf_counter()
     prepared = [picker.prepare(path) for path in sample]
@@ -206,12 +209,15 @@ def main() -> None:
         mics = make_micrographs(root / "mics", args.n)
         model = args.model
         if args.preset:
-            from hydrapicker.model import HydraPicker, get_preset
-            from hydrapicker.train import TrainConfig, _checkpoint, _save
+            from hydrapicker.model import HydraPicker
+            from hydrapicker.presets import get_preset
+            from hydrapicker.training.config import TrainConfig
+            from hydrapicker.training.loop import _checkpoint
+            from hydrapicker.checkpoint import save_checkpoint
 
             torch.manual_seed(0)
             model = root / f"{args.preset}.pt"
-            _save(model, _checkpoint(HydraPicker(get_preset(args.preset)), TrainConfig(preset=args.preset), 1, 0, None))
+            save_checkpoint(model, _checkpoint(HydraPicker(get_preset(args.preset)), TrainConfig(preset=args.preset), 1, 0, None))
         print(f"{args.n} micrographs of 1024² (β-gal PNG copies), {args.threads} thread(s) per process, device {args.device}, "
               f"model {model or 'shipped generic'}; torch {torch.__version__}", flush=True)  # fmt: skip
         runs = []

@@ -30,11 +30,14 @@ import numpy as np
 import torch
 
 from hydrapicker.boxes import decode_outputs, nms, refine_centres
-from hydrapicker.data import from_rescaled
+from hydrapicker.preprocess import from_rescaled
 from hydrapicker.defaults import NMS_IOU
 from hydrapicker.evaluate import evaluate
 from hydrapicker.io import Picks, read_micrograph, read_picks
-from hydrapicker.pick import head_outputs, load_picking_model, picking_scale, prepare_micrograph
+from hydrapicker.picking.inference import head_outputs
+from hydrapicker.checkpoint import load_model
+from hydrapicker.pick import picking_scale
+from hydrapicker.preprocess import prepare_micrograph
 
 FACTORS = (0.64, 0.72, 0.8, 0.9, 1.0, 1.12, 1.25, 1.4, 1.56)
 ERRORS = (0.8, 0.9, 1.0, 1.12, 1.25)
@@ -42,7 +45,7 @@ ERRORS = (0.8, 0.9, 1.0, 1.12, 1.25)
 
 def collect(run: Path, split: str) -> dict[str, dict]:
     """Per dataset: true diameter (px), shape, truth, and every anchor's (x, y, score) at each factor."""
-    model, meta = load_picking_model(run / "models" / "multihead" / "model.pt")
+    model, meta = load_model(run / "models" / "multihead" / "model.pt")
     out = {}
     for group in ("targets", "unseen"):
         for d in json.loads((run / "data" / f"{group}.json").read_text())["datasets"]:

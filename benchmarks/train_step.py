@@ -26,7 +26,8 @@ from torch import nn
 from hydrapicker.defaults import BATCH_SIZE, CROP_SIZE
 from hydrapicker.loss import detection_loss
 from hydrapicker.memory import keep_large_blocks
-from hydrapicker.model import PRESETS, HydraPicker
+from hydrapicker.presets import PRESETS
+from hydrapicker.model import HydraPicker
 
 
 def forward_conv_flops(model: HydraPicker, images: torch.Tensor) -> int:

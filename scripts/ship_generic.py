@@ -21,8 +21,8 @@ import torch
 
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.files import atomic_path
-from hydrapicker.model import GENERIC
-from hydrapicker.train import load_checkpoint
+from hydrapicker.defaults import GENERIC
+from hydrapicker.checkpoint import load_checkpoint
 
 #: Checkpoint entries that describe the model rather than the training run's state.
 KEPT = ("format", "version", "preset", "target_diameter_px", "anchor_stride", "normalisation", "config", "stage", "epoch", "val_loss")

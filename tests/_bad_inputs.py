@@ -49,11 +49,14 @@ def _labels(path: Path, stem: str, centres: np.ndarray = CENTRES) -> None:
 def _checkpoint(path: Path) -> None:
     import torch
 
-    from hydrapicker.model import HydraPicker, get_preset
-    from hydrapicker.train import TrainConfig, _checkpoint, _save
+    from hydrapicker.model import HydraPicker
+    from hydrapicker.presets import get_preset
+    from hydrapicker.training.config import TrainConfig
+    from hydrapicker.training.loop import _checkpoint
+    from hydrapicker.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    _save(path, _checkpoint(HydraPicker(get_preset("tiny")), TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None))
+    save_checkpoint(path, _checkpoint(HydraPicker(get_preset("tiny")), TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None))
 
 
 # --- the bad things (each makes m1's micrograph, m1's labels, the project or the checkpoint bad) ---

@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hydrapicker.model import HydraPicker, get_preset
-from hydrapicker.train import TrainConfig, _checkpoint, _save
+from hydrapicker.model import HydraPicker
+from hydrapicker.presets import get_preset
+from hydrapicker.training.config import TrainConfig
+from hydrapicker.training.loop import _checkpoint
+from hydrapicker.checkpoint import save_checkpoint
 
 
 def gaussian_spots(
@@ -37,5 +40,5 @@ def spread_tiny_model(seed: int = 0) -> HydraPicker:
 
 def write_checkpoint(path: Path, model: HydraPicker) -> Path:
     """Save ``model`` as a stage-1 checkpoint that ``pick`` loads."""
-    _save(path, _checkpoint(model, TrainConfig(preset=model.preset.name), stage=1, epoch=0, val_loss=None))
+    save_checkpoint(path, _checkpoint(model, TrainConfig(preset=model.preset.name), stage=1, epoch=0, val_loss=None))
     return path

@@ -10,8 +10,9 @@ import json
 import sys
 
 from hydrapicker import distributed
-from hydrapicker.data import load_project
-from hydrapicker.train import TrainConfig, train
+from hydrapicker.data.project import load_project
+from hydrapicker.training.config import TrainConfig
+from hydrapicker.training.stages import train
 
 if __name__ == "__main__":
     project, out, config = sys.argv[1], sys.argv[2], TrainConfig.from_dict({**TrainConfig().to_dict(), **json.loads(sys.argv[3])})

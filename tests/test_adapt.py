@@ -17,19 +17,16 @@ import torch
 from _synthetic import gaussian_spots
 from scipy import ndimage
 
-from hydrapicker.adapt import (
-    AdaptConfig,
-    adapt,
-    distillation_loss,
-    run_folder,
-    turned_outputs,
-)
+from hydrapicker.preprocess import ParticleSize
+from hydrapicker.training.config import AdaptConfig
+from hydrapicker.training.adapt import adapt, run_folder, turned_outputs
+from hydrapicker.loss import distillation_loss
 from hydrapicker.cli import main as cli_main
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import read_picks, write_mrc
-from hydrapicker.model import GENERIC
-from hydrapicker.pick import load_picking_model
-from hydrapicker.train import load_checkpoint
+from hydrapicker.defaults import GENERIC
+from hydrapicker.checkpoint import load_model
+from hydrapicker.checkpoint import load_checkpoint
 
 DIAMETER = 24.0  # px, stored (rescaled 40 / 24: micrographs of 320² as the model sees them)
 FAST = {"rounds": 2, "steps": 2, "batch_size": 2, "crop_size": 96, "turns": 2, "threads": 1}  # 2 threads ran 3-4x slower on a busy 2-core machine
@@ -59,9 +56,9 @@ def blobs(tmp_path_factory) -> Path:
 
 
 def test_turn_averaged_outputs_turn_with_the_micrograph():
-    from hydrapicker.pick import head_outputs
+    from hydrapicker.picking.inference import head_outputs
 
-    model, _ = load_picking_model(None)
+    model, _ = load_model(None)
     rng = np.random.default_rng(1)
     image = torch.from_numpy(rng.normal(size=(128, 128)).astype(np.float32))
     torch.testing.assert_close(turned_outputs(model, image, GENERIC, turns=1), head_outputs(model, image, GENERIC))
@@ -75,7 +72,7 @@ def test_turn_averaged_outputs_turn_with_the_micrograph():
 
 
 def test_turn_averaged_outputs_reuse_given_features_of_the_unturned_micrograph():
-    model, _ = load_picking_model(None)
+    model, _ = load_model(None)
     image = torch.from_numpy(np.random.default_rng(2).normal(size=(96, 112)).astype(np.float32))
     with torch.inference_mode():
         features = model.features(image[None, None])[0]
@@ -116,13 +113,13 @@ def test_distillation_offsets_count_only_where_the_teacher_sees_a_particle():
 def adapted(blobs, tmp_path_factory):
     out = tmp_path_factory.mktemp("adapted") / "blobs.pt"
     lines = []
-    report = adapt([blobs], out, AdaptConfig(name="blobs", teacher_threshold=0.05, **FAST), diameter_px=DIAMETER, say=lines.append)
+    report = adapt([blobs], out, AdaptConfig(name="blobs", teacher_threshold=0.05, **FAST), say=lines.append, size=ParticleSize(diameter_px=DIAMETER))
     return out, report, lines
 
 
 def test_adapt_adds_one_head_and_leaves_trunk_and_generic_head_bit_identical(adapted):
     out, _, _ = adapted
-    base = load_picking_model(None)[0].state_dict()
+    base = load_model(None)[0].state_dict()
     model, meta = load_checkpoint(out)
     assert meta.head_names == ("blobs",)
     state = model.state_dict()
@@ -147,13 +144,13 @@ def test_adapt_reports_what_it_taught_and_how_the_picks_changed_for_every_round(
 
 
 def test_adapted_head_gives_in_one_pass_what_the_turn_averaged_generic_head_gives(blobs, tmp_path):
-    from hydrapicker.pick import Picker, PickSettings
+    from hydrapicker.picking.picker import Picker, PickSettings
 
     out = tmp_path / "taught.pt"
     config = AdaptConfig(name="taught", rounds=1, steps=60, batch_size=2, crop_size=256, threads=1, teacher_threshold=0.05)
-    adapt([blobs], out, config, diameter_px=DIAMETER, say=lambda _: None)
+    adapt([blobs], out, config, say=lambda _: None, size=ParticleSize(diameter_px=DIAMETER))
     model, meta = load_checkpoint(out)
-    picker = Picker(model, meta, PickSettings(diameter_px=DIAMETER))
+    picker = Picker(model, meta, PickSettings(ParticleSize(diameter_px=DIAMETER)))
     before, after = [], []
     for path in sorted(blobs.glob("*.mrc")):
         image = torch.from_numpy(picker.prepare(path).image)
@@ -180,7 +177,7 @@ def test_adapt_refuses_the_generic_name_and_micrographs_with_no_confident_pick(b
     with pytest.raises(HydraPickerError, match="generic"):
         AdaptConfig(name=GENERIC)
     with pytest.raises(HydraPickerError, match="scores no pick"):
-        adapt([blobs], tmp_path / "x.pt", AdaptConfig(name="x", teacher_threshold=1.0, **FAST), diameter_px=DIAMETER, say=lambda _: None)
+        adapt([blobs], tmp_path / "x.pt", AdaptConfig(name="x", teacher_threshold=1.0, **FAST), say=lambda _: None, size=ParticleSize(diameter_px=DIAMETER))
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -191,9 +188,9 @@ def _ap(checkpoint: Path | None, head: str, paths: list[Path], coordinates: Path
     from hydrapicker.evaluate import evaluate
     from hydrapicker.io import read_micrograph
     from hydrapicker.io.micrograph import micrograph_stem
-    from hydrapicker.pick import pick_micrograph
+    from hydrapicker.picking.picker import pick_micrograph
 
-    model, meta = load_picking_model(checkpoint)
+    model, meta = load_model(checkpoint)
     picks, truth = {}, {}
     for path in paths:
         stem, mic = micrograph_stem(path), read_micrograph(path)
@@ -222,7 +219,7 @@ def test_adapted_head_beats_generic_head_on_a_shifted_rendering(tmp_path):
     paths = sorted(shifted.glob("*.mrc"))
     diameter = json.loads((sim / "config.json").read_text())["diameter_A"] / 5.0
     out = tmp_path / "shifted.pt"
-    adapt(paths[:8], out, AdaptConfig(name="shifted", steps=600, threads=1), diameter_px=diameter, say=lambda _: None)
+    adapt(paths[:8], out, AdaptConfig(name="shifted", steps=600, threads=1), say=lambda _: None, size=ParticleSize(diameter_px=diameter))
     generic = _ap(None, GENERIC, paths[8:], sim / "coordinates", diameter)
     adapted_ap = _ap(out, "shifted", paths[8:], sim / "coordinates", diameter)
     assert adapted_ap > generic + 0.01, (generic, adapted_ap)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hydrapicker.benchmark import _splits, group_structures, load_config, pooled, run_benchmark
-from hydrapicker.data import DatasetSpec
+from hydrapicker.apps.benchmark import _splits, group_structures, load_config, pooled, run_benchmark
+from hydrapicker.data.project import DatasetSpec
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.evaluate import evaluate
 from hydrapicker.io import Picks, write_picks

@@ -19,7 +19,9 @@ import pytest
 
 from _synthetic import gaussian_spots
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
-from hydrapicker.pick import Picker, PickSettings, Prepared, output_paths, pick_files
+from hydrapicker.picking.picker import Picker, PickSettings, Prepared
+from hydrapicker.io.run_folder import output_paths
+from hydrapicker.picking.runner import pick_files
 
 dataset = pytest.importorskip("cryosparc.dataset", reason="cryosparc-tools is in the test extra: pip install -e '.[test]'")
 cs_mrc = pytest.importorskip("cryosparc.mrc", reason="cryosparc-tools is in the test extra")

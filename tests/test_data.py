@@ -13,17 +13,9 @@ from scipy.spatial import cKDTree
 
 from _synthetic import gaussian_spots
 from hydrapicker import data
-from hydrapicker.data import (
-    CropBatches,
-    from_rescaled,
-    load_labelled_micrograph,
-    load_project,
-    normalise_micrograph,
-    rescale_factor,
-    rescale_image,
-    split_stems,
-    to_rescaled,
-)
+from hydrapicker.data.batches import CropBatches, load_labelled_micrograph
+from hydrapicker.preprocess import from_rescaled, normalise_micrograph, rescale_factor, rescale_image, to_rescaled
+from hydrapicker.data.project import load_project, split_stems
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import write_mrc
 
@@ -530,7 +522,7 @@ def _lag1_correlation(image: np.ndarray) -> float:
 
 
 def test_a_crop_shown_larger_is_resampled_once_from_the_stored_pixels_like_pick_does(tmp_path):
-    from hydrapicker.pick import prepare_micrograph
+    from hydrapicker.preprocess import prepare_micrograph
 
     # White noise micrographs (faint spots for labels); 8-px particles, target 4 px: the model's scale is x0.5.
     folder = tmp_path / "mics"

@@ -7,7 +7,8 @@ import json
 import starfile
 
 from hydrapicker import cli
-from hydrapicker.demo import FEW_SHOT_HEAD, bundled_datasets
+from hydrapicker.apps.demo import FEW_SHOT_HEAD
+from hydrapicker.bundled import bundled_datasets
 
 
 def test_bundled_datasets_have_micrographs_and_labels():

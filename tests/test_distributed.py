@@ -24,9 +24,11 @@ from hydrapicker import distributed
 from hydrapicker.cli import main as cli_main
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import write_mrc
-from hydrapicker.pick import expected_outputs
-from hydrapicker.data import load_project
-from hydrapicker.train import TrainConfig, load_checkpoint, train
+from hydrapicker.io.run_folder import expected_outputs
+from hydrapicker.data.project import load_project
+from hydrapicker.training.config import TrainConfig
+from hydrapicker.checkpoint import load_checkpoint
+from hydrapicker.training.stages import train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,21 +14,18 @@ import pytest
 import torch
 
 from _synthetic import gaussian_spots
+from hydrapicker.preprocess import ParticleSize
 from hydrapicker import pick as pick_module
 from hydrapicker.boxes import anchor_centres
 from hydrapicker.cli import main as cli_main
 from hydrapicker.errors import HydraPickerError
-from hydrapicker.finetune import (
-    FinetuneConfig,
-    add_frozen_head,
-    expected_particle_counts,
-    finetune,
-    labelled_micrographs,
-    run_folder,
-)
+from hydrapicker.training.config import FinetuneConfig
+from hydrapicker.training.finetune import add_frozen_head, expected_particle_counts, finetune, labelled_micrographs, run_folder
 from hydrapicker.io import Picks, read_picks, write_mrc
 from hydrapicker.loss import detection_loss, pu_focal_loss
-from hydrapicker.train import TrainConfig, load_checkpoint, train
+from hydrapicker.training.config import TrainConfig
+from hydrapicker.checkpoint import load_checkpoint
+from hydrapicker.training.stages import train
 
 DIAMETER = 16.0  # px, stored
 SMALL = dict(epochs=2, batches_per_epoch=2, val_batches=1, batch_size=2, crop_size=96, pad_to=128, threads=2)
@@ -56,7 +53,7 @@ def labelled(tmp_path_factory) -> list[tuple[Path, Path]]:
 @pytest.fixture(scope="module")
 def base(labelled, tmp_path_factory) -> Path:
     """A tiny two-stage model (generic head + dataset head 'sim') trained for a few steps."""
-    data = labelled_micrographs("sim", [m for m, _ in labelled[:2]], [c for _, c in labelled[:2]], diameter_px=DIAMETER)
+    data = labelled_micrographs("sim", [m for m, _ in labelled[:2]], [c for _, c in labelled[:2]], size=ParticleSize(diameter_px=DIAMETER))
     config = TrainConfig(
         preset="tiny", stage="both", epochs=1, stage2_epochs=1, batches_per_epoch=2, val_batches=1, batch_size=2,
         crop_size=96, pad_to=128, target_diameter_px=20.0, threads=2, seed=1,
@@ -68,9 +65,8 @@ def base(labelled, tmp_path_factory) -> Path:
 def tuned(labelled, base, tmp_path_factory) -> Path:
     """Head 'new' fine-tuned on two micrographs, validated on the third."""
     data = labelled_micrographs(
-        "new", [m for m, _ in labelled[:2]], [c for _, c in labelled[:2]], diameter_px=DIAMETER,
-        val_micrographs=[labelled[2][0]], val_coordinates=[labelled[2][1]],
-    )  # fmt: skip
+        "new", [m for m, _ in labelled[:2]], [c for _, c in labelled[:2]],
+        val_micrographs=[labelled[2][0]], val_coordinates=[labelled[2][1]], size=ParticleSize(diameter_px=DIAMETER))  # fmt: skip
     out = tmp_path_factory.mktemp("tuned") / "new.pt"
     return finetune(data, out, FinetuneConfig(name="new", **SMALL), model_path=base, say=lambda _: None)
 
@@ -156,7 +152,7 @@ def test_without_model_the_missing_pretrained_model_is_the_same_clear_error_as_p
 def test_diameter_in_angstrom_needs_the_pixel_size(labelled):
     mic, coords = labelled[0]
     with pytest.raises(HydraPickerError, match="needs the pixel size"):
-        labelled_micrographs("x", [mic], [coords], diameter_A=32.0)
+        labelled_micrographs("x", [mic], [coords], size=ParticleSize(diameter_A=32.0))
 
 
 # --- the positive-unlabelled loss --------------------------------------------------------------
@@ -225,7 +221,7 @@ def test_particle_count_is_twice_the_generic_picks_above_the_median_score_at_the
     scores = 0.05 * np.arange(1, 21)
     coords = tmp_path / f"{mic.stem}.csv"
     coords.write_text("x,y\n" + "".join(f"{x},{y}\n" for x, y in xy[1::2]))
-    data = labelled_micrographs("x", [mic], [coords], diameter_px=6.0)
+    data = labelled_micrographs("x", [mic], [coords], size=ParticleSize(diameter_px=6.0))
     background = np.column_stack([np.arange(5) * 20.0 + 10, np.full(5, 120.0)])
     fake = Picks(mic.stem, np.r_[xy[:, 0], background[:, 0]], np.r_[xy[:, 1], background[:, 1]],
                  np.r_[scores, np.full(5, 0.3)], box_size=6.0)  # fmt: skip

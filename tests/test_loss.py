@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from hydrapicker.boxes import anchor_centres
 from hydrapicker.loss import detection_loss, focal_loss, head_bias_loss
-from hydrapicker.model import PRESETS, HydraPicker
+from hydrapicker.presets import PRESETS
+from hydrapicker.model import HydraPicker
 
 
 def _model(heads=("a", "b")) -> HydraPicker:

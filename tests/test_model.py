@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from hydrapicker.errors import HydraPickerError
-from hydrapicker.model import GENERIC, LOGIT_PRIOR, PRESETS, HydraPicker, get_preset
+from hydrapicker.defaults import GENERIC
+from hydrapicker.model import HydraPicker, LOGIT_PRIOR
+from hydrapicker.presets import get_preset, PRESETS
 
 
 def _convs(module: nn.Module) -> list[nn.Conv2d]:

@@ -23,13 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hydrapicker.data import load_project
+from hydrapicker.data.project import load_project
 from hydrapicker.evaluate import evaluate
 from hydrapicker.io.coordinates import read_picks
 from hydrapicker.io.micrograph import read_micrograph
 from hydrapicker.io.picks import Picks
-from hydrapicker.pick import pick_micrograph
-from hydrapicker.train import TrainConfig, load_checkpoint, train
+from hydrapicker.picking.picker import pick_micrograph
+from hydrapicker.training.config import TrainConfig
+from hydrapicker.checkpoint import load_checkpoint
+from hydrapicker.training.stages import train
 
 # Particles upsampled to 54 px (2x the stored 27 px): on the 16-px anchor grid the stored scale
 # localises too coarsely (after 200 steps, AP inside the labelled window 0.835 at 40 px, 0.853 at

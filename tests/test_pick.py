@@ -10,24 +10,22 @@ import pytest
 import torch
 
 from _synthetic import gaussian_spots, spread_tiny_model, write_checkpoint
+from hydrapicker.preprocess import ParticleSize
 from hydrapicker import pick as pick_module
 from hydrapicker.cli import main as cli_main
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
-from hydrapicker.model import GENERIC, HydraPicker, SizeHead
-from hydrapicker.pick import (
-    OVERLAY_COLOUR,
-    PickSettings,
-    Picker,
-    Prepared,
-    estimate_size_correction,
-    head_outputs,
-    output_paths,
-    pick_files,
-    picks_from_outputs,
-    tile_margin,
-    tile_spans,
-)
-from hydrapicker.train import ModelMeta, TrainConfig, _checkpoint, _save
+from hydrapicker.defaults import GENERIC
+from hydrapicker.model import HydraPicker, SizeHead
+from hydrapicker.picking.overlay import OVERLAY_COLOUR
+from hydrapicker.picking.picker import Picker, PickSettings, Prepared
+from hydrapicker.picking.size import estimate_size_correction
+from hydrapicker.picking.inference import head_outputs, tile_margin, tile_spans
+from hydrapicker.io.run_folder import output_paths
+from hydrapicker.picking.runner import pick_files
+from hydrapicker.picking.decode import picks_from_outputs
+from hydrapicker.checkpoint import ModelMeta, save_checkpoint
+from hydrapicker.training.config import TrainConfig
+from hydrapicker.training.loop import _checkpoint
 
 FORMATS = ("star", "box", "cbox", "topaz", "cs", "csv")
 
@@ -44,7 +42,7 @@ def _meta(model: HydraPicker) -> ModelMeta:
 def checkpoint(tmp_path_factory) -> Path:
     model = _tiny_model()
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    _save(path, _checkpoint(model, TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None))
+    save_checkpoint(path, _checkpoint(model, TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None))
     return path
 
 
@@ -245,7 +243,7 @@ def test_a_run_reads_the_size_once_from_a_sample_and_picks_every_micrograph_at_o
     size_map = pick_module.size_map
     monkeypatch.setattr(pick_module, "size_map", lambda *a, **k: reads.append(1) or size_map(*a, **k))
     monkeypatch.setattr(pick_module, "SIZE_SAMPLE_MICROGRAPHS", 2)
-    picker = Picker(model, _meta(model), PickSettings(diameter_px=40.0, threshold=0.0))
+    picker = Picker(model, _meta(model), PickSettings(ParticleSize(diameter_px=40.0), threshold=0.0))
     said = []
     report = pick_files(paths, tmp_path / "out", picker, ("csv",), progress=False, log=said.append)
     assert report.picked == [p.stem for p in paths]
@@ -310,7 +308,7 @@ def test_rerun_skips_complete_outputs_and_redoes_a_micrograph_whose_output_is_mi
     (out / "picks.csv").unlink()
 
     model, meta = pick_module.load_picking_model(checkpoint)
-    picker = Picker(model, meta, PickSettings(diameter_px=40, threshold=0.0))
+    picker = Picker(model, meta, PickSettings(ParticleSize(diameter_px=40), threshold=0.0))
     report = pick_files(micrographs, out, picker, ("star", "box"), progress=False)
     assert report.picked == [micrographs[0].stem] and report.skipped == [micrographs[1].stem]
     assert first["box"].is_file() and first["star"].stat().st_mtime_ns != before[first["star"]]

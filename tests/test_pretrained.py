@@ -8,10 +8,16 @@ from pathlib import Path
 import torch
 
 from hydrapicker.cli import main as cli_main
-from hydrapicker.data import load_project
-from hydrapicker.model import GENERIC, HydraPicker, get_preset
-from hydrapicker.pick import load_picking_model, pretrained_model_path
-from hydrapicker.train import TrainConfig, _checkpoint, _save, load_checkpoint, train
+from hydrapicker.data.project import load_project
+from hydrapicker.defaults import GENERIC
+from hydrapicker.model import HydraPicker
+from hydrapicker.presets import get_preset
+from hydrapicker.checkpoint import load_model
+from hydrapicker.bundled import pretrained_model_path
+from hydrapicker.training.config import TrainConfig
+from hydrapicker.training.loop import _checkpoint
+from hydrapicker.checkpoint import load_checkpoint, save_checkpoint
+from hydrapicker.training.stages import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +47,7 @@ def test_ship_generic_keeps_trunk_and_generic_head_and_drops_dataset_heads(tmp_p
         for p in model.heads["sim-a"].parameters():
             p.add_(1.0)  # so that a mix-up of heads would show
     source, shipped = tmp_path / "stage2.pt", tmp_path / "generic.pt"
-    _save(source, _checkpoint(model, config, stage=2, epoch=7, val_loss=0.25, optimiser={"big": torch.zeros(10_000)}))
+    save_checkpoint(source, _checkpoint(model, config, stage=2, epoch=7, val_loss=0.25, optimiser={"big": torch.zeros(10_000)}))
 
     _ship_generic()(source, shipped, trained_on=["sim-a", "sim-b"])
 
@@ -58,7 +64,7 @@ def test_ship_generic_keeps_trunk_and_generic_head_and_drops_dataset_heads(tmp_p
 def test_ship_generic_keeps_the_size_head_so_pick_can_still_correct_the_diameter(tmp_path):
     model = HydraPicker(get_preset("tiny"), ("sim-a",), size_head=True)
     source, shipped = tmp_path / "stage1.pt", tmp_path / "generic.pt"
-    _save(source, _checkpoint(model, TrainConfig(preset="tiny", size_head=True), stage=1, epoch=0, val_loss=1.0, optimiser={}))
+    save_checkpoint(source, _checkpoint(model, TrainConfig(preset="tiny", size_head=True), stage=1, epoch=0, val_loss=1.0, optimiser={}))
 
     _ship_generic()(source, shipped)
 
@@ -98,7 +104,7 @@ def test_training_with_a_cache_dir_stores_every_prepared_micrograph_there(tmp_pa
 
 def test_pick_without_a_model_loads_the_shipped_generic_model_a_few_mb_with_only_the_generic_head():
     path = pretrained_model_path()
-    model, meta = load_picking_model(None)
+    model, meta = load_model(None)
     assert meta.head_names == () and model.head(GENERIC) is model.generic
     assert path.stat().st_size < 5e6
     # MODEL_CARD.md: trained on simulation only, without beta-galactosidase (5a1a) or any EMPIAR-10017 data

@@ -20,8 +20,10 @@ import torch
 from _synthetic import gaussian_spots, write_checkpoint
 from _zygote import Zygote
 from hydrapicker.io import write_mrc
-from hydrapicker.model import HydraPicker, get_preset
-from hydrapicker.train import TrainConfig, load_checkpoint
+from hydrapicker.model import HydraPicker
+from hydrapicker.presets import get_preset
+from hydrapicker.training.config import TrainConfig
+from hydrapicker.checkpoint import load_checkpoint
 
 N_MICROGRAPHS = 30
 KILL_POINTS = 20
@@ -224,7 +226,7 @@ def test_train_killed_at_random_points_and_resumed_gives_the_uninterrupted_model
 def test_a_kill_between_the_last_checkpoint_and_its_logs_is_healed_by_resume(train_project, tmp_path, monkeypatch):
     # The last epoch's checkpoint says the stage is done, so resume trains nothing: it must still write the logs.
     from hydrapicker import train as train_module
-    from hydrapicker.data import load_project
+    from hydrapicker.data.project import load_project
 
     config = TrainConfig(preset="tiny", stage="1", epochs=2, batches_per_epoch=1, val_batches=1, batch_size=2, crop_size=96,
                          pad_to=128, target_diameter_px=20.0, threads=1, seed=3)  # fmt: skip

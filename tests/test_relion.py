@@ -16,10 +16,11 @@ import pytest
 
 from _synthetic import gaussian_spots
 from conftest import REAL_BGAL
+from hydrapicker.preprocess import ParticleSize
 from hydrapicker.cli import main as cli_main
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
-from hydrapicker.pick import Picker, PickSettings, Prepared
+from hydrapicker.picking.picker import Picker, PickSettings, Prepared
 from hydrapicker.relion import (
     COORDINATES_NODE_TYPE,
     read_micrographs_star,
@@ -201,7 +202,7 @@ def project(tmp_path) -> Path:
 
 
 def _run(project: Path, **kwargs):
-    return run_external_job("CtfFind/job003/micrographs_ctf.star", JOB, _SpotPicker, PickSettings(diameter_A=20.0), project_dir=project, **kwargs)
+    return run_external_job("CtfFind/job003/micrographs_ctf.star", JOB, _SpotPicker, PickSettings(ParticleSize(diameter_A=20.0)), project_dir=project, **kwargs)
 
 
 def test_each_optics_group_is_picked_at_its_own_pixel_size(project):
@@ -301,7 +302,7 @@ def test_relions_own_extraction_centres_its_boxes_on_our_coordinates(tmp_path, m
     name = "MotionCorr/job002/Movies/a.mrc"
     write_mrc(tmp_path / name, gaussian_spots((200, 300), spots, 2.0, noise=0.01), pixel_size=2.0)
     _micrographs_star(tmp_path, [(name, 1)], {1: 2.0})
-    run_external_job("CtfFind/job003/micrographs_ctf.star", JOB, Spots, PickSettings(diameter_A=20.0), project_dir=tmp_path)
+    run_external_job("CtfFind/job003/micrographs_ctf.star", JOB, Spots, PickSettings(ParticleSize(diameter_A=20.0)), project_dir=tmp_path)
     (tmp_path / JOB / "star" / "Movies").mkdir()
     (tmp_path / JOB / "star" / "Movies" / "a.star").symlink_to("../a.star")
     monkeypatch.chdir(tmp_path)

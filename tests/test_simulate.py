@@ -272,7 +272,7 @@ def test_cli_writes_a_dataset_that_reads_back(tmp_path):
     import starfile
 
     from hydrapicker.cli import main
-    from hydrapicker.data import load_project
+    from hydrapicker.data.project import load_project
     from hydrapicker.io.coordinates import read_picks
 
     out = tmp_path / "sim"
@@ -309,7 +309,7 @@ def test_cli_writes_a_dataset_that_reads_back(tmp_path):
 
 def test_cli_png_rendering_writes_eight_bit_micrographs(tmp_path):
     from hydrapicker.cli import main
-    from hydrapicker.data import load_project
+    from hydrapicker.data.project import load_project
     from hydrapicker.io import read_micrograph
 
     out = tmp_path / "png"

@@ -9,13 +9,17 @@ import numpy as np
 import pytest
 
 from _synthetic import gaussian_spots, spread_tiny_model, write_checkpoint
+from hydrapicker.preprocess import ParticleSize
 from hydrapicker.cli import main as cli_main
 from hydrapicker.defaults import CANDIDATE_FLOOR
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
 from hydrapicker.model import HydraPicker
-from hydrapicker.pick import Picker, PickSettings, candidate_paths, head_outputs, output_paths, picks_from_outputs
+from hydrapicker.picking.picker import Picker, PickSettings
+from hydrapicker.io.run_folder import candidate_paths, output_paths
+from hydrapicker.picking.inference import head_outputs
+from hydrapicker.picking.decode import picks_from_outputs
 from hydrapicker.threshold import otsu_threshold, picks_per_micrograph, read_candidates, suggest_threshold
-from hydrapicker.train import ModelMeta
+from hydrapicker.checkpoint import ModelMeta
 
 FORMATS = ("star", "box", "cbox", "topaz", "cs", "csv")
 
@@ -54,7 +58,7 @@ def test_picks_at_any_threshold_are_the_candidates_above_it(micrographs):
     """Greedy NMS keeps a pick whatever lies below it: thresholding the candidates = picking at that threshold."""
     model = spread_tiny_model()
     meta = _meta(model)
-    picker = Picker(model, meta, PickSettings(diameter_px=40, threshold=0.5))
+    picker = Picker(model, meta, PickSettings(ParticleSize(diameter_px=40), threshold=0.5))
     prepared = picker.prepare(micrographs[0])
     candidates = picker.candidates(prepared)
     assert candidates.score.min() >= CANDIDATE_FLOOR and len(candidates) > len(picker.pick(prepared)) > 0

@@ -15,10 +15,12 @@ import pytest
 import torch
 
 from hydrapicker.cli import main as cli_main
-from hydrapicker.data import load_project
+from hydrapicker.data.project import load_project
 from hydrapicker.errors import HydraPickerError
-from hydrapicker.model import GENERIC
-from hydrapicker.train import TrainConfig, load_checkpoint, train
+from hydrapicker.defaults import GENERIC
+from hydrapicker.training.config import TrainConfig
+from hydrapicker.checkpoint import load_checkpoint
+from hydrapicker.training.stages import train
 
 BGAL_VAL = "empiar10017_Falcon_2012_06_12-16_51_03_0_bin4"
 
@@ -115,7 +117,7 @@ def test_stage2_starts_every_head_and_the_generic_head_from_the_stage1_head(proj
 
 
 def test_size_head_learns_the_scale_jitter_in_both_stages_and_stays_frozen_in_finetuning(project, finished_run, tmp_path):
-    from hydrapicker.finetune import add_frozen_head
+    from hydrapicker.training.finetune import add_frozen_head
 
     config = replace(CONFIG, size_head=True, scale_jitter=(0.6, 1.6), stage2_lr=0.0)
     train(load_project(project), tmp_path, config)

@@ -13,12 +13,17 @@ import pytest
 import torch
 
 from _synthetic import gaussian_spots
+from hydrapicker.preprocess import ParticleSize
 from hydrapicker.cli import main as cli_main
 from hydrapicker.io import read_picks, write_mrc
-from hydrapicker.model import HydraPicker, get_preset
-from hydrapicker.pick import PickSettings, Picker, expected_outputs
-from hydrapicker.train import ModelMeta, TrainConfig, _checkpoint, _save
-from hydrapicker.watch import FolderWatch, _InterruptToStop, watch_folder
+from hydrapicker.model import HydraPicker
+from hydrapicker.presets import get_preset
+from hydrapicker.picking.picker import Picker, PickSettings
+from hydrapicker.io.run_folder import expected_outputs
+from hydrapicker.checkpoint import ModelMeta, save_checkpoint
+from hydrapicker.training.config import TrainConfig
+from hydrapicker.training.loop import _checkpoint
+from hydrapicker.picking.watch import _InterruptToStop, FolderWatch, watch_folder
 
 N_MICROGRAPHS = 20
 HALF_WRITTEN = 5  # this one first appears truncated and stays so for many looks
@@ -33,7 +38,7 @@ def picker() -> Picker:
     model = HydraPicker(get_preset("tiny")).eval()
     meta = ModelMeta(preset=model.preset, head_names=model.head_names, target_diameter_px=40.0, anchor_stride=model.stride)
     # An 80-px particle: the network sees the 256² micrographs at 128², which keeps the test fast.
-    return Picker(model, meta, PickSettings(diameter_px=80, threshold=0.0))
+    return Picker(model, meta, PickSettings(ParticleSize(diameter_px=80), threshold=0.0))
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +215,7 @@ def test_pick_watch_from_the_command_line_picks_what_is_there_and_ends_when_idle
         (folder / f"m{i}.mrc").write_bytes(mrc_bytes[i])
     torch.manual_seed(0)
     checkpoint = tmp_path / "tiny.pt"
-    _save(checkpoint, _checkpoint(HydraPicker(get_preset("tiny")), TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None))
+    save_checkpoint(checkpoint, _checkpoint(HydraPicker(get_preset("tiny")), TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None))
     argv = ["pick", str(folder), "--out", str(out), "--model", str(checkpoint), "--diameter-px", "80", "--threshold", "0"]
     assert cli_main([*argv, "--format", "star", "--watch", "--poll", str(POLL), "--idle", "0.5"]) == 0
     assert all(all(p.is_file() for p in expected_outputs(out, f"m{i}", ["star"])) for i in range(2))
@@ -221,7 +226,7 @@ def test_pick_watch_from_the_command_line_picks_what_is_there_and_ends_when_idle
 def test_picks_csv_joins_the_per_micrograph_files_and_leaves_out_a_temporary_one(tmp_path):
     """Rebuilt after every batch of a watch, so it joins text instead of parsing; the result must equal parsing."""
     from hydrapicker.io import Picks, write_picks
-    from hydrapicker.pick import rebuild_picks_csv
+    from hydrapicker.io.run_folder import rebuild_picks_csv
 
     rng = np.random.default_rng(0)
     every = [Picks(f"m{i}", rng.uniform(0, 99, n), rng.uniform(0, 99, n), rng.uniform(0, 1, n)) for i, n in enumerate([5, 0, 3])]
@@ -238,7 +243,7 @@ def test_picks_csv_joins_the_per_micrograph_files_and_leaves_out_a_temporary_one
 def test_a_threshold_set_during_the_watch_applies_to_the_micrographs_picked_after_it(picker, mrc_bytes, tmp_path):
     from dataclasses import replace
 
-    from hydrapicker.pick import candidate_paths
+    from hydrapicker.io.run_folder import candidate_paths
     from hydrapicker.threshold import rewrite_outputs
 
     folder, out = tmp_path / "incoming", tmp_path / "out"

@@ -14,7 +14,7 @@ from pathlib import Path
 from hydrapicker.cli._common import add_particle_size_arguments
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import Micrograph, Picks, write_picks
-from hydrapicker.pick import expand_micrographs
+from hydrapicker.io.micrograph import expand_micrographs
 
 __all__ = ["PICKS_NAME", "add_common_arguments", "micrograph_paths", "particle_diameter_px", "pixel_size_of", "write_all_picks"]
 

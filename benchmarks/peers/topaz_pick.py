@@ -40,7 +40,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # peer_common, when imported from elsewhere
 

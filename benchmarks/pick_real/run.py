@@ -21,10 +21,9 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from hydrapicker.cli import main as cli
-from hydrapicker.data import load_project
+from hydrapicker.data.project import load_project
 from hydrapicker.defaults import PICK_THRESHOLD
 
 HERE = Path(__file__).resolve().parent
@@ -35,8 +34,11 @@ def main(model: Path, out: Path) -> None:
     import torch
 
     from hydrapicker.io import read_micrograph
-    from hydrapicker.pick import head_outputs, picking_scale, picks_from_outputs, prepare_micrograph
-    from hydrapicker.train import load_checkpoint
+    from hydrapicker.picking.inference import head_outputs
+    from hydrapicker.pick import picking_scale
+    from hydrapicker.picking.decode import picks_from_outputs
+    from hydrapicker.preprocess import prepare_micrograph
+    from hydrapicker.checkpoint import load_checkpoint
 
     spec = load_project(HERE / "empiar10017.toml")[0]
     folder = spec.micrographs[0].parent

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hydrapicker.data import load_project
-from hydrapicker.train import TrainConfig, train
+from hydrapicker.data.project import load_project
+from hydrapicker.training.config import TrainConfig
+from hydrapicker.training.stages import train
 
 HERE = Path(__file__).resolve().parent
 

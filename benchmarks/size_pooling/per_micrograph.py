@@ -2,9 +2,9 @@
 """Zero-shot diameter curve on every target / unseen micrograph (the generic head saw none): per-micrograph AP, corrected and as given."""
 import json, sys, os
 from pathlib import Path
-import numpy as np, torch
-from hydrapicker.train import load_checkpoint
-from hydrapicker.pick import pick_micrograph
+import torch
+from hydrapicker.checkpoint import load_checkpoint
+from hydrapicker.picking.picker import pick_micrograph
 from hydrapicker.evaluate import evaluate
 from hydrapicker.io import read_micrograph, read_picks
 torch.set_num_threads(int(os.environ.get("THREADS", "1")))

@@ -2,8 +2,10 @@
 import json, sys, os
 from pathlib import Path
 import numpy as np, torch
-from hydrapicker.train import load_checkpoint
-from hydrapicker.pick import pick_micrograph, prepare_micrograph, head_outputs, size_map
+from hydrapicker.checkpoint import load_checkpoint
+from hydrapicker.picking.picker import pick_micrograph
+from hydrapicker.preprocess import prepare_micrograph
+from hydrapicker.picking.inference import head_outputs, size_map
 from hydrapicker.evaluate import evaluate
 from hydrapicker.io import read_micrograph, read_picks
 from hydrapicker.defaults import SIZE_MIN_SCORE, SIZE_TOLERANCE, SIZE_CORRECTION_RANGE

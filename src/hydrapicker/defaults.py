@@ -7,6 +7,7 @@ might wonder "where does this number come from?" about lives here.
 from __future__ import annotations
 
 __all__ = [
+    "GENERIC",
     "ANCHOR_STRIDE",
     "BATCH_SIZE",
     "CROP_SIZE",
@@ -47,6 +48,9 @@ MATCH_IOU: float = 0.6
 MICROGRAPH_SUFFIXES: tuple[str, ...] = (".mrc", ".mrcs", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 #: Coordinate formats, by name, with the file suffix each is written with.
+#: Name of the generic (zero-shot) head.
+GENERIC = "generic"
+
 COORDINATE_FORMATS: dict[str, str] = {
     "star": ".star",
     "box": ".box",

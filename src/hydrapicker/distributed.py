@@ -9,8 +9,8 @@ case (rank 0 of 1), so the same code runs with and without ``torchrun``.
 What the verbs do with several processes:
 
 - ``train``: DistributedDataParallel; each rank draws its own whole single-dataset batches
-  (:mod:`hydrapicker.train`); rank 0 alone writes checkpoints, logs and plots.
-- ``pick``: :func:`pick_files_sharded`: rank ``r`` of ``W`` picks micrographs ``r, r + W, ...``
+  (:mod:`hydrapicker.training.loop`); rank 0 alone writes checkpoints, logs and plots.
+- ``pick``: :func:`hydrapicker.picking.runner.pick_files_sharded`: rank ``r`` of ``W`` picks micrographs ``r, r + W, ...``
   into the shared output folder, then rank 0 merges ``OUT/picks.csv`` once every rank is done.
 
 All ranks must see the same file system (the output folder is shared).
@@ -22,16 +22,12 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from hydrapicker.errors import HydraPickerError
-
-if TYPE_CHECKING:  # pick imports train imports this module: no import cycle at run time
-    from hydrapicker.pick import Picker, PickReport
 
 __all__ = [
     "Launch",
@@ -40,7 +36,6 @@ __all__ = [
     "from_environment",
     "is_distributed",
     "is_main",
-    "pick_files_sharded",
     "rank",
     "session",
     "shard",
@@ -143,30 +138,3 @@ def session(device: str = "cpu", backend: str | None = None) -> Iterator[Launch]
         yield launch
     finally:
         dist.destroy_process_group()
-
-
-def pick_files_sharded(paths: Sequence[Path], out_dir: str | os.PathLike, picker: "Picker", formats: Sequence[str], **options: Any) -> "PickReport":
-    """:func:`hydrapicker.pick.pick_files` over this rank's share of ``paths``, then one merged ``OUT/picks.csv``.
-
-    Each rank picks ``paths[rank::world_size]`` into the shared ``out_dir`` (so a rerun, with any
-    number of ranks, skips what any rank finished); after a barrier rank 0 rebuilds
-    ``OUT/picks.csv`` from every per-micrograph CSV. Returns the report of the whole run (every
-    rank's merged; ``seconds`` the slowest rank's) on every rank. ``options`` go to ``pick_files``.
-    """
-    from hydrapicker.pick import PickReport, pick_files, rebuild_picks_csv
-
-    if not is_distributed():
-        return pick_files(paths, out_dir, picker, formats, **options)
-    picker.calibrate(paths)  # on the whole list: every rank reads the same sample, picks at the same diameter
-    mine = pick_files(shard(paths), out_dir, picker, formats, merge=False, **options)
-    barrier()  # every rank's files are written (atomically) before rank 0 reads them
-    if is_main():
-        rebuild_picks_csv(out_dir)
-    merged = PickReport()
-    for report in all_gather(mine):  # the all-gather also holds every rank until picks.csv is there
-        merged.picked += report.picked
-        merged.skipped += report.skipped
-        merged.failed.update(report.failed)
-        merged.n_picks += report.n_picks
-        merged.seconds = max(merged.seconds, report.seconds)
-    return merged

@@ -32,9 +32,10 @@ import torch.nn.functional as F
 
 from hydrapicker.boxes import IGNORE, anchor_centres, encode_offsets, match_anchors
 from hydrapicker.defaults import ANCHOR_STRIDE, FOCAL_ALPHA, FOCAL_GAMMA, MATCH_IOU, PARTICLE_DIAMETER_PX
-from hydrapicker.model import SIZE_STRIDE, HydraPicker
+from hydrapicker.model import HydraPicker, SIZE_STRIDE
 
-__all__ = ["DetectionLoss", "detection_loss", "focal_loss", "head_bias_loss", "pu_focal_loss", "size_loss"]
+__all__ = [
+    "distillation_loss","DetectionLoss", "detection_loss", "focal_loss", "head_bias_loss", "pu_focal_loss", "size_loss"]
 
 
 @dataclass(frozen=True)
@@ -203,3 +204,20 @@ def head_bias_loss(model: HydraPicker) -> torch.Tensor:
         for pname, param in model.heads[name].named_parameters():
             total = total + (param - generic[pname]).pow(2).sum()
     return total / max(len(names), 1)
+
+
+def distillation_loss(outputs: torch.Tensor, teacher: torch.Tensor, loc_weight: float = 1.0) -> torch.Tensor:
+    """How far a head's outputs ``[B, 3, h, w]`` are from the teacher's ``[B, 3, h, w]`` (both ``(dx, dy, logit)``).
+
+    Score term: binary cross-entropy of each anchor's logit against the teacher's probability
+    (a soft target), averaged over the anchors; smallest, for each anchor, where the two
+    probabilities agree. Offset term: L1 distance to the teacher's offsets (in strides), weighted
+    by the teacher's probability (offsets mean nothing where there is no particle), over the
+    sum of those weights.
+    """
+    if outputs.shape != teacher.shape:
+        raise ValueError(f"outputs {tuple(outputs.shape)} and teacher {tuple(teacher.shape)} differ in shape")
+    target = torch.sigmoid(teacher[:, 2])
+    score = F.binary_cross_entropy_with_logits(outputs[:, 2], target)
+    loc = (target * (outputs[:, :2] - teacher[:, :2]).abs().sum(1)).sum() / target.sum().clamp(min=1.0)
+    return score + loc_weight * loc

@@ -16,7 +16,7 @@ RELION's External job (``src/pipeline_jobs.cpp``, ``RelionJob::getCommandsExtern
   ``--coord_dir/--coord_suffix`` scheme when the node's name contains ``coords_suffix``, so it must not.
 - the per-micrograph files: a ``data_`` block with ``_rlnCoordinateX`` / ``_rlnCoordinateY``
   (column / row of the micrograph as stored, our convention) and ``_rlnAutopickFigureOfMerit``,
-  which :func:`hydrapicker.pick.pick_files` writes as ``OUT/star/<stem>.star``.
+  which :func:`hydrapicker.picking.runner.pick_files` writes as ``OUT/star/<stem>.star``.
 - ``RELION_JOB_EXIT_SUCCESS`` or ``RELION_JOB_EXIT_FAILURE``, an empty file, when done; and when
   the user aborts the job, RELION leaves ``RELION_JOB_ABORT_NOW`` in the job folder and waits for
   ``RELION_JOB_EXIT_ABORTED`` (``src/pipeline_control.h``).
@@ -33,10 +33,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+import pandas as pd
+import starfile
+
 from hydrapicker.errors import HydraPickerError
-from hydrapicker.io.files import atomic_path
+from hydrapicker.io.star import write_star
 from hydrapicker.io.micrograph import micrograph_stem
-from hydrapicker.pick import Picker, PickReport, PickSettings, output_paths, pick_files
+from hydrapicker.picking.picker import Picker, PickSettings
+from hydrapicker.picking.runner import pick_files, PickReport
+from hydrapicker.io.run_folder import output_paths
 
 __all__ = [
     "COORDINATE_LIST",
@@ -93,9 +98,6 @@ def read_micrographs_star(path: str | os.PathLike, project_dir: str | os.PathLik
             ``_rlnMicrographName`` column, an optics group that ``data_optics`` does not list, or a
             pixel size that is not a positive number; the message names the file and the field.
     """
-    import pandas as pd
-    import starfile
-
     path = Path(path)
     if not path.is_file():
         raise HydraPickerError(f"{path}: no such micrographs STAR file")
@@ -126,8 +128,6 @@ def _column(frame, column: str) -> list:
 
 def _optics_pixel_sizes(path: Path, optics) -> dict[str, float]:
     """``{optics group: Å/px}`` from ``data_optics`` (empty when the file has none)."""
-    import pandas as pd
-
     if optics is None:
         return {}
     if isinstance(optics, dict):
@@ -144,30 +144,22 @@ def _optics_pixel_sizes(path: Path, optics) -> dict[str, float]:
     return sizes
 
 
-def _write_star(path: Path, block: str, columns: dict[str, list]) -> None:
-    import pandas as pd
-    import starfile
-
-    with atomic_path(path) as tmp:
-        starfile.write({block: pd.DataFrame(columns)}, tmp)
-
-
 def write_coordinate_list(path: str | os.PathLike, entries: Sequence[tuple[str, str]]) -> None:
     """RELION's two-column list ``data_coordinate_files``: (micrograph name, its coordinate STAR file)."""
     if "coords_suffix" in Path(path).name:
         raise HydraPickerError(f"{path}: RELION's Extract reads a name with 'coords_suffix' as the old suffix scheme")
-    _write_star(
-        Path(path),
-        "coordinate_files",
-        {"rlnMicrographName": [m for m, _ in entries], "rlnMicrographCoordinates": [c for _, c in entries]},
+    write_star(
+        path,
+        {"coordinate_files": pd.DataFrame({"rlnMicrographName": [m for m, _ in entries], "rlnMicrographCoordinates": [c for _, c in entries]})},
     )
 
 
 def write_output_nodes(job_dir: str | os.PathLike, nodes: Sequence[tuple[str, str]]) -> Path:
     """``job_dir/RELION_OUTPUT_NODES.star``: the (node file, node type label) pairs the job made."""
     path = Path(job_dir) / OUTPUT_NODES
-    _write_star(
-        path, "output_nodes", {"rlnPipeLineNodeName": [n for n, _ in nodes], "rlnPipeLineNodeTypeLabel": [t for _, t in nodes]}
+    write_star(
+        path,
+        {"output_nodes": pd.DataFrame({"rlnPipeLineNodeName": [n for n, _ in nodes], "rlnPipeLineNodeTypeLabel": [t for _, t in nodes]})},
     )
     return path
 
@@ -198,7 +190,7 @@ def run_external_job(
 
     ``job_dir`` is as RELION gives it (``External/job005/``, relative to ``project_dir``), and
     the paths written into the STAR files start with it. Each optics group is picked at its own
-    pixel size unless ``settings.pixel_size`` is set; ``make_picker`` builds the picker for one
+    pixel size unless ``settings.size.pixel_size`` is set; ``make_picker`` builds the picker for one
     group's settings. Micrographs that cannot be picked are left out of ``autopick.star`` and
     listed in the returned report; no micrograph picked at all is a HydraPickerError, and an
     abort request from RELION is :class:`JobAborted`. Exit markers are the caller's
@@ -214,23 +206,22 @@ def run_external_job(
     out_dir = Path(project_dir) / job_dir
     groups: dict[float | None, list[RelionMicrograph]] = {}
     for mic in micrographs:
-        groups.setdefault(settings.pixel_size or mic.pixel_size, []).append(mic)
+        given = settings.size.pixel_size if settings.size is not None else None
+        groups.setdefault(given or mic.pixel_size, []).append(mic)
     report = PickReport()
 
     def aborted() -> bool:
         return (out_dir / _ABORT_NOW).exists()
 
     for pixel_size, members in groups.items():
-        picker = make_picker(replace(settings, pixel_size=pixel_size))
+        size = replace(settings.size, pixel_size=pixel_size) if settings.size is not None else None
+        picker = make_picker(replace(settings, size=size))
         paths = list(dict.fromkeys(m.path for m in members))
         picker.check_paths(paths)
         part = pick_files(
             paths, out_dir, picker, ("star",), workers=workers, overwrite=overwrite, progress=False, log=log, stop=aborted
         )  # fmt: skip
-        report.picked += part.picked
-        report.skipped += part.skipped
-        report.failed.update(part.failed)
-        report.n_picks += part.n_picks
+        report.add(part)
         report.seconds += part.seconds
         if aborted():
             raise JobAborted(f"{job_dir}: aborted by RELION after {len(report.picked)} micrograph(s)")

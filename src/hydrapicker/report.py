@@ -36,6 +36,8 @@ from hydrapicker.io.coordinates import read_picks
 from hydrapicker.io.files import atomic_write_text
 from hydrapicker.io.micrograph import micrograph_stem, read_micrograph
 from hydrapicker.io.picks import Picks
+from hydrapicker.io.micrograph import expand_micrographs
+from hydrapicker.picking.overlay import overlay_image
 
 __all__ = ["REPORT_NAME", "RunPicks", "read_run_picks", "write_report"]
 
@@ -76,8 +78,6 @@ def _run_options(picks_dir: Path) -> dict:
 
 def _micrograph_paths(picks_dir: Path, patterns: Sequence[str | os.PathLike] | None, options: dict) -> dict[str, Path]:
     """``{stem: file}`` from explicit patterns, else the run record's micrographs."""
-    from hydrapicker.pick import expand_micrographs
-
     if patterns is None:
         patterns = options.get("micrographs")
         if not patterns:
@@ -135,8 +135,6 @@ def _box_size(options: dict, box_size: float | None) -> float | None:
 
 def _thumbnail(path: Path, max_size: int) -> tuple[str, int, tuple[int, int]]:
     """A grey PNG data URI of the micrograph, its reduction factor and the micrograph's shape."""
-    from hydrapicker.pick import overlay_image
-
     data = read_micrograph(path).data
     image = overlay_image(data, Picks.empty(path.stem), max_size).convert("L")
     factor = max(1, -(-max(data.shape) // max_size))  # the whole factor overlay_image reduces by

@@ -35,7 +35,7 @@ from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.coordinates import read_picks, write_picks
 from hydrapicker.io.files import atomic_write_text, save_figure
 from hydrapicker.io.picks import Picks
-from hydrapicker.pick import candidate_paths, output_paths, rebuild_picks_csv
+from hydrapicker.io.run_folder import candidate_paths, output_paths, rebuild_picks_csv
 
 __all__ = [
     "RULE",

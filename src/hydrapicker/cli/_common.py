@@ -3,36 +3,39 @@
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
-import platform
-import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hydrapicker import __version__
 from hydrapicker.defaults import NMS_IOU, REFINE_RADIUS
-from hydrapicker.io.files import atomic_write_text
+from hydrapicker.particle_size import ParticleSize
 
 if TYPE_CHECKING:
-    from hydrapicker.pick import PickSettings
+    from hydrapicker.picking.picker import PickSettings
 
-__all__ = ["add_particle_size_arguments", "add_pick_placing_arguments", "pick_settings", "write_run_record"]
+__all__ = [
+    "add_particle_size_arguments",
+    "add_pick_placing_arguments",
+    "particle_size",
+    "pick_record_options",
+    "pick_settings",
+    "write_run_record",
+]
 
 
-def write_run_record(out_dir: str | Path, args: argparse.Namespace, name: str = "command.json") -> Path:
-    """Write what produced an output folder: version, time, command line and every option."""
-    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("_")}
-    record = {
-        "hydrapicker_version": __version__,
-        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command_line": sys.argv,
-        "python": platform.python_version(),
-        "options": options,
-    }
-    path = Path(out_dir) / name
-    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
-    return path
+def write_run_record(out_dir: str | Path, args: argparse.Namespace, options: dict | None = None) -> Path:
+    """Write ``out_dir/command.json`` (:class:`hydrapicker.io.run_folder.RunRecord`): the verb, version, time, command line
+    and the run's settings; ``options`` (verbs that pick give their settings) or, by default, every option."""
+    from hydrapicker.io.run_folder import RunRecord
+
+    if options is None:
+        options = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "verb"}
+    return RunRecord(verb=str(getattr(args, "verb", "")), options=options).write(out_dir)
+
+
+def particle_size(args: argparse.Namespace) -> ParticleSize:
+    """The :class:`hydrapicker.particle_size.ParticleSize` of ``--diameter-A`` / ``--diameter-px`` / ``--pixel-size``."""
+    return ParticleSize(diameter_A=args.diameter_A, diameter_px=args.diameter_px, pixel_size=args.pixel_size)
 
 
 def add_particle_size_arguments(parser: argparse.ArgumentParser, pixel_size_help: str) -> None:
@@ -56,12 +59,22 @@ def add_pick_placing_arguments(picking: argparse._ArgumentGroup) -> None:
                               "diameter when the particles look another size (within x0.6-1.6); give this when you know the diameter")  # fmt: skip
 
 
-def pick_settings(args: argparse.Namespace) -> "PickSettings":
-    """The :class:`hydrapicker.pick.PickSettings` of a verb that picks (``pick``, ``relion``) from its options."""
-    from hydrapicker.pick import PickSettings
+def pick_settings(args: argparse.Namespace) -> PickSettings:
+    """The :class:`hydrapicker.picking.picker.PickSettings` of a verb that picks (``pick``, ``relion``) from its options."""
+    from hydrapicker.picking.picker import PickSettings
 
     return PickSettings(
-        diameter_A=args.diameter_A, diameter_px=args.diameter_px, pixel_size=args.pixel_size, head=args.head,
-        threshold=args.threshold, nms_iou=args.nms_iou, refine_radius=args.refine_radius, tile_size=args.tile, whole_boxes=args.whole_boxes,
-        correct_size=not args.fixed_diameter, device=args.device, bf16=args.bf16,
-    )  # fmt: skip
+        particle_size(args), head=args.head, threshold=args.threshold, nms_iou=args.nms_iou, refine_radius=args.refine_radius,
+        tile_size=args.tile, whole_boxes=args.whole_boxes, correct_size=not args.fixed_diameter, device=args.device, bf16=args.bf16,
+    )
+
+
+def pick_record_options(settings: PickSettings, **run: object) -> dict:
+    """The run record's options of a picking run, from its settings (not from argparse): the settings' fields,
+    the particle size flattened (``diameter_A``, ``diameter_px``, ``pixel_size``, as readers of older records
+    expect), and ``run`` (``micrographs``, ``format``, ``overlay`` ...)."""
+    options = {k: v for k, v in asdict(settings).items() if k != "size"}
+    options.update(asdict(settings.size) if settings.size is not None else {})
+    options["tile"] = options.pop("tile_size")
+    options.update(run)
+    return options

@@ -23,7 +23,7 @@ __all__ = ["add_arguments", "main"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from hydrapicker.adapt import AdaptConfig
+    from hydrapicker.training.config import AdaptConfig
 
     defaults = AdaptConfig(name="x")
     inputs = parser.add_argument_group("inputs")
@@ -49,15 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from hydrapicker.adapt import AdaptConfig, adapt, run_folder
-    from hydrapicker.cli._common import write_run_record
+    from hydrapicker.training.config import AdaptConfig
+    from hydrapicker.training.adapt import adapt, run_folder
+    from hydrapicker.cli._common import particle_size, write_run_record
 
     config = AdaptConfig(
         name=args.name, rounds=args.rounds, turns=args.turns, teacher_threshold=args.teacher_threshold,
         max_micrographs=args.max_micrographs, steps=args.steps, lr=args.lr, seed=args.seed, threads=args.threads,
     )  # fmt: skip
-    report = adapt(args.micrographs, args.out, config, diameter_px=args.diameter_px, diameter_A=args.diameter_A,
-                   pixel_size=args.pixel_size, model_path=args.model)  # fmt: skip
+    report = adapt(args.micrographs, args.out, config, model_path=args.model, size=particle_size(args))  # fmt: skip
     write_run_record(run_folder(args.out), args)
     print(f"Model: {Path(report.checkpoint).resolve()} (pick with --model {args.out} --head {args.name}); "
           f"{report.seconds:.0f} s; record in {run_folder(args.out)}")  # fmt: skip

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from hydrapicker.cli._common import write_run_record
-    from hydrapicker.demo import format_figure, run_demo
+    from hydrapicker.apps.demo import format_figure, run_demo
     from hydrapicker.errors import HydraPickerError
 
     if args.out.is_file():  # before minutes of picking and fine-tuning, not after

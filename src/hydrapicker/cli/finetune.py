@@ -32,7 +32,7 @@ __all__ = ["add_arguments", "main"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hydrapicker.defaults import COORDINATE_FORMATS
-    from hydrapicker.finetune import LABELS, FinetuneConfig
+    from hydrapicker.training.config import FinetuneConfig, LABELS
 
     defaults = FinetuneConfig(name="x")
     inputs = parser.add_argument_group("inputs")
@@ -66,18 +66,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from hydrapicker.cli._common import write_run_record
-    from hydrapicker.finetune import FinetuneConfig, finetune, labelled_micrographs, run_folder
+    from hydrapicker.cli._common import particle_size, write_run_record
+    from hydrapicker.training.config import FinetuneConfig
+    from hydrapicker.training.finetune import finetune, labelled_micrographs, run_folder
 
     config = FinetuneConfig(
         name=args.name, epochs=args.epochs, batches_per_epoch=args.batches_per_epoch, val_batches=args.val_batches,
         lr=args.lr, labels=args.labels, expected_particles=args.expected_particles, seed=args.seed, threads=args.threads,
     )  # fmt: skip
     data = labelled_micrographs(
-        args.name, args.micrographs, args.coords, diameter_px=args.diameter_px, diameter_A=args.diameter_A,
-        pixel_size=args.pixel_size, coords_format=args.coords_format, val_micrographs=args.val_micrographs,
-        val_coordinates=args.val_coords,
-    )  # fmt: skip
+        args.name, args.micrographs, args.coords, coords_format=args.coords_format, val_micrographs=args.val_micrographs,
+        val_coordinates=args.val_coords, size=particle_size(args))  # fmt: skip
     out = finetune(data, args.out, config, model_path=args.model, resume=args.resume)
     write_run_record(run_folder(args.out), args)
     print(f"Model: {out.resolve()} (pick with --model {out} --head {args.name}); logs in {run_folder(args.out)}")

@@ -84,9 +84,15 @@ def main(args: argparse.Namespace) -> int:
 
 def _pick(args: argparse.Namespace) -> int:
     from hydrapicker import distributed
-    from hydrapicker.cli._common import pick_settings, write_run_record
+    from hydrapicker.checkpoint import load_model
+    from hydrapicker.cli._common import pick_record_options, pick_settings, write_run_record
     from hydrapicker.errors import HydraPickerError
-    from hydrapicker.pick import Picker, check_formats, expand_micrographs, load_picking_model
+    from hydrapicker.io.coordinates import check_formats
+    from hydrapicker.io.micrograph import expand_micrographs
+    from hydrapicker.io.run_folder import recorded_threshold
+    from hydrapicker.picking.picker import Picker
+    from hydrapicker.picking.runner import pick_files_sharded
+    from hydrapicker.picking.watch import watch_folder
 
     if args.out.is_file():
         raise HydraPickerError(f"--out {args.out}: is a file, not a folder")
@@ -95,26 +101,26 @@ def _pick(args: argparse.Namespace) -> int:
         raise HydraPickerError("--watch runs in one process: start it without torchrun")
     paths = [] if args.watch else expand_micrographs(args.micrographs)  # a watched folder may be empty so far
     if args.threshold is None:  # recorded in the run record as the value used
-        from hydrapicker.threshold import recorded_threshold
-
         recorded = recorded_threshold(args.out)
         args.threshold = PICK_THRESHOLD if recorded is None else recorded
-    model, meta = load_picking_model(args.model)
+    model, meta = load_model(args.model)
     settings = pick_settings(args)
     picker = Picker(model, meta, settings)
     picker.check_paths(paths)
     args.out.mkdir(parents=True, exist_ok=True)
     if distributed.is_main():
-        write_run_record(args.out, args)
+        options = pick_record_options(
+            settings, micrographs=args.micrographs, format=formats, overlay=args.overlay, model=args.model, workers=args.workers,
+            overwrite=args.overwrite, watch=args.watch, idle=args.idle, poll=args.poll,
+        )  # fmt: skip
+        write_run_record(args.out, args, options)
     if args.watch:
-        from hydrapicker.watch import watch_folder
-
         report = watch_folder(
             args.micrographs, args.out, picker, formats, poll=args.poll, idle=args.idle,
             overlay_dir=args.overlay, workers=args.workers, overwrite=args.overwrite,
         )  # fmt: skip
     else:
-        report = distributed.pick_files_sharded(
+        report = pick_files_sharded(
             paths, args.out, picker, formats, overlay_dir=args.overlay, workers=args.workers, overwrite=args.overwrite
         )
     if not distributed.is_main():  # rank 0 reports the whole run; every rank exits with its status

@@ -50,19 +50,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from hydrapicker.cli._common import pick_settings, write_run_record
-    from hydrapicker.pick import Picker, load_picking_model
+    from hydrapicker.checkpoint import load_model
+    from hydrapicker.cli._common import pick_record_options, pick_settings, write_run_record
+    from hydrapicker.picking.picker import Picker
     from hydrapicker.relion import JobAborted, mark_job_finished, read_micrographs_star, run_external_job
 
     try:
         if args.threads is not None and args.threads > 0:
             torch.set_num_threads(args.threads)
-        model, meta = load_picking_model(args.model)
+        model, meta = load_model(args.model)
         settings = pick_settings(args)
         # the run record names the micrographs picked, as `pick`'s does (hydrapicker report reads it)
-        args.micrographs = [str(m.path.resolve()) for m in read_micrographs_star(args.in_mics)]
+        micrographs = [str(m.path.resolve()) for m in read_micrographs_star(args.in_mics)]
         args.job_dir.mkdir(parents=True, exist_ok=True)
-        write_run_record(args.job_dir, args)
+        options = pick_record_options(
+            settings, micrographs=micrographs, format=["star"], in_mics=args.in_mics, job_dir=args.job_dir, model=args.model,
+            threads=args.threads, overwrite=args.overwrite,
+        )  # fmt: skip
+        write_run_record(args.job_dir, args, options)
         report = run_external_job(
             args.in_mics, args.job_dir, lambda s: Picker(model, meta, s), settings,
             workers=2, overwrite=args.overwrite, log=lambda line: print(line, file=sys.stderr),

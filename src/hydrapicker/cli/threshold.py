@@ -47,7 +47,8 @@ def _recorded_overlays(out: Path) -> str | None:
 
 def main(args: argparse.Namespace) -> int:
     from hydrapicker.errors import HydraPickerError
-    from hydrapicker.threshold import current_threshold, format_summary, read_candidates, rewrite_outputs, suggest_threshold, write_plots
+    from hydrapicker.io.run_folder import current_threshold
+    from hydrapicker.threshold import format_summary, read_candidates, rewrite_outputs, suggest_threshold, write_plots
 
     if not args.out.is_dir():
         raise HydraPickerError(f"{args.out}: no such folder (expected the output folder of `hydrapicker pick`)")

@@ -25,8 +25,8 @@ __all__ = ["add_arguments", "main"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from hydrapicker.model import PRESETS
-    from hydrapicker.train import STAGES, TrainConfig
+    from hydrapicker.presets import PRESETS
+    from hydrapicker.training.config import STAGES, TrainConfig
 
     defaults = TrainConfig()
     parser.add_argument("project", type=Path, help="project TOML listing the labelled datasets")
@@ -67,8 +67,9 @@ def main(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from hydrapicker import distributed
     from hydrapicker.cli._common import write_run_record
-    from hydrapicker.data import load_project
-    from hydrapicker.train import TrainConfig, train
+    from hydrapicker.data.project import load_project
+    from hydrapicker.training.config import TrainConfig
+    from hydrapicker.training.stages import train
 
     config = TrainConfig(
         preset=args.preset,

@@ -20,8 +20,9 @@ from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.files import atomic_path, atomic_write_text
 from hydrapicker.io.micrograph import micrograph_stem
 from hydrapicker.io.picks import Picks
+from hydrapicker.io.star import write_star
 
-__all__ = ["read_picks", "read_picks_files", "write_picks", "guess_format", "FORMATS"]
+__all__ = ["FORMATS", "check_formats", "guess_format", "read_picks", "read_picks_files", "write_picks"]
 
 #: Format names accepted by ``fmt`` (see :data:`hydrapicker.defaults.COORDINATE_FORMATS`).
 FORMATS: tuple[str, ...] = tuple(COORDINATE_FORMATS)
@@ -29,6 +30,16 @@ FORMATS: tuple[str, ...] = tuple(COORDINATE_FORMATS)
 _SUFFIX_FORMATS = {
     ".star": "star", ".box": "box", ".cbox": "cbox", ".txt": "topaz", ".tsv": "topaz", ".cs": "cs", ".csv": "csv",
 }  # fmt: skip
+
+
+def check_formats(formats: Sequence[str]) -> list[str]:
+    """The format names, checked; a user error naming an unknown one."""
+    for fmt in formats:
+        if fmt not in COORDINATE_FORMATS:
+            raise HydraPickerError(f"unknown coordinate format {fmt!r} (choose from {', '.join(COORDINATE_FORMATS)})")
+    if not formats:
+        raise HydraPickerError("no coordinate format asked for")
+    return list(dict.fromkeys(formats))
 
 
 def guess_format(path: str | os.PathLike) -> str:
@@ -445,29 +456,6 @@ def _has_columns(data: object, *columns: str) -> bool:
     return all(c in keys for c in columns)
 
 
-def _write_star_blocks(path: Path, blocks: dict[str, object]) -> None:
-    import pandas as pd
-    import starfile
-
-    texts = (
-        v
-        for data in blocks.values()
-        if isinstance(data, pd.DataFrame)
-        for column in data.columns
-        if not pd.api.types.is_numeric_dtype(data[column])
-        for v in data[column]
-    )
-    needs_quotes = any(isinstance(v, str) and _star_needs_quotes(v) for v in texts)
-    with atomic_path(path) as tmp:
-        starfile.write(blocks, tmp, float_format="%.10g", quote_all_strings=needs_quotes)
-
-
-def _star_needs_quotes(value: str) -> bool:
-    """STAR values that start like a label, comment or keyword, or hold whitespace, must be quoted."""
-    reserved = ("data_", "loop_", "save_", "stop_", "global_")
-    return not value or value[0] in "_#$'\"[];" or value.startswith(reserved) or any(c.isspace() for c in value)
-
-
 def _write_star(path: Path, many: list[Picks], *, single: bool, invert_y: bool) -> None:
     """One micrograph: RELION's per-micrograph ``data_`` block. Many: ``data_particles`` with names."""
     import pandas as pd
@@ -477,14 +465,14 @@ def _write_star(path: Path, many: list[Picks], *, single: bool, invert_y: bool) 
         return {"rlnCoordinateX": p.x, "rlnCoordinateY": y, "rlnAutopickFigureOfMerit": p.score}
 
     if single:
-        _write_star_blocks(path, {"": pd.DataFrame(frame(many[0]))})
+        write_star(path, {"": pd.DataFrame(frame(many[0]))})
         return
     parts = [pd.DataFrame({"rlnMicrographName": f"{p.micrograph}.mrc", **frame(p)}) for p in many]
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         {c: [] for c in ("rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnAutopickFigureOfMerit")}
     )
     table["rlnMicrographName"] = table["rlnMicrographName"].astype(object)
-    _write_star_blocks(path, {"particles": table})
+    write_star(path, {"particles": table})
 
 
 #: crYOLO CBOX 1.0 columns, in crYOLO's order (CoordsIO.py); X/Y are the lower-left box corner.
@@ -551,7 +539,7 @@ def _write_cbox(path: Path, many: list[Picks], *, single: bool, invert_y: bool) 
         "cryolo": pd.DataFrame(columns)[list(_CBOX_COLUMNS)],
         "cryolo_include": pd.DataFrame({"slice_index": np.zeros(0, dtype=int)}),
     }
-    _write_star_blocks(path, blocks)
+    write_star(path, blocks)
 
 
 # --- EMAN / crYOLO BOX ----------------------------------------------------------------

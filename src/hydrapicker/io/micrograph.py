@@ -7,7 +7,9 @@ elsewhere in HydraPicker use x = column and y = row of this array.
 
 from __future__ import annotations
 
+import glob
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from hydrapicker.defaults import MICROGRAPH_SUFFIXES
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.files import atomic_path
 
-__all__ = ["Micrograph", "read_micrograph", "write_mrc", "is_micrograph_path"]
+__all__ = ["Micrograph", "expand_micrographs", "is_micrograph_path", "list_micrographs", "micrograph_stem", "read_micrograph", "write_mrc"]
 
 
 @dataclass(frozen=True)
@@ -150,3 +152,59 @@ def write_mrc(path: str | os.PathLike, data: np.ndarray, pixel_size: float | Non
             mrc.set_data(data)
             if pixel_size is not None:
                 mrc.voxel_size = float(pixel_size)
+
+
+# --- finding micrographs ------------------------------------------------------------------------
+
+
+def _matching(pattern: str) -> list[Path]:
+    """Micrograph files a folder or glob names, sorted. Hidden files are left out: writers (ours
+    included) write under a hidden temporary name and rename, and that name keeps the suffix."""
+    if Path(pattern).is_dir():
+        found = (p for p in Path(pattern).iterdir() if p.is_file())
+    else:
+        found = (Path(p) for p in glob.glob(pattern, recursive=True))
+    return sorted(p for p in found if is_micrograph_path(p) and not p.name.startswith("."))
+
+
+def expand_micrographs(patterns: Sequence[str | os.PathLike]) -> list[Path]:
+    """Micrograph files from files, folders (their micrograph files) and globs, in order, without repeats.
+
+    A file named outright is kept even if missing (it is reported with the others when read).
+
+    Raises:
+        HydraPickerError: a pattern that matches no micrograph, a file name without a micrograph
+            suffix, or two micrographs with the same stem (their output files would collide).
+    """
+    found: list[Path] = []
+    for pattern in patterns:
+        text = str(pattern)
+        if Path(text).is_dir() or glob.has_magic(text):
+            matches = _matching(text)
+        else:
+            matches = [Path(text)]
+            if not is_micrograph_path(text):
+                raise HydraPickerError(f"{text}: not a micrograph file name (expected one of {', '.join(MICROGRAPH_SUFFIXES)})")
+        if not matches:
+            raise HydraPickerError(f"{text}: matches no micrograph files")
+        found.extend(matches)
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    stems: dict[str, Path] = {}
+    for path in unique:
+        stem = micrograph_stem(path)
+        if stem in stems:
+            raise HydraPickerError(f"{stems[stem]} and {path} have the same name {stem!r}: their picks would overwrite each other")
+        stems[stem] = path
+    return unique
+
+
+def list_micrographs(patterns: Sequence[str | os.PathLike]) -> list[Path]:
+    """Micrograph files now matching files, folders or globs; none is fine (a watched folder fills later)."""
+    found: list[Path] = []
+    for pattern in patterns:
+        text = str(pattern)
+        if Path(text).is_dir() or glob.has_magic(text):
+            found.extend(_matching(text))
+        elif Path(text).is_file() and is_micrograph_path(text) and not Path(text).name.startswith("."):
+            found.append(Path(text))
+    return list(dict.fromkeys(p.resolve() for p in found))

@@ -8,11 +8,10 @@ micrograph with its truth), :mod:`.render` (the renderings pickers meet), :mod:`
 training collection). SIMULATION.md (shared notes) records why it is built this way.
 """
 
-from hydrapicker.simulate.config import ASYMMETRIC_UNIT_CHAINS, RENDERINGS, Rendering, SimulationConfig, rendering_by_name
-from hydrapicker.simulate.dataset import simulate_dataset
-from hydrapicker.simulate.micrograph import SimulatedMicrograph, simulate_micrograph
-from hydrapicker.simulate.render import render, render_image
-from hydrapicker.simulate.structure import AtomicModel, load_model, particle_diameter
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "ASYMMETRIC_UNIT_CHAINS",
@@ -29,3 +28,31 @@ __all__ = [
     "simulate_dataset",
     "simulate_micrograph",
 ]
+
+# Names are loaded on first use, so that importing one light module of this package (the CLI
+# does, to build --help) does not import the heavy ones.
+_HOMES = {
+    "ASYMMETRIC_UNIT_CHAINS": "hydrapicker.simulate.config",
+    "AtomicModel": "hydrapicker.simulate.structure",
+    "RENDERINGS": "hydrapicker.simulate.config",
+    "Rendering": "hydrapicker.simulate.config",
+    "SimulatedMicrograph": "hydrapicker.simulate.micrograph",
+    "SimulationConfig": "hydrapicker.simulate.config",
+    "load_model": "hydrapicker.simulate.structure",
+    "particle_diameter": "hydrapicker.simulate.structure",
+    "render": "hydrapicker.simulate.render",
+    "render_image": "hydrapicker.simulate.render",
+    "rendering_by_name": "hydrapicker.simulate.config",
+    "simulate_dataset": "hydrapicker.simulate.dataset",
+    "simulate_micrograph": "hydrapicker.simulate.micrograph",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -26,7 +26,8 @@ import numpy as np
 
 from hydrapicker import __version__
 from hydrapicker.errors import HydraPickerError
-from hydrapicker.io.files import atomic_path, atomic_write_text
+from hydrapicker.io.files import atomic_write_text
+from hydrapicker.io.star import write_star
 from hydrapicker.simulate.config import ASYMMETRIC_UNIT_CHAINS, SimulationConfig
 from hydrapicker.simulate.micrograph import simulate_micrograph
 from hydrapicker.simulate.render import render, write_rendered
@@ -87,7 +88,6 @@ def plan_dataset(
 def write_micrograph(plan: DatasetPlan, model: AtomicModel, index: int, workers: int = 1) -> dict:
     """Simulate, render and write micrograph ``index`` of the dataset; returns a summary row."""
     import pandas as pd
-    import starfile
 
     rng = np.random.default_rng(np.random.SeedSequence([plan.seed, index]))
     sim = simulate_micrograph(model, plan.config, rng, diameter=plan.diameter, workers=workers)
@@ -124,8 +124,7 @@ def write_micrograph(plan: DatasetPlan, model: AtomicModel, index: int, workers:
         }
     )
     for path, frame in ((out / "coordinates" / f"{name}.star", table), (out / "coordinates" / f"{name}_decoys.star", decoy_table)):
-        with atomic_path(path) as tmp:
-            starfile.write(frame, tmp, float_format="%.3f")
+        write_star(path, {"": frame}, float_format="%.3f")
     return {"name": name, "particles": n, "decoys": m, **p.as_dict()}
 
 

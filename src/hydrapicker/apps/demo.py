@@ -16,48 +16,26 @@ import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from hydrapicker.preprocess import ParticleSize
 from hydrapicker.defaults import PICK_THRESHOLD
 from hydrapicker.evaluate import Evaluation, evaluate, write_curves
-from hydrapicker.io import Picks, atomic_write_text, read_picks, write_picks
+from hydrapicker.bundled import BundledDataset, bundled_datasets
+from hydrapicker.io import Picks, atomic_write_text, write_picks
+from hydrapicker.picking.picker import Picker, PickSettings
+from hydrapicker.picking.overlay import write_overlay
+from hydrapicker.training.config import FinetuneConfig
+from hydrapicker.training.finetune import finetune, labelled_micrographs
+from hydrapicker.checkpoint import load_model
 
-__all__ = ["BundledDataset", "DemoResult", "bundled_datasets", "format_figure", "run_demo"]
+__all__ = ["DemoResult", "format_figure", "run_demo"]
 
 #: Scores kept when picking for evaluation: low, so AP sees the whole ranking.
 RANKING_THRESHOLD = 0.01
 FEW_SHOT_HEAD = "bgal_fewshot"
-
-
-@dataclass(frozen=True)
-class BundledDataset:
-    """A real labelled dataset shipped inside the package (see its README for provenance)."""
-
-    name: str
-    folder: Path
-    pixel_size: float  # Å/px of the stored images
-    box_size: float  # particle box edge in stored pixels
-
-    def micrographs(self) -> list[Path]:
-        return sorted(self.folder.glob("*.png"))
-
-    def labels(self) -> dict[str, Picks]:
-        truth: dict[str, Picks] = {}
-        for mic in self.micrographs():
-            truth.update(read_picks(mic.with_suffix(".csv"), micrograph=mic.stem, box_size=self.box_size))
-        return truth
-
-
-def bundled_datasets() -> list[BundledDataset]:
-    """The real micrographs the package ships, with the pixel sizes and box sizes their READMEs give."""
-    root = Path(str(resources.files("hydrapicker") / "assets" / "real"))
-    return [
-        BundledDataset("empiar10017_bgal_bin4", root / "empiar10017_bgal_bin4", pixel_size=7.08, box_size=27.0),
-        BundledDataset("empiar10025_t20s_1mic", root / "empiar10025_t20s_1mic", pixel_size=7.9, box_size=18.0),
-    ]
 
 
 @dataclass(frozen=True)
@@ -80,9 +58,7 @@ def _pick_and_write(
     model, meta, dataset: BundledDataset, paths: list[Path], head: str, out_dir: Path, say: Callable[[str], None]
 ) -> dict[str, Picks]:
     """Pick ``paths`` as ``hydrapicker pick`` does (the size read once over them); write STAR files and overlays of the picks above the default threshold."""
-    from hydrapicker.pick import Picker, PickSettings, write_overlay
-
-    settings = PickSettings(diameter_px=dataset.box_size, pixel_size=dataset.pixel_size, head=head, threshold=RANKING_THRESHOLD)
+    settings = PickSettings(ParticleSize(diameter_px=dataset.box_size, pixel_size=dataset.pixel_size), head=head, threshold=RANKING_THRESHOLD)
     picker = Picker(model, meta, settings)
     if picker.calibrate(paths) is not None:
         say(f"  {picker.describe_size()}")
@@ -114,11 +90,8 @@ def run_demo(
     say: Callable[[str], None] = print,
 ) -> DemoResult:
     """Run the demo into ``out_dir`` (see the module docstring); ``model_path`` None = the shipped model."""
-    from hydrapicker.finetune import FinetuneConfig, finetune, labelled_micrographs
-    from hydrapicker.pick import load_picking_model
-
     out_dir = Path(out_dir)
-    model, meta = load_picking_model(model_path)
+    model, meta = load_model(model_path)
     zero_shot: dict[str, Evaluation] = {}
     zero_shot_picks: dict[str, dict[str, Picks]] = {}
     datasets = bundled_datasets()
@@ -133,8 +106,7 @@ def run_demo(
     *few_shot, held_out = bgal.micrographs()
     say(f"few-shot: fine-tuning head {FEW_SHOT_HEAD!r} on {len(few_shot)} labelled micrographs")
     data = labelled_micrographs(
-        FEW_SHOT_HEAD, few_shot, [p.with_suffix(".csv") for p in few_shot], diameter_px=bgal.box_size
-    )
+        FEW_SHOT_HEAD, few_shot, [p.with_suffix(".csv") for p in few_shot], size=ParticleSize(diameter_px=bgal.box_size))
     overrides = {k: v for k, v in (("epochs", epochs), ("batches_per_epoch", batches_per_epoch)) if v is not None}
     # Each demo fine-tunes afresh: an earlier or interrupted demo's run in the same folder would
     # otherwise stop this one ("a training run is already there"); the folder is the demo's own.
@@ -143,7 +115,7 @@ def run_demo(
         data, out_dir / "few_shot" / "model.pt", FinetuneConfig(name=FEW_SHOT_HEAD, seed=seed, **overrides),
         model_path=model_path, say=say,
     )  # fmt: skip
-    tuned, tuned_meta = load_picking_model(checkpoint)
+    tuned, tuned_meta = load_model(checkpoint)
     say(f"few-shot: picking the held-out micrograph {held_out.stem} with head {FEW_SHOT_HEAD!r}")
     held_dir = out_dir / "few_shot" / "held_out"
     tuned_picks = _pick_and_write(tuned, tuned_meta, bgal, [held_out], FEW_SHOT_HEAD, held_dir, say)

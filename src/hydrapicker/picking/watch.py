@@ -14,7 +14,6 @@ micrograph being picked is written (a second Ctrl-C aborts at once). A threshold
 
 from __future__ import annotations
 
-import glob
 import os
 import signal
 import sys
@@ -27,30 +26,13 @@ from pathlib import Path
 
 from hydrapicker.defaults import COORDINATE_FORMATS, WATCH_IDLE_S, WATCH_POLL_S
 from hydrapicker.errors import HydraPickerError
-from hydrapicker.io.micrograph import is_micrograph_path, micrograph_stem, read_micrograph
-from hydrapicker.pick import Picker, PickReport, check_formats, expected_outputs, pick_files
-from hydrapicker.threshold import recorded_threshold
+from hydrapicker.io.coordinates import check_formats
+from hydrapicker.io.micrograph import list_micrographs, micrograph_stem, read_micrograph
+from hydrapicker.io.run_folder import THRESHOLD_RECORD, expected_outputs, recorded_threshold
+from hydrapicker.picking.picker import Picker
+from hydrapicker.picking.runner import PickReport, pick_files
 
-__all__ = ["FolderWatch", "Poll", "WatchReport", "list_micrographs", "watch_folder"]
-
-
-def list_micrographs(patterns: Sequence[str | os.PathLike]) -> list[Path]:
-    """Micrograph files now matching files, folders or globs (none is fine: they may come later).
-
-    Hidden files are left out: writers (ours included) write under a hidden temporary name
-    and rename, and the temporary file keeps the micrograph suffix.
-    """
-    found: list[Path] = []
-    for pattern in patterns:
-        text = str(pattern)
-        if Path(text).is_dir():
-            matches = sorted(p for p in Path(text).iterdir() if p.is_file())
-        elif glob.has_magic(text):
-            matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
-        else:
-            matches = [Path(text)] if Path(text).is_file() else []
-        found.extend(p for p in matches if is_micrograph_path(p) and not p.name.startswith("."))
-    return list(dict.fromkeys(p.resolve() for p in found))
+__all__ = ["FolderWatch", "Poll", "WatchReport", "watch_folder"]
 
 
 def _signature(path: Path) -> tuple[int, int] | None:
@@ -210,7 +192,7 @@ def watch_folder(
             if batch and recorded_threshold(out_dir) not in (None, recorded):
                 recorded = recorded_threshold(out_dir)
                 picker.settings = replace(picker.settings, threshold=recorded)
-                say(f"threshold {recorded:g} from {out_dir / 'threshold.json'} (set during the watch) from now on")
+                say(f"threshold {recorded:g} from {out_dir / THRESHOLD_RECORD} (set during the watch) from now on")
             if batch:
                 done = pick_files(
                     batch, out_dir, picker, formats, overlay_dir=overlay_dir, workers=workers,
@@ -218,10 +200,7 @@ def watch_folder(
                 )  # fmt: skip
                 for path in batch:
                     report.failed.pop(str(path), None)  # an earlier, incomplete version of it
-                report.failed.update(done.failed)
-                report.skipped.extend(done.skipped)
-                report.picked.extend(done.picked)
-                report.n_picks += done.n_picks
+                report.add(done)
                 say(f"picked {len(done.picked)} new micrograph(s), {report.n_picks} particles in {len(report.picked)} so far")
             if batch or found.changed:
                 last_news = time.monotonic()

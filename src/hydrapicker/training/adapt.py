@@ -41,62 +41,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hydrapicker.defaults import MATCH_IOU, PICK_THRESHOLD
+from hydrapicker.checkpoint import FINETUNED_STAGE, checkpoint_payload, load_model, save_checkpoint
+from hydrapicker.defaults import GENERIC, MATCH_IOU, PICK_THRESHOLD
 from hydrapicker.errors import HydraPickerError
+from hydrapicker.evaluate import match_picks
 from hydrapicker.io.files import atomic_write_text
+from hydrapicker.io.micrograph import expand_micrographs
 from hydrapicker.io.picks import Picks
-from hydrapicker.model import GENERIC, HydraPicker
+from hydrapicker.loss import distillation_loss
+from hydrapicker.model import HydraPicker
+from hydrapicker.picking.decode import picks_from_outputs
+from hydrapicker.picking.picker import Picker, PickSettings, evenly_spaced
+from hydrapicker.preprocess import ParticleSize
+from hydrapicker.training.config import AdaptConfig
+from hydrapicker.training.finetune import add_frozen_head
 
-__all__ = ["AdaptConfig", "AdaptReport", "RoundReport", "adapt", "distillation_loss", "run_folder", "turned_outputs"]
-
-
-@dataclass(frozen=True)
-class AdaptConfig:
-    """Everything that decides an adaptation run besides the micrographs and the base model.
-
-    Attributes:
-        name: the new head's name.
-        rounds: teach -> train rounds; round ``r > 1`` is taught by the head of round ``r - 1``.
-        turns: quarter turns the teacher's outputs are averaged over (1: the head's own single
-            pass, which teaches nothing new; 4 costs 4 trunk passes per micrograph per round).
-        teacher_threshold: the teacher's picks scoring at least this are counted as the
-            particles it teaches (reported; with none on any micrograph there is nothing to
-            learn and adaptation stops with an error). The default pick threshold.
-        loc_weight: weight of the offset term against the score term of :func:`distillation_loss`.
-        steps, lr, batch_size, crop_size: the training of each round: Adam at ``lr``, annealed
-            to 0 over ``steps`` mini-batches of ``batch_size`` crops of ``crop_size`` rescaled px.
-        max_micrographs: at most this many micrographs are adapted on (evenly spaced).
-    """
-
-    name: str
-    rounds: int = 1
-    turns: int = 4
-    teacher_threshold: float = PICK_THRESHOLD
-    loc_weight: float = 1.0
-    steps: int = 1000
-    lr: float = 1e-3
-    batch_size: int = 2
-    crop_size: int = 512
-    max_micrographs: int = 20
-    seed: int = 0
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.name.strip():
-            raise HydraPickerError("the new head needs a non-empty --name")
-        if self.name == GENERIC:
-            raise HydraPickerError(f"--name {GENERIC!r} is the generic head, which adaptation leaves frozen: choose another name")
-        for label in ("rounds", "steps", "batch_size", "crop_size", "max_micrographs", "turns"):
-            if getattr(self, label) < 1:
-                raise HydraPickerError(f"{label} must be at least 1, got {getattr(self, label)}")
-        if not 1 <= self.turns <= 4:
-            raise HydraPickerError(f"turns must be 1 to 4 quarter turns, got {self.turns}")
-        if not (0 <= self.teacher_threshold <= 1):
-            raise HydraPickerError(f"teacher_threshold must be between 0 and 1, got {self.teacher_threshold!r}")
-        for label in ("lr", "loc_weight"):
-            value = getattr(self, label)
-            if not (np.isfinite(value) and value >= 0 and (value > 0 or label != "lr")):
-                raise HydraPickerError(f"{label} must be {'positive' if label == 'lr' else '>= 0'}, got {value!r}")
+__all__ = ["AdaptReport", "RoundReport", "adapt", "run_folder", "turned_outputs"]
 
 
 @dataclass(frozen=True)
@@ -179,23 +139,6 @@ def turned_outputs(
     return torch.cat([torch.stack(offsets).mean(0), torch.logit(score)[None]])
 
 
-def distillation_loss(outputs: torch.Tensor, teacher: torch.Tensor, loc_weight: float = 1.0) -> torch.Tensor:
-    """How far a head's outputs ``[B, 3, h, w]`` are from the teacher's ``[B, 3, h, w]`` (both ``(dx, dy, logit)``).
-
-    Score term: binary cross-entropy of each anchor's logit against the teacher's probability
-    (a soft target), averaged over the anchors; smallest, for each anchor, where the two
-    probabilities agree. Offset term: L1 distance to the teacher's offsets (in strides), weighted
-    by the teacher's probability (offsets mean nothing where there is no particle), over the
-    sum of those weights.
-    """
-    if outputs.shape != teacher.shape:
-        raise ValueError(f"outputs {tuple(outputs.shape)} and teacher {tuple(teacher.shape)} differ in shape")
-    target = torch.sigmoid(teacher[:, 2])
-    score = F.binary_cross_entropy_with_logits(outputs[:, 2], target)
-    loc = (target * (outputs[:, :2] - teacher[:, :2]).abs().sum(1)).sum() / target.sum().clamp(min=1.0)
-    return score + loc_weight * loc
-
-
 @dataclass
 class _Micrograph:
     name: str
@@ -206,8 +149,6 @@ class _Micrograph:
 
 
 def _picks(outputs: torch.Tensor, meta, mic: _Micrograph) -> Picks:
-    from hydrapicker.pick import picks_from_outputs
-
     return picks_from_outputs(outputs, meta, mic.scale, mic.shape, 0.0, name=mic.name)
 
 
@@ -228,8 +169,6 @@ def _nth_best(scores: np.ndarray, n: int) -> float:
 
 def _agreement(before: Sequence[Picks], after: Sequence[Picks], n: int) -> tuple[int, int]:
     """Each side's best ``n`` picks: (``before``'s that ``after`` still has at IoU >= 0.6, ``after``'s matching none of ``before``'s)."""
-    from hydrapicker.evaluate import match_picks
-
     def best(picks: Sequence[Picks]) -> dict[str, Picks]:
         score = _nth_best(np.concatenate([p.score for p in picks]), n)
         return {
@@ -249,8 +188,6 @@ def _train_head(
     rng: np.random.Generator, say: Callable[[str], None],
 ) -> tuple[HydraPicker, float]:  # fmt: skip
     """Head ``name`` (from the generic head) trained on crops of the cached features to give the teachers' outputs."""
-    from hydrapicker.finetune import add_frozen_head
-
     model = add_frozen_head(copy.deepcopy(base), name)
     head = model.heads[name]
     optimiser = torch.optim.Adam(head.parameters(), lr=config.lr)
@@ -289,9 +226,7 @@ def adapt(
     out: str | os.PathLike,
     config: AdaptConfig,
     *,
-    diameter_px: float | None = None,
-    diameter_A: float | None = None,
-    pixel_size: float | None = None,
+    size: ParticleSize,
     model_path: str | os.PathLike | None = None,
     say: Callable[[str], None] = print,
 ) -> AdaptReport:
@@ -302,19 +237,10 @@ def adapt(
         out: the checkpoint to write (``.pt``): every head of the base model plus the new one.
             The run record (config, per-round reports) goes to :func:`run_folder` of it,
             ``adapt.json``.
-        diameter_px / diameter_A (+ pixel_size): the particle size, as for ``pick``.
+        size: the particle diameter, as for ``pick``.
         model_path: the base checkpoint; ``None``: the shipped pretrained generic model.
         say: where progress lines go.
     """
-    from hydrapicker.pick import (
-        Picker,
-        PickSettings,
-        _evenly_spaced,
-        expand_micrographs,
-        load_picking_model,
-    )
-    from hydrapicker.train import FINETUNE_STAGE, TrainConfig, _checkpoint, _save
-
     start = time.perf_counter()
     out = Path(out)
     if out.suffix != ".pt":
@@ -323,15 +249,15 @@ def adapt(
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    base, meta = load_picking_model(model_path)
+    base, meta = load_model(model_path)
     base.eval()
     if config.name in base.head_names:
         known = ", ".join((GENERIC,) + base.head_names)
         raise HydraPickerError(f"the model already has a head {config.name!r} (it has: {known}): choose another --name")
-    picker = Picker(base, meta, PickSettings(diameter_A=diameter_A, diameter_px=diameter_px, pixel_size=pixel_size))
+    picker = Picker(base, meta, PickSettings(size))
     paths = expand_micrographs(micrographs)
     picker.check_paths(paths)
-    chosen = _evenly_spaced(paths, config.max_micrographs)
+    chosen = evenly_spaced(paths, config.max_micrographs)
     say(f"adapting head {config.name!r} on {len(chosen)} micrograph(s)"
         + (f" ({len(paths) - len(chosen)} of {len(paths)} left out: --max-micrographs {config.max_micrographs})" if len(chosen) < len(paths) else ""))  # fmt: skip
     mics, teachers = [], []
@@ -374,19 +300,20 @@ def adapt(
         report.rounds.append(row)
         say(row.line())
 
-    train_config = TrainConfig(preset=meta.preset.name, stage="1", epochs=1, batches_per_epoch=config.steps, lr=config.lr,
-                               target_diameter_px=meta.target_diameter_px, crop_size=config.crop_size,
-                               batch_size=config.batch_size, seed=config.seed)  # fmt: skip
     record = {
         "base_model": str(model_path) if model_path is not None else "shipped pretrained generic model",
         "head": config.name,
         "config": asdict(config),
-        "particle": {"diameter_px": diameter_px, "diameter_A": diameter_A, "pixel_size": pixel_size},
+        "particle": asdict(size),
         "micrographs": report.micrographs,
         "rounds": [asdict(row) for row in report.rounds],
-        "loss": "distillation of the turn-averaged teacher (hydrapicker.adapt.distillation_loss)",
+        "loss": "distillation of the turn-averaged teacher (hydrapicker.loss.distillation_loss)",
     }
-    _save(out, _checkpoint(model, train_config, FINETUNE_STAGE, config.rounds - 1, None, adapt=record))
+    payload = checkpoint_payload(
+        model, target_diameter_px=meta.target_diameter_px, config=asdict(config), stage=FINETUNED_STAGE, epoch=config.rounds - 1,
+        val_loss=None, adapt=record,
+    )  # fmt: skip
+    save_checkpoint(out, payload)
     report.checkpoint = str(out)
     report.seconds = round(time.perf_counter() - start, 1)
     record["seconds"] = report.seconds

@@ -37,12 +37,26 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from hydrapicker.data import DatasetSpec, load_project
+from hydrapicker.preprocess import ParticleSize
+from hydrapicker.data.project import DatasetSpec, load_project
 from hydrapicker.defaults import NMS_IOU, REFINE_RADIUS
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.evaluate import Evaluation, evaluate
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_picks
 from hydrapicker.io.files import atomic_path, atomic_write_text, save_figure
+from hydrapicker.simulate.collection import structure_files
+from hydrapicker.simulate.structure import structure_id
+from hydrapicker.simulate.collection import simulate_collection
+from hydrapicker.bundled import bundled_datasets
+from hydrapicker.training.config import TrainConfig
+from hydrapicker.training.stages import train
+from hydrapicker.training.config import FinetuneConfig
+from hydrapicker.training.finetune import finetune, labelled_micrographs
+from hydrapicker.picking.picker import Picker, PickSettings
+from hydrapicker.checkpoint import load_model
+from hydrapicker.bundled import pretrained_model_path
+from hydrapicker import __version__
+from hydrapicker.device import check_device
 
 __all__ = ["BenchmarkConfig", "GROUPS", "load_config", "run_benchmark"]
 
@@ -117,8 +131,6 @@ class BenchmarkConfig:
             raise HydraPickerError("the benchmark needs target structures and unseen structures")
         if 0.0 not in self.diameter_errors:
             raise HydraPickerError("diameter_errors must include 0 (the true diameter)")
-        from hydrapicker.train import check_device
-
         check_device(self.device)
 
 
@@ -161,9 +173,6 @@ def load_config(path: str | os.PathLike, *, quick: bool = False, **overrides: ob
 
 def group_structures(config: BenchmarkConfig) -> dict[str, list[Path]]:
     """The model files of each group; a user error for an unknown or doubly assigned id."""
-    from hydrapicker.simulate.collection import structure_files
-    from hydrapicker.simulate.structure import structure_id
-
     files = {structure_id(p).lower(): p for p in structure_files(config.structures)}
     if not files:
         raise HydraPickerError(f"{config.structures}: no atomic models found")
@@ -207,8 +216,6 @@ def _group_params(config: BenchmarkConfig, group: str) -> dict:
 
 def group_datasets(config: BenchmarkConfig, out_dir: Path, group: str, say: Callable[[str], None]) -> list[DatasetSpec]:
     """Simulate ``group`` into ``out_dir/data/<group>`` (unless done with the same settings); its split datasets."""
-    from hydrapicker.simulate.collection import simulate_collection
-
     folder = out_dir / "data" / group
     files = group_structures(config)[group]
     params = _group_params(config, group)
@@ -272,8 +279,6 @@ class GroupData:
 
 def real_datasets(names: Sequence[str]) -> list[DatasetSpec]:
     """The bundled real datasets as specs whose test split is every labelled micrograph."""
-    from hydrapicker.demo import bundled_datasets
-
     known = {d.name: d for d in bundled_datasets()}
     specs = []
     for name in names:
@@ -302,8 +307,6 @@ def truth(spec: DatasetSpec, split: str = "test") -> dict[str, Picks]:
 
 
 def _train_config(config: BenchmarkConfig, cache_dir: Path | None = None, **changes: object):
-    from hydrapicker.train import TrainConfig
-
     base = TrainConfig(
         preset=config.preset, stage="both", epochs=config.epochs, stage2_epochs=config.stage2_epochs,
         t0_epochs=config.t0_epochs, batches_per_epoch=config.batches_per_epoch, val_batches=config.val_batches,
@@ -315,8 +318,6 @@ def _train_config(config: BenchmarkConfig, cache_dir: Path | None = None, **chan
 
 def multihead_model(config: BenchmarkConfig, out_dir: Path, sources: list[DatasetSpec], say: Callable[[str], None]) -> Path:
     """Train (or continue) the multi-head model on the sources; its ``model.pt``."""
-    from hydrapicker.train import train
-
     run = out_dir / "models" / "multihead"
     final = run / "model.pt"
     if not final.exists():
@@ -328,8 +329,6 @@ def multihead_model(config: BenchmarkConfig, out_dir: Path, sources: list[Datase
 
 def single_model(config: BenchmarkConfig, out_dir: Path, target: DatasetSpec, say: Callable[[str], None]) -> Path:
     """A single-head model trained from scratch on one target's training micrographs."""
-    from hydrapicker.train import train
-
     run = out_dir / "models" / "single" / target.name
     final = run / "model.pt"
     if not final.exists():
@@ -343,16 +342,12 @@ def single_model(config: BenchmarkConfig, out_dir: Path, target: DatasetSpec, sa
 def few_shot_head(config: BenchmarkConfig, out_dir: Path, base: str, base_model: Path, target: DatasetSpec,
                   say: Callable[[str], None]) -> Path:  # fmt: skip
     """A new head for ``target`` on ``base_model`` (trunk and generic head frozen); the checkpoint."""
-    from hydrapicker.finetune import FinetuneConfig, finetune, labelled_micrographs
-
     out = out_dir / "models" / f"fewshot-{base}" / f"{target.name}.pt"
     if not out.exists():
         train_stems, val_stems = target.splits["train"], target.splits["val"]
         data = labelled_micrographs(
-            target.name, [target.micrograph_path(s) for s in train_stems], [target.coordinates[s] for s in train_stems],
-            diameter_px=target.diameter_px, coords_format=target.format,
-            val_micrographs=[target.micrograph_path(s) for s in val_stems], val_coordinates=[target.coordinates[s] for s in val_stems],
-        )  # fmt: skip
+            target.name, [target.micrograph_path(s) for s in train_stems], [target.coordinates[s] for s in train_stems], coords_format=target.format,
+            val_micrographs=[target.micrograph_path(s) for s in val_stems], val_coordinates=[target.coordinates[s] for s in val_stems], size=ParticleSize(diameter_px=target.diameter_px))  # fmt: skip
         cfg = FinetuneConfig(name=target.name, epochs=config.finetune_epochs, batches_per_epoch=config.finetune_batches,
                              labels="complete", seed=config.seed, threads=config.threads, device=config.device)  # fmt: skip
         finetune(data, out, cfg, model_path=base_model, resume=True, say=lambda line: None)
@@ -387,14 +382,12 @@ def network_picks(out_dir: Path, method: str, checkpoint: Path, head: str, spec:
     is corrected once, from a sample of every micrograph of the dataset (images only, no
     labels: a user picking zero-shot has them all), and the test micrographs are picked at it.
     The diameter each was picked at goes to ``<dataset>.diameters.json`` beside the picks."""
-    from hydrapicker.pick import Picker, PickSettings, load_picking_model
-
     target = _picks_path(out_dir, method, spec.name)
     if target.exists():
         return target
     spec = resolve(spec)
-    model, meta = load_picking_model(checkpoint)
-    settings = PickSettings(diameter_px=spec.diameter_px * diameter_factor, head=head, threshold=SCORE_FLOOR,
+    model, meta = load_model(checkpoint)
+    settings = PickSettings(ParticleSize(diameter_px=spec.diameter_px * diameter_factor), head=head, threshold=SCORE_FLOOR,
                             correct_size=correct_size, device=config.device)  # fmt: skip
     picker = Picker(model, meta, settings)
     picker.calibrate(list(spec.micrographs))
@@ -557,8 +550,6 @@ def run_benchmark(config: BenchmarkConfig, out_dir: str | os.PathLike, *, say: C
             curve[error] = timed("picking", column, zero_rows, picks(method, multihead, factor=1.0 + error, correct_size=kind == "generic"))
     real_results: dict[str, dict[str, Evaluation | str]] = {}
     if reals:
-        from hydrapicker.pick import pretrained_model_path
-
         say("zero-shot on the bundled real micrographs")
         real_results["shipped"] = column(reals, picks("shipped", pretrained_model_path()))
         real_results["generic"] = column(reals, picks("generic", multihead))
@@ -683,8 +674,6 @@ def write_report(out_dir: Path, config: BenchmarkConfig, tables: list[_Table], d
                  truths_px: dict[str, float]) -> Path:  # fmt: skip
     """``REPORT.md`` and its figures (``figures/*.png``) in ``out_dir``; ``truths_px``: each dataset's true diameter (px)."""
     import torch
-
-    from hydrapicker import __version__
 
     figures = out_dir / "figures"
     figures.mkdir(exist_ok=True)

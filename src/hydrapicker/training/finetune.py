@@ -2,7 +2,7 @@
 
 The paper's few-shot protocol (section 4): the new head starts as a copy of the generic head and
 is the only part trained; trunk, generic head and every other dataset head stay bit-identical.
-Training is :func:`hydrapicker.train.train_stage` (stage ``FINETUNE_STAGE``): its epoch loop,
+Training is :func:`hydrapicker.training.loop.fit` with :func:`hydrapicker.training.stages.finetune_plan`: its epoch loop,
 validation, ``best.pt``/``last.pt``, logs and resume. The result is a checkpoint with one head
 more, for ``hydrapicker pick --head NAME``.
 
@@ -13,14 +13,11 @@ should find. With ``labels="partial"`` (the default) every anchor that matches n
 (:func:`hydrapicker.loss.pu_focal_loss`) given the number of particles each micrograph holds:
 ``expected_particles`` when the user knows it, else an estimate from the generic head's picks
 and the labels (:func:`expected_particle_counts`). ``labels="complete"``: every unlabelled anchor is
-background, as in training. Measured (benchmarks/finetune_partial_labels.py, 10 % of the labels
-of two β-gal micrographs, the third picked): both losses rank the picks equally well (AP 0.653),
-but under plain focal loss every score sinks (2 picks scoring over 0.35, recall 0.004)
-while the PU head's picks there have the recall and precision of a head trained on every
-label (0.77 / 0.63 against 0.82 / 0.62).
+background, as in training. With a fraction of the labels, plain focal loss sinks every score
+while the positive-unlabelled head keeps its recall (benchmarks/finetune_partial_labels.py measures it).
 
 Micrographs and coordinates given directly (no project file) become an in-memory
-:class:`hydrapicker.data.DatasetSpec`: coordinate files are matched to micrographs by file stem,
+:class:`hydrapicker.data.project.DatasetSpec`: coordinate files are matched to micrographs by file stem,
 or one file holding many micrographs (RELION STAR, cryoSPARC ``.cs``) serves them all.
 """
 
@@ -38,19 +35,22 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from hydrapicker.data import DatasetSpec, rescale_factor
-from hydrapicker.defaults import BATCH_SIZE, CROP_SIZE, PAD_TO
+from hydrapicker.checkpoint import ModelMeta, load_model
+from hydrapicker.data.project import DatasetSpec
+from hydrapicker.defaults import GENERIC
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.coordinates import guess_format, read_picks
 from hydrapicker.io.files import atomic_path, atomic_write_text
-from hydrapicker.io.micrograph import micrograph_stem, read_micrograph
+from hydrapicker.io.micrograph import expand_micrographs, micrograph_stem, read_micrograph
 from hydrapicker.memory import keep_large_blocks
-from hydrapicker.model import GENERIC, HydraPicker
-from hydrapicker.train import FINETUNE_STAGE, ModelMeta, TrainConfig, train_stage
+from hydrapicker.model import HydraPicker
+from hydrapicker.picking.picker import PickSettings, pick_micrograph
+from hydrapicker.preprocess import ParticleSize, rescale_factor
+from hydrapicker.training.config import FinetuneConfig, TrainConfig
+from hydrapicker.training.loop import fit
+from hydrapicker.training.stages import finetune_plan
 
 __all__ = [
-    "LABELS",
-    "FinetuneConfig",
     "LabelledMicrographs",
     "add_frozen_head",
     "expected_particle_counts",
@@ -58,52 +58,6 @@ __all__ = [
     "labelled_micrographs",
     "run_folder",
 ]
-
-#: How the labels given cover the particles: ``partial`` (positive-unlabelled loss) or ``complete``.
-LABELS: tuple[str, ...] = ("partial", "complete")
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Everything that decides a fine-tuning run besides the data and the base model.
-
-    Attributes:
-        name: the new head's name (the dataset's name).
-        epochs, batches_per_epoch, val_batches: the schedule; Adam at ``lr``, annealed to 0
-            over the run (one cosine).
-        labels: ``partial`` (unlabelled anchors are unlabelled) or ``complete`` (background).
-        expected_particles: particles per micrograph, for ``partial``; ``None``: estimated
-            from the generic head's picks on each micrograph.
-        batch_size, crop_size, pad_to: the crops, as in :class:`hydrapicker.train.TrainConfig`.
-        device: where the head trains (``"cpu"`` or ``"cuda"``).
-    """
-
-    name: str
-    epochs: int = 15
-    batches_per_epoch: int = 20
-    val_batches: int = 4
-    lr: float = 1e-3
-    labels: str = "partial"
-    expected_particles: float | None = None
-    batch_size: int = BATCH_SIZE
-    crop_size: int = CROP_SIZE
-    pad_to: int = PAD_TO
-    seed: int = 0
-    threads: int | None = None
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if not self.name.strip():
-            raise HydraPickerError("the new head needs a non-empty --name")
-        if self.name == GENERIC:
-            raise HydraPickerError(f"--name {GENERIC!r} is the generic head, which fine-tuning leaves frozen: choose another name")
-        if self.labels not in LABELS:
-            raise HydraPickerError(f"labels must be one of {', '.join(LABELS)}, got {self.labels!r}")
-        if self.expected_particles is not None and not (math.isfinite(self.expected_particles) and self.expected_particles > 0):
-            raise HydraPickerError(f"expected particles per micrograph must be positive, got {self.expected_particles!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise HydraPickerError(f"learning rate must be positive, got {self.lr!r}")
-
 
 @dataclass(frozen=True)
 class LabelledMicrographs:
@@ -162,9 +116,7 @@ def labelled_micrographs(
     micrographs: Sequence[str | os.PathLike],
     coordinates: Sequence[str | os.PathLike],
     *,
-    diameter_px: float | None = None,
-    diameter_A: float | None = None,
-    pixel_size: float | None = None,
+    size: ParticleSize,
     coords_format: str | None = None,
     val_micrographs: Sequence[str | os.PathLike] = (),
     val_coordinates: Sequence[str | os.PathLike] = (),
@@ -176,14 +128,10 @@ def labelled_micrographs(
     file. ``val_*``: micrographs of the ``val`` split (else validation falls back to fixed
     crops of the training micrographs).
     """
-    from hydrapicker.pick import expand_micrographs
-
-    if (diameter_A is None) == (diameter_px is None):
-        raise HydraPickerError("give the particle diameter either in Å (with --pixel-size) or in pixels, not both or neither")
-    if diameter_A is not None and pixel_size is None:
-        raise HydraPickerError(f"a particle diameter of {diameter_A} Å needs the pixel size (--pixel-size, Å/px)")
-    size, diameter = (1.0, diameter_px) if diameter_px is not None else (pixel_size, diameter_A)
-    for label, value in (("particle diameter", diameter), ("pixel size", size)):
+    if size.needs_pixel_size:
+        raise HydraPickerError(f"a particle diameter of {size.diameter_A} Å needs the pixel size (--pixel-size, Å/px)")
+    pixel_size, diameter = (1.0, size.diameter_px) if size.diameter_px is not None else (size.pixel_size, size.diameter_A)
+    for label, value in (("particle diameter", diameter), ("pixel size", pixel_size)):
         if not (math.isfinite(value) and value > 0):
             raise HydraPickerError(f"{label} must be positive, got {value!r}")
     if bool(val_micrographs) != bool(val_coordinates):
@@ -216,8 +164,8 @@ def labelled_micrographs(
         micrographs=tuple(train_paths + val_paths),
         coordinates=coords,
         format=coords_format,
-        pixel_size=float(size),
-        diameter=float(diameter),
+        pixel_size=float(pixel_size),  # type: ignore[arg-type]
+        diameter=float(diameter),  # type: ignore[arg-type]
         splits={"train": tuple(micrograph_stem(p) for p in train_paths), "val": tuple(micrograph_stem(p) for p in val_paths), "test": ()},
     )
     return LabelledMicrographs(spec, shapes, labelled)
@@ -250,9 +198,8 @@ def expected_particle_counts(
     benchmarks/finetune_partial_labels.py). Either way the count is kept between the number
     labelled and the number of particle-sized squares the micrograph holds.
     """
-    from hydrapicker.pick import pick_micrograph
-
     spec = data.spec
+    settings = PickSettings(ParticleSize(diameter_A=spec.diameter, pixel_size=spec.pixel_size), head=GENERIC, threshold=0.0)
     diameter_px = spec.diameter / spec.pixel_size
     counts = {}
     for path in spec.micrographs:
@@ -262,8 +209,7 @@ def expected_particle_counts(
             estimate = float(per_micrograph)
         else:
             image = read_micrograph(path).data
-            picks = pick_micrograph(model, meta, image, spec.pixel_size, diameter_A=spec.diameter, head=GENERIC,
-                                    threshold=0.0, name=stem)  # fmt: skip
+            picks = pick_micrograph(model, meta, image, settings, name=stem)
             labels = read_picks(spec.coordinates[stem], spec.format, micrograph=stem, shape=(rows, cols))[stem]
             if len(picks):
                 distance, index = cKDTree(np.column_stack([picks.x, picks.y])).query(
@@ -317,8 +263,6 @@ def finetune(
     Returns:
         ``out``, a checkpoint with every head of the base model plus ``config.name``.
     """
-    from hydrapicker.pick import load_picking_model
-
     keep_large_blocks()
     out = Path(out)
     spec = data.spec
@@ -330,8 +274,9 @@ def finetune(
         raise HydraPickerError(f"--out {out}: is a folder, not a checkpoint file")
     if run_folder(out).is_file():
         raise HydraPickerError(f"{run_folder(out)}: is a file, but the run's logs go in this folder")
-    model, meta = load_picking_model(model_path)
+    model, meta = load_model(model_path)
     add_frozen_head(model, config.name)
+    # The loop's data and loss settings: the base model's, with this run's schedule and crops.
     train_config = TrainConfig(
         preset=meta.preset.name, stage="1", epochs=config.epochs, batches_per_epoch=config.batches_per_epoch,
         val_batches=config.val_batches, lr=config.lr, t0_epochs=config.epochs, target_diameter_px=meta.target_diameter_px,
@@ -371,8 +316,8 @@ def finetune(
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
-    best = train_stage(FINETUNE_STAGE, [spec], folder, train_config, resume=resume, on_epoch_end=report, model=model,
-                       particle_density=density)  # fmt: skip
+    best = fit(finetune_plan(config.epochs, config.lr), model, [spec], folder, train_config, resume=resume, on_epoch_end=report,
+               particle_density=density)  # fmt: skip
     with atomic_path(out) as tmp:
         shutil.copyfile(best, tmp)
     return out

@@ -1,0 +1,1 @@
+"""Labelled data for training: project files (:mod:`.project`) and streamed crop batches (:mod:`.batches`)."""

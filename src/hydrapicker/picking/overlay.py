@@ -1,0 +1,45 @@
+"""Overlays: a micrograph with its picks drawn, as a PNG a person can look at."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from hydrapicker.io.files import atomic_path
+from hydrapicker.io.picks import Picks
+
+__all__ = ["OVERLAY_COLOUR", "OVERLAY_MAX_SIZE", "overlay_image", "write_overlay"]
+
+
+#: Overlays are at most this many pixels on their long side (micrographs are block-averaged).
+OVERLAY_MAX_SIZE = 1024
+
+#: The colour of the boxes on an overlay (pure green, absent from a grey micrograph).
+OVERLAY_COLOUR = (0, 255, 0)
+
+
+def overlay_image(data: np.ndarray, picks: Picks, max_size: int = OVERLAY_MAX_SIZE):
+    """An RGB PIL image: the micrograph contrast-stretched (0.5-99.5 percentiles), reduced by a whole
+    factor to at most ``max_size`` px, with each pick's box drawn as a green square outline."""
+    data = np.asarray(data, dtype=np.float32)
+    factor = max(1, -(-max(data.shape) // max_size))
+    rows, cols = data.shape[0] // factor, data.shape[1] // factor
+    small = data[: rows * factor, : cols * factor].reshape(rows, factor, cols, factor).mean(axis=(1, 3))
+    low, high = np.percentile(small, (0.5, 99.5))
+    grey = np.clip((small - low) / max(high - low, 1e-12), 0, 1)
+    image = Image.fromarray((grey * 255).astype(np.uint8)).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    h = (picks.box_size or 10.0) / factor / 2
+    # Stored pixel x covers [x - 0.5, x + 0.5); overlay pixel u covers stored [u f - 0.5, (u + 1) f - 0.5).
+    for x, y in zip((picks.x + 0.5) / factor - 0.5, (picks.y + 0.5) / factor - 0.5):
+        draw.rectangle([round(x - h), round(y - h), round(x + h), round(y + h)], outline=OVERLAY_COLOUR, width=1)
+    return image
+
+
+def write_overlay(path: str | os.PathLike, data: np.ndarray, picks: Picks, max_size: int = OVERLAY_MAX_SIZE) -> None:
+    """Write :func:`overlay_image` as a PNG, atomically."""
+    image = overlay_image(data, picks, max_size)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
