@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from hydrapicker.preprocess import ParticleSize
+from hydrapicker.particle_size import ParticleSize
 from hydrapicker.training.config import AdaptConfig
 from hydrapicker.training.adapt import adapt, turned_outputs
 from hydrapicker.evaluate import evaluate

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hydrapicker.preprocess import ParticleSize
+from hydrapicker.particle_size import ParticleSize
 from hydrapicker.defaults import PICK_THRESHOLD
 from hydrapicker.bundled import bundled_datasets
 from hydrapicker.evaluate import evaluate

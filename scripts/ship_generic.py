@@ -4,7 +4,7 @@ Dataset heads (stage 2 adds one per training dataset), optimiser state, RNG stat
 training log are dropped, so the file stays a few MB whatever the collection's size; the
 metadata ``pick`` needs (preset, target diameter, stride, normalisation) and the training
 config, epoch and validation loss are kept. The result loads with
-``hydrapicker.train.load_checkpoint`` like any checkpoint.
+``hydrapicker.checkpoint.load_checkpoint`` like any checkpoint.
 
 Usage: .venv/bin/python scripts/ship_generic.py runs/pretrained/model.pt src/hydrapicker/assets/models/generic.pt
 """
@@ -12,39 +12,18 @@ Usage: .venv/bin/python scripts/ship_generic.py runs/pretrained/model.pt src/hyd
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from pathlib import Path
 
-import torch
-
+from hydrapicker.checkpoint import export_generic
 from hydrapicker.errors import HydraPickerError
-from hydrapicker.io.files import atomic_path
-from hydrapicker.defaults import GENERIC
-from hydrapicker.checkpoint import load_checkpoint
-
-#: Checkpoint entries that describe the model rather than the training run's state.
-KEPT = ("format", "version", "preset", "target_diameter_px", "anchor_stride", "normalisation", "config", "stage", "epoch", "val_loss")
 
 
 def ship_generic(checkpoint: Path, out: Path, trained_on: list[str] | None = None) -> dict:
-    """Write trunk + generic head (and the size head, if it has one) of ``checkpoint`` to ``out``, with the names of the datasets
-    it was ``trained_on`` (so the file itself says what it must not be called zero-shot on);
-    returns what was written."""
-    load_checkpoint(checkpoint)  # refuse anything that is not a loadable checkpoint
-    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    prefixes = ("trunk.", f"{GENERIC}.", "size_head.")  # the size head serves the generic head
-    weights = {k: v.contiguous() for k, v in payload["model"].items() if k.startswith(prefixes)}
-    shipped = {key: payload[key] for key in KEPT}
-    shipped.update(head_names=[], model=weights, source=str(checkpoint), trained_on=list(trained_on or []))
-    buffer = io.BytesIO()
-    torch.save(shipped, buffer)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-    load_checkpoint(out)  # the shipped file must load on its own
-    return shipped
+    """Write trunk + generic head (and the size head, if it has one) of ``checkpoint`` to ``out``
+    (:func:`hydrapicker.checkpoint.export_generic`); returns what was written."""
+    return export_generic(checkpoint, out, trained_on)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,11 +52,10 @@ def _checkpoint(path: Path) -> None:
     from hydrapicker.model import HydraPicker
     from hydrapicker.presets import get_preset
     from hydrapicker.training.config import TrainConfig
-    from hydrapicker.training.loop import _checkpoint
-    from hydrapicker.checkpoint import save_checkpoint
+    from _synthetic import write_checkpoint
 
     torch.manual_seed(0)
-    save_checkpoint(path, _checkpoint(HydraPicker(get_preset("tiny")), TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None))
+    write_checkpoint(path, HydraPicker(get_preset("tiny")))
 
 
 # --- the bad things (each makes m1's micrograph, m1's labels, the project or the checkpoint bad) ---

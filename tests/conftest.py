@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+
+# Tests live in folders that mirror the package; their shared helpers (_synthetic.py ...) live here.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "hydrapicker" / "assets"
 REAL_BGAL = ASSETS / "real" / "empiar10017_bgal_bin4"

@@ -16,7 +16,7 @@ import pytest
 
 from _synthetic import gaussian_spots
 from conftest import REAL_BGAL
-from hydrapicker.preprocess import ParticleSize
+from hydrapicker.particle_size import ParticleSize
 from hydrapicker.cli import main as cli_main
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from _synthetic import gaussian_spots, spread_tiny_model, write_checkpoint
-from hydrapicker.preprocess import ParticleSize
+from hydrapicker.particle_size import ParticleSize
 from hydrapicker.cli import main as cli_main
 from hydrapicker.defaults import CANDIDATE_FLOOR
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hydrapicker.preprocess import ParticleSize
+from hydrapicker.particle_size import ParticleSize
 from hydrapicker.defaults import PICK_THRESHOLD
 from hydrapicker.evaluate import Evaluation, evaluate, write_curves
 from hydrapicker.bundled import BundledDataset, bundled_datasets

@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from hydrapicker.apps.benchmark import load_config, run_benchmark
+    from hydrapicker.apps.benchmark.config import load_config
+    from hydrapicker.apps.benchmark.run import run_benchmark
     from hydrapicker.cli._common import write_run_record
     from hydrapicker.errors import HydraPickerError
 

@@ -27,7 +27,8 @@ from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.coordinates import read_picks
 from hydrapicker.io.files import atomic_path
 from hydrapicker.io.micrograph import read_micrograph
-from hydrapicker.preprocess import antialias_sigma, prepare_micrograph, rescale_factor, to_rescaled
+from hydrapicker.particle_size import rescale_factor
+from hydrapicker.preprocess import antialias_sigma, prepare_micrograph, to_rescaled
 
 __all__ = ["Batch", "CropBatches", "background_stats", "load_labelled_micrograph"]
 

@@ -29,7 +29,8 @@ from hydrapicker.model import HydraPicker
 from hydrapicker.picking.decode import picks_from_outputs
 from hydrapicker.picking.inference import tile_margin
 from hydrapicker.picking.size import SizeEstimate, corrects_size, estimate_diameter, size_corrected_outputs
-from hydrapicker.preprocess import ParticleSize, prepare_micrograph
+from hydrapicker.preprocess import prepare_micrograph
+from hydrapicker.particle_size import ParticleSize
 
 __all__ = ["PickSettings", "Picker", "Prepared", "evenly_spaced", "pick_micrograph"]
 

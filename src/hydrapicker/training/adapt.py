@@ -52,7 +52,7 @@ from hydrapicker.loss import distillation_loss
 from hydrapicker.model import HydraPicker
 from hydrapicker.picking.decode import picks_from_outputs
 from hydrapicker.picking.picker import Picker, PickSettings, evenly_spaced
-from hydrapicker.preprocess import ParticleSize
+from hydrapicker.particle_size import ParticleSize
 from hydrapicker.training.config import AdaptConfig
 from hydrapicker.training.finetune import add_frozen_head
 

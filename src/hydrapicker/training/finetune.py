@@ -45,7 +45,7 @@ from hydrapicker.io.micrograph import expand_micrographs, micrograph_stem, read_
 from hydrapicker.memory import keep_large_blocks
 from hydrapicker.model import HydraPicker
 from hydrapicker.picking.picker import PickSettings, pick_micrograph
-from hydrapicker.preprocess import ParticleSize, rescale_factor
+from hydrapicker.particle_size import ParticleSize, rescale_factor
 from hydrapicker.training.config import FinetuneConfig, TrainConfig
 from hydrapicker.training.loop import fit
 from hydrapicker.training.stages import finetune_plan

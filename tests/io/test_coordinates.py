@@ -10,7 +10,7 @@ import pytest
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import Picks, read_picks, write_picks
 
-ASSETS = Path(__file__).resolve().parents[1] / "src" / "hydrapicker" / "assets" / "real"
+ASSETS = Path(__file__).resolve().parents[2] / "src" / "hydrapicker" / "assets" / "real"
 
 
 def test_csv_round_trips_many_micrographs(tmp_path):

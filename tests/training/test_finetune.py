@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from _synthetic import gaussian_spots
-from hydrapicker.preprocess import ParticleSize
-from hydrapicker import pick as pick_module
+from hydrapicker.particle_size import ParticleSize
+from hydrapicker import checkpoint as checkpoint_module
+from hydrapicker.training import finetune as finetune_module
 from hydrapicker.boxes import anchor_centres
 from hydrapicker.cli import main as cli_main
 from hydrapicker.errors import HydraPickerError
@@ -142,7 +143,7 @@ def test_bad_inputs_give_one_line_and_no_outputs(labelled, base, tmp_path, capsy
 
 
 def test_without_model_the_missing_pretrained_model_is_the_same_clear_error_as_pick(labelled, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(pick_module, "pretrained_model_path", lambda: tmp_path / "nowhere" / "generic.pt")
+    monkeypatch.setattr(checkpoint_module, "pretrained_model_path", lambda: tmp_path / "nowhere" / "generic.pt")
     mic, coords = labelled[0]
     err = _cli_error(["finetune", "--name", "x", "--micrographs", str(mic), "--coords", str(coords),
                       "--diameter-px", str(DIAMETER), "--out", str(tmp_path / "x.pt")], capsys)  # fmt: skip
@@ -225,6 +226,6 @@ def test_particle_count_is_twice_the_generic_picks_above_the_median_score_at_the
     background = np.column_stack([np.arange(5) * 20.0 + 10, np.full(5, 120.0)])
     fake = Picks(mic.stem, np.r_[xy[:, 0], background[:, 0]], np.r_[xy[:, 1], background[:, 1]],
                  np.r_[scores, np.full(5, 0.3)], box_size=6.0)  # fmt: skip
-    monkeypatch.setattr(pick_module, "pick_micrograph", lambda *args, **kwargs: fake)
+    monkeypatch.setattr(finetune_module, "pick_micrograph", lambda *args, **kwargs: fake)
     assert expected_particle_counts(None, None, data) == {mic.stem: 20.0}
     assert expected_particle_counts(None, None, data, per_micrograph=5.0) == {mic.stem: 10.0}  # never below the labels

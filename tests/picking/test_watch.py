@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from _synthetic import gaussian_spots
-from hydrapicker.preprocess import ParticleSize
+from hydrapicker.particle_size import ParticleSize
 from hydrapicker.cli import main as cli_main
 from hydrapicker.io import read_picks, write_mrc
 from hydrapicker.model import HydraPicker
@@ -22,7 +22,7 @@ from hydrapicker.picking.picker import Picker, PickSettings
 from hydrapicker.io.run_folder import expected_outputs
 from hydrapicker.checkpoint import ModelMeta, save_checkpoint
 from hydrapicker.training.config import TrainConfig
-from hydrapicker.training.loop import _checkpoint
+from _synthetic import checkpoint_dict
 from hydrapicker.picking.watch import _InterruptToStop, FolderWatch, watch_folder
 
 N_MICROGRAPHS = 20
@@ -215,7 +215,7 @@ def test_pick_watch_from_the_command_line_picks_what_is_there_and_ends_when_idle
         (folder / f"m{i}.mrc").write_bytes(mrc_bytes[i])
     torch.manual_seed(0)
     checkpoint = tmp_path / "tiny.pt"
-    save_checkpoint(checkpoint, _checkpoint(HydraPicker(get_preset("tiny")), TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None))
+    save_checkpoint(checkpoint, checkpoint_dict(HydraPicker(get_preset("tiny")), TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None))
     argv = ["pick", str(folder), "--out", str(out), "--model", str(checkpoint), "--diameter-px", "80", "--threshold", "0"]
     assert cli_main([*argv, "--format", "star", "--watch", "--poll", str(POLL), "--idle", "0.5"]) == 0
     assert all(all(p.is_file() for p in expected_outputs(out, f"m{i}", ["star"])) for i in range(2))

@@ -10,8 +10,14 @@ import pytest
 import torch
 
 from _synthetic import gaussian_spots, spread_tiny_model, write_checkpoint
-from hydrapicker.preprocess import ParticleSize
-from hydrapicker import pick as pick_module
+from hydrapicker.particle_size import ParticleSize
+from hydrapicker import checkpoint as checkpoint_module
+from hydrapicker.picking import picker as picker_module
+from hydrapicker.picking import size as size_module
+from hydrapicker.picking.size import confident_log_sizes, estimate_diameter, size_corrected_outputs
+from hydrapicker.preprocess import prepare_micrograph
+from hydrapicker.picking.inference import size_map as real_size_map
+from hydrapicker.picking.picker import pick_micrograph
 from hydrapicker.cli import main as cli_main
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
 from hydrapicker.defaults import GENERIC
@@ -25,7 +31,7 @@ from hydrapicker.picking.runner import pick_files
 from hydrapicker.picking.decode import picks_from_outputs
 from hydrapicker.checkpoint import ModelMeta, save_checkpoint
 from hydrapicker.training.config import TrainConfig
-from hydrapicker.training.loop import _checkpoint
+from _synthetic import checkpoint_dict
 
 FORMATS = ("star", "box", "cbox", "topaz", "cs", "csv")
 
@@ -42,7 +48,7 @@ def _meta(model: HydraPicker) -> ModelMeta:
 def checkpoint(tmp_path_factory) -> Path:
     model = _tiny_model()
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, _checkpoint(model, TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None))
+    save_checkpoint(path, checkpoint_dict(model, TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None))
     return path
 
 
@@ -199,15 +205,15 @@ def _constant_size_model(log_size: float) -> HydraPicker:
 def test_a_size_head_corrects_the_given_diameter_within_its_range(looks, box):
     model = _constant_size_model(float(np.log(looks)))
     image = _blobs((160, 160), np.array([[50.0, 50.0], [110.0, 100.0]]), 20)
-    picks = pick_module.pick_micrograph(model, _meta(model), image, None, diameter_px=40.0, threshold=0.0)
+    picks = pick_micrograph(model, _meta(model), image, PickSettings(ParticleSize(diameter_px=40.0), threshold=0.0))
     assert picks.box_size == pytest.approx(box, rel=1e-6)
-    fixed = pick_module.pick_micrograph(model, _meta(model), image, None, diameter_px=40.0, threshold=0.0, correct_size=False)
+    fixed = pick_micrograph(model, _meta(model), image, PickSettings(ParticleSize(diameter_px=40.0), threshold=0.0, correct_size=False))
     assert fixed.box_size == pytest.approx(40.0)
     for passes in (0, 1):  # one pass at the diameter given (0 used to fall through every pass)
-        _, scale = pick_module.size_corrected_outputs(model, _meta(model), image, 1.0, passes=passes)
+        _, scale = size_corrected_outputs(model, _meta(model), image, 1.0, passes=passes)
         assert scale == 1.0
     model.add_head("sample")  # a dataset's own head picks at the labelled size: never corrected
-    named = pick_module.pick_micrograph(model, _meta(model), image, None, diameter_px=40.0, head="sample", threshold=0.0)
+    named = pick_micrograph(model, _meta(model), image, PickSettings(ParticleSize(diameter_px=40.0), head="sample", threshold=0.0))
     assert named.box_size == pytest.approx(40.0)
 
 
@@ -215,21 +221,21 @@ def test_a_set_of_micrographs_gets_one_correction_pooled_over_all_their_confiden
     model = _constant_size_model(0.0)
     images = [_blobs(shape, np.array([[50.0, 50.0], [110.0, 100.0]]), 20, seed=i) for i, shape in enumerate([(160, 160), (160, 224)])]
     looks = {(5, 5): 1.3, (5, 7): 1.0}  # by size-map shape: the first micrograph's particles look larger
-    monkeypatch.setattr(pick_module, "size_map", lambda model, image, device="cpu": torch.full(
+    monkeypatch.setattr(size_module, "size_map", lambda model, image, device="cpu": torch.full(
         (-(-image.shape[0] // 32), -(-image.shape[1] // 32)), float(np.log(looks[(-(-image.shape[0] // 32), -(-image.shape[1] // 32))]))))
     cells = []
     for image in images:
-        outputs = pick_module.head_outputs(model, pick_module.prepare_micrograph(image, 1.0, 40.0), GENERIC)
-        cells.append(len(pick_module.confident_log_sizes(outputs, pick_module.size_map(model, np.zeros(image.shape)))))
+        outputs = head_outputs(model, prepare_micrograph(image, 1.0, 40.0), GENERIC)
+        cells.append(len(confident_log_sizes(outputs, size_module.size_map(model, np.zeros(image.shape)))))
     assert min(cells) > 0
     pooled = np.exp((cells[0] * np.log(1.3) + cells[1] * np.log(1.0)) / sum(cells))
-    estimate = pick_module.estimate_diameter(model, _meta(model), [(image, 1.0) for image in images], passes=2)
+    estimate = estimate_diameter(model, _meta(model), [(image, 1.0) for image in images], passes=2)
     assert estimate.factor == pytest.approx(pooled) and estimate.micrographs == 2 and estimate.cells == sum(cells)
     # each alone would be corrected differently; a dataset head is never corrected
-    alone = [pick_module.estimate_diameter(model, _meta(model), [(image, 1.0)], passes=2).factor for image in images]
+    alone = [estimate_diameter(model, _meta(model), [(image, 1.0)], passes=2).factor for image in images]
     assert alone == [pytest.approx(1.3), 1.0]
     model.add_head("sample")
-    assert pick_module.estimate_diameter(model, _meta(model), [(images[0], 1.0)], "sample").factor == 1.0
+    assert estimate_diameter(model, _meta(model), [(images[0], 1.0)], "sample").factor == 1.0
 
 
 def test_a_run_reads_the_size_once_from_a_sample_and_picks_every_micrograph_at_one_diameter(tmp_path, monkeypatch):
@@ -240,9 +246,9 @@ def test_a_run_reads_the_size_once_from_a_sample_and_picks_every_micrograph_at_o
         write_mrc(paths[-1], _blobs((160, 160), np.array([[50.0, 50.0], [110.0, 100.0]]), 20, seed=i), pixel_size=2.0)
     model = _constant_size_model(float(np.log(1.2)))
     reads = []
-    size_map = pick_module.size_map
-    monkeypatch.setattr(pick_module, "size_map", lambda *a, **k: reads.append(1) or size_map(*a, **k))
-    monkeypatch.setattr(pick_module, "SIZE_SAMPLE_MICROGRAPHS", 2)
+    size_map = real_size_map
+    monkeypatch.setattr(size_module, "size_map", lambda *a, **k: reads.append(1) or size_map(*a, **k))
+    monkeypatch.setattr(picker_module, "SIZE_SAMPLE_MICROGRAPHS", 2)
     picker = Picker(model, _meta(model), PickSettings(ParticleSize(diameter_px=40.0), threshold=0.0))
     said = []
     report = pick_files(paths, tmp_path / "out", picker, ("csv",), progress=False, log=said.append)
@@ -307,7 +313,7 @@ def test_rerun_skips_complete_outputs_and_redoes_a_micrograph_whose_output_is_mi
     first["box"].unlink()
     (out / "picks.csv").unlink()
 
-    model, meta = pick_module.load_picking_model(checkpoint)
+    model, meta = checkpoint_module.load_model(checkpoint)
     picker = Picker(model, meta, PickSettings(ParticleSize(diameter_px=40), threshold=0.0))
     report = pick_files(micrographs, out, picker, ("star", "box"), progress=False)
     assert report.picked == [micrographs[0].stem] and report.skipped == [micrographs[1].stem]
@@ -335,7 +341,7 @@ def test_corrupt_micrograph_is_reported_and_skipped_while_the_others_are_picked(
 
 
 def test_without_model_the_missing_pretrained_model_is_a_clear_error(micrographs, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(pick_module, "pretrained_model_path", lambda: tmp_path / "nowhere" / "generic.pt")
+    monkeypatch.setattr(checkpoint_module, "pretrained_model_path", lambda: tmp_path / "nowhere" / "generic.pt")
     out = tmp_path / "out"
     assert _run(*micrographs, "--out", out, "--diameter-px", 40) == 1
     err = capsys.readouterr().err.strip()

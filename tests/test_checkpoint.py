@@ -15,7 +15,7 @@ from hydrapicker.presets import get_preset
 from hydrapicker.checkpoint import load_model
 from hydrapicker.bundled import pretrained_model_path
 from hydrapicker.training.config import TrainConfig
-from hydrapicker.training.loop import _checkpoint
+from _synthetic import checkpoint_dict
 from hydrapicker.checkpoint import load_checkpoint, save_checkpoint
 from hydrapicker.training.stages import train
 
@@ -47,7 +47,7 @@ def test_ship_generic_keeps_trunk_and_generic_head_and_drops_dataset_heads(tmp_p
         for p in model.heads["sim-a"].parameters():
             p.add_(1.0)  # so that a mix-up of heads would show
     source, shipped = tmp_path / "stage2.pt", tmp_path / "generic.pt"
-    save_checkpoint(source, _checkpoint(model, config, stage=2, epoch=7, val_loss=0.25, optimiser={"big": torch.zeros(10_000)}))
+    save_checkpoint(source, checkpoint_dict(model, config, stage=2, epoch=7, val_loss=0.25, optimiser={"big": torch.zeros(10_000)}))
 
     _ship_generic()(source, shipped, trained_on=["sim-a", "sim-b"])
 
@@ -64,7 +64,7 @@ def test_ship_generic_keeps_trunk_and_generic_head_and_drops_dataset_heads(tmp_p
 def test_ship_generic_keeps_the_size_head_so_pick_can_still_correct_the_diameter(tmp_path):
     model = HydraPicker(get_preset("tiny"), ("sim-a",), size_head=True)
     source, shipped = tmp_path / "stage1.pt", tmp_path / "generic.pt"
-    save_checkpoint(source, _checkpoint(model, TrainConfig(preset="tiny", size_head=True), stage=1, epoch=0, val_loss=1.0, optimiser={}))
+    save_checkpoint(source, checkpoint_dict(model, TrainConfig(preset="tiny", size_head=True), stage=1, epoch=0, val_loss=1.0, optimiser={}))
 
     _ship_generic()(source, shipped)
 
@@ -75,7 +75,7 @@ def test_ship_generic_keeps_the_size_head_so_pick_can_still_correct_the_diameter
 
 
 def test_cli_train_passes_scale_jitter_restart_period_and_cache_dir_into_the_config(tmp_path, monkeypatch):
-    import hydrapicker.train
+    import hydrapicker.training.stages
 
     seen = {}
 
@@ -83,7 +83,7 @@ def test_cli_train_passes_scale_jitter_restart_period_and_cache_dir_into_the_con
         seen["config"] = config
         return Path(out_dir) / "model.pt"
 
-    monkeypatch.setattr(hydrapicker.train, "train", fake_train)
+    monkeypatch.setattr(hydrapicker.training.stages, "train", fake_train)
     argv = ["train", str(_project(tmp_path)), "--out", str(tmp_path / "run"), "--scale-jitter", "0.5", "2",
             "--t0-epochs", "7", "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
     assert cli_main(argv) == 0

@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hydrapicker.apps.benchmark import _splits, group_structures, load_config, pooled, run_benchmark
+from hydrapicker.apps.benchmark.config import load_config
+from hydrapicker.apps.benchmark.run import run_benchmark
+from hydrapicker.apps.benchmark.steps import _splits, group_structures, pooled
 from hydrapicker.data.project import DatasetSpec
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.evaluate import evaluate
 from hydrapicker.io import Picks, write_picks
 
-PROTOCOL = Path(__file__).resolve().parents[1] / "benchmarks" / "protocol.toml"
+PROTOCOL = Path(__file__).resolve().parents[2] / "benchmarks" / "protocol.toml"
 
 
 def _config_file(tmp_path: Path, text: str) -> Path:

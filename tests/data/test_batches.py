@@ -14,7 +14,8 @@ from scipy.spatial import cKDTree
 from _synthetic import gaussian_spots
 from hydrapicker import data
 from hydrapicker.data.batches import CropBatches, load_labelled_micrograph
-from hydrapicker.preprocess import from_rescaled, normalise_micrograph, rescale_factor, rescale_image, to_rescaled
+from hydrapicker.preprocess import from_rescaled, normalise_micrograph, rescale_image, to_rescaled
+from hydrapicker.particle_size import rescale_factor
 from hydrapicker.data.project import load_project, split_stems
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import write_mrc

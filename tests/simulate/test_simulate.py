@@ -18,7 +18,7 @@ from hydrapicker.simulate.optics import interaction_constant
 from hydrapicker.simulate.potential import POTENTIAL_CONSTANT, FineGrid, Particle, particle_spectrum, phase_from_spectrum
 from hydrapicker.simulate.render import binned_coordinate, render_image
 
-STRUCTURES = Path(__file__).resolve().parents[1] / "data" / "structures"
+STRUCTURES = Path(__file__).resolve().parents[2] / "data" / "structures"
 HVR = STRUCTURES / "1hvr.pdb.gz"
 EMA = STRUCTURES / "1ema.pdb.gz"
 

@@ -17,7 +17,7 @@ import torch
 from _synthetic import gaussian_spots
 from scipy import ndimage
 
-from hydrapicker.preprocess import ParticleSize
+from hydrapicker.particle_size import ParticleSize
 from hydrapicker.training.config import AdaptConfig
 from hydrapicker.training.adapt import adapt, run_folder, turned_outputs
 from hydrapicker.loss import distillation_loss
@@ -204,7 +204,7 @@ def test_adapted_head_beats_generic_head_on_a_shifted_rendering(tmp_path):
     """β-gal (a protein the generic model never saw) at 4-6 µm defocus (it saw 0.8-3), then a 5-px
     median filter (a denoiser it never saw); adapt on 8 micrographs of 512², score 8 others
     (measured: AP 0.636 generic -> 0.658 adapted; benchmarks/adapt_real.md)."""
-    structure = Path(__file__).resolve().parents[2] / "shared" / "data" / "structures" / "5a1a.cif.gz"
+    structure = Path(__file__).resolve().parents[3] / "shared" / "data" / "structures" / "5a1a.cif.gz"
     if not structure.is_file():
         pytest.skip(f"{structure} not here")
     sim = tmp_path / "sim"
