@@ -38,16 +38,16 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from hydrapicker.particle_size import ParticleSize
-from hydrapicker.training.config import AdaptConfig
-from hydrapicker.training.adapt import adapt, turned_outputs
+from hydrapicker.checkpoint import load_model
+from hydrapicker.defaults import GENERIC
 from hydrapicker.evaluate import evaluate
 from hydrapicker.io import read_micrograph, read_picks, write_mrc
 from hydrapicker.io.micrograph import micrograph_stem
-from hydrapicker.defaults import GENERIC
-from hydrapicker.picking.picker import pick_micrograph, Picker, PickSettings
-from hydrapicker.checkpoint import load_model
+from hydrapicker.particle_size import ParticleSize
 from hydrapicker.picking.decode import picks_from_outputs
+from hydrapicker.picking.picker import Picker, PickSettings, pick_micrograph
+from hydrapicker.training.adapt import adapt, turned_outputs
+from hydrapicker.training.config import AdaptConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / "src" / "hydrapicker" / "assets" / "real"
@@ -64,7 +64,9 @@ def _truth(folder: Path, paths: list[Path], suffix: str = "csv") -> dict:
     truth = {}
     for path in paths:
         stem = micrograph_stem(path)
-        truth.update(read_picks(folder / f"{stem}.{suffix}", suffix, micrograph=stem, shape=read_micrograph(path).shape))
+        truth.update(
+            read_picks(folder / f"{stem}.{suffix}", suffix, micrograph=stem, shape=read_micrograph(path).shape)
+        )
     return truth
 
 
@@ -74,23 +76,52 @@ def _simulated(out: Path) -> tuple[list[Path], float]:
 
     sim = out / "sim"
     if not (sim / "config.json").is_file():
-        status = cli_main(["simulate", str(STRUCTURE), "--out", str(sim), "--n-micrographs", "24", "--pixel-size", str(SIM_PIXEL),
-                           "--defocus", "4", "6", "--rendering", "float", "--seed", "7", "--quiet"])  # fmt: skip
+        status = cli_main(
+            [
+                "simulate",
+                str(STRUCTURE),
+                "--out",
+                str(sim),
+                "--n-micrographs",
+                "24",
+                "--pixel-size",
+                str(SIM_PIXEL),
+                "--defocus",
+                "4",
+                "6",
+                "--rendering",
+                "float",
+                "--seed",
+                "7",
+                "--quiet",
+            ]
+        )
         assert status == 0
     shifted = out / "sim-shifted"
     shifted.mkdir(exist_ok=True)
     for path in sorted((sim / "micrographs").glob("*.mrc")):
         if not (shifted / path.name).is_file():
-            write_mrc(shifted / path.name, ndimage.median_filter(read_micrograph(path).data, size=5), pixel_size=SIM_PIXEL)
+            write_mrc(
+                shifted / path.name, ndimage.median_filter(read_micrograph(path).data, size=5), pixel_size=SIM_PIXEL
+            )
     return sorted(shifted.glob("*.mrc")), json.loads((sim / "config.json").read_text())["diameter_A"]
 
 
-def _picks(checkpoint: Path | None, head: str, paths: list[Path], diameter: float, pixel: float, turns: int = 1) -> dict:
+def _picks(
+    checkpoint: Path | None, head: str, paths: list[Path], diameter: float, pixel: float, turns: int = 1
+) -> dict:
     model, meta = load_model(checkpoint)
     if turns == 1:
         return {
             micrograph_stem(p): pick_micrograph(
-                model, meta, read_micrograph(p).data, pixel, diameter_A=diameter, head=head, threshold=0.001, name=micrograph_stem(p)
+                model,
+                meta,
+                read_micrograph(p).data,
+                pixel,
+                diameter_A=diameter,
+                head=head,
+                threshold=0.001,
+                name=micrograph_stem(p),
             )
             for p in paths
         }
@@ -99,23 +130,35 @@ def _picks(checkpoint: Path | None, head: str, paths: list[Path], diameter: floa
     for path in paths:
         prepared = picker.prepare(path)
         outputs = turned_outputs(model, prepared.image, head, turns)
-        picks[prepared.name] = picks_from_outputs(outputs, meta, prepared.scale, prepared.data.shape, 0.001, name=prepared.name)
+        picks[prepared.name] = picks_from_outputs(
+            outputs, meta, prepared.scale, prepared.data.shape, 0.001, name=prepared.name
+        )
     return picks
 
 
-def _adapt(out: Path, paths: list[Path], diameter: float, pixel: float, config: AdaptConfig, model: Path | None) -> tuple[Path, dict]:
+def _adapt(
+    out: Path, paths: list[Path], diameter: float, pixel: float, config: AdaptConfig, model: Path | None
+) -> tuple[Path, dict]:
     checkpoint = out / f"{config.name}.pt"
     load = os.getloadavg()[0]
-    report = adapt(paths, checkpoint, config, model_path=model, size=ParticleSize(diameter_A=diameter, pixel_size=pixel))
-    return checkpoint, {"seconds": report.seconds, "load_average_before_after": [load, os.getloadavg()[0]],
-                        "micrographs": len(report.micrographs), "rounds": [asdict(r) for r in report.rounds]}  # fmt: skip
+    report = adapt(
+        paths, checkpoint, config, model_path=model, size=ParticleSize(diameter_A=diameter, pixel_size=pixel)
+    )
+    return checkpoint, {
+        "seconds": report.seconds,
+        "load_average_before_after": [load, os.getloadavg()[0]],
+        "micrographs": len(report.micrographs),
+        "rounds": [asdict(r) for r in report.rounds],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", type=Path, default=None, help="base checkpoint (default: the shipped generic model)")
-    parser.add_argument("--sets", nargs="+", choices=("bgal", "bgal-all", "t20s", "sim"), default=["bgal", "bgal-all", "t20s", "sim"])
+    parser.add_argument(
+        "--sets", nargs="+", choices=("bgal", "bgal-all", "t20s", "sim"), default=["bgal", "bgal-all", "t20s", "sim"]
+    )
     defaults = AdaptConfig(name="x")
     parser.add_argument("--rounds", type=int, default=defaults.rounds)
     parser.add_argument("--steps", type=int, default=defaults.steps)
@@ -128,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     def config(name: str) -> AdaptConfig:
-        return AdaptConfig(name=name, rounds=args.rounds, steps=args.steps, turns=args.turns, seed=args.seed, threads=args.threads)
+        return AdaptConfig(
+            name=name, rounds=args.rounds, steps=args.steps, turns=args.turns, seed=args.seed, threads=args.threads
+        )
 
     results = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "sets": {}}
     for name in args.sets:
@@ -149,20 +194,33 @@ def main(argv: list[str] | None = None) -> int:
             for held in paths:
                 rest = [p for p in paths if p != held]
                 stem = micrograph_stem(held)
-                checkpoint, runs[stem] = _adapt(args.out / f"bgal-without-{stem}", rest, diameter, pixel, config("bgal"), args.model)
+                checkpoint, runs[stem] = _adapt(
+                    args.out / f"bgal-without-{stem}", rest, diameter, pixel, config("bgal"), args.model
+                )
                 adapted.update(_picks(checkpoint, "bgal", [held], diameter, pixel))
             tta = {}
         else:
             head = name.replace("-", "_")
             checkpoint, runs["all"] = _adapt(args.out / name, adapt_on, diameter, pixel, config(head), args.model)
             adapted = _picks(checkpoint, head, scored, diameter, pixel)
-            tta = {"generic_tta4": _picks(args.model, GENERIC, scored, diameter, pixel, 4),
-                   "adapted_tta4": _picks(checkpoint, head, scored, diameter, pixel, 4)} if args.tta else {}  # fmt: skip
+            tta = (
+                {
+                    "generic_tta4": _picks(args.model, GENERIC, scored, diameter, pixel, 4),
+                    "adapted_tta4": _picks(checkpoint, head, scored, diameter, pixel, 4),
+                }
+                if args.tta
+                else {}
+            )
         row = {}
         for label, picks in (("generic", generic), ("adapted", adapted), *tta.items()):
             ev = evaluate(picks, truth, box)
-            row[label] = {"ap": ev.ap, "auroc": ev.auroc, "best_f1": ev.best_f1, "picks_at_0.25": int(sum(np.sum(p.score >= 0.25) for p in picks.values())),
-                          "per_micrograph_ap": {k: v.ap for k, v in ev.per_micrograph.items()}}  # fmt: skip
+            row[label] = {
+                "ap": ev.ap,
+                "auroc": ev.auroc,
+                "best_f1": ev.best_f1,
+                "picks_at_0.25": int(sum(np.sum(p.score >= 0.25) for p in picks.values())),
+                "per_micrograph_ap": {k: v.ap for k, v in ev.per_micrograph.items()},
+            }
         row["adapt_runs"] = runs
         row["seconds"] = round(time.perf_counter() - t0, 1)
         row["load_average"] = os.getloadavg()
@@ -170,8 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         g, a = row["generic"]["per_micrograph_ap"], row["adapted"]["per_micrograph_ap"]
         each = ", ".join(f"{g[k]:.3f}->{a[k]:.3f}" for k in truth)
         also = "".join(f"  {k} AP {row[k]['ap']:.3f}" for k in tta)
-        print(f"{name:9s} generic AP {row['generic']['ap']:.3f}  adapted AP {row['adapted']['ap']:.3f}{also}  "
-              f"(per micrograph: {each}; {row['seconds']:.0f} s, load {row['load_average'][0]:.1f})", flush=True)  # fmt: skip
+        print(
+            f"{name:9s} generic AP {row['generic']['ap']:.3f}  adapted AP {row['adapted']['ap']:.3f}{also}  "
+            f"(per micrograph: {each}; {row['seconds']:.0f} s, load {row['load_average'][0]:.1f})",
+            flush=True,
+        )
         (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0
 

@@ -25,7 +25,9 @@ def run(extra_env: dict[str, str], argv: list[str]) -> tuple[dict[tuple[str, str
     """Step seconds per (preset, layout), kernel seconds and minor page faults of one train_step.py process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {k: v for k, v in os.environ.items() if k != OPT_OUT} | extra_env
-    out = subprocess.run([sys.executable, str(STEP_SCRIPT), *argv], env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(STEP_SCRIPT), *argv], env=env, capture_output=True, text=True, check=True
+    ).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     steps = {}
     for line in out.splitlines():
@@ -48,7 +50,9 @@ def main() -> None:
     print(f"{'preset':7s} {'layout':13s} {'default s':>10s} {'tuned s':>8s} {'speed-up':>9s}")
     for key, seconds in reference.items():
         print(f"{key[0]:7s} {key[1]:13s} {seconds:10.3f} {tuned[key]:8.3f} {seconds / tuned[key]:8.2f}x")
-    print(f"kernel time of the process: {ref_sys:.1f} s -> {tuned_sys:.1f} s; minor page faults {ref_faults:,} -> {tuned_faults:,}")
+    print(
+        f"kernel time of the process: {ref_sys:.1f} s -> {tuned_sys:.1f} s; minor page faults {ref_faults:,} -> {tuned_faults:,}"
+    )
     print(f"load average after: {os.getloadavg()}")
 
 

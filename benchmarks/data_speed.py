@@ -39,7 +39,9 @@ def fourier_crop(image: np.ndarray, scale: float) -> np.ndarray:
     rows, cols = image.shape
     out_r, out_c = round(rows * scale), round(cols * scale)
     spectrum = np.fft.rfft2(image)
-    keep = np.concatenate([spectrum[: out_r // 2], spectrum[rows - (out_r - out_r // 2) :]], axis=0)[:, : out_c // 2 + 1]
+    keep = np.concatenate([spectrum[: out_r // 2], spectrum[rows - (out_r - out_r // 2) :]], axis=0)[
+        :, : out_c // 2 + 1
+    ]
     return np.fft.irfft2(keep, s=(out_r, out_c)) * (out_r * out_c) / (rows * cols)
 
 
@@ -62,7 +64,9 @@ def main() -> None:
 
     big = rng.normal(0, 1, (4096, 4096)).astype(np.float32)
     scale = 0.27  # e.g. 1 Å/px micrographs, 150 Å particles, 40-px target
-    print(f"rescale 4096² -> {round(4096 * scale)}², ours (torch anti-aliased bilinear): {timed(lambda: data.rescale_image(big, scale), r):.3f} s")
+    print(
+        f"rescale 4096² -> {round(4096 * scale)}², ours (torch anti-aliased bilinear): {timed(lambda: data.rescale_image(big, scale), r):.3f} s"
+    )
     print(f"rescale 4096² reference, Gaussian + scipy linear:     {timed(lambda: scipy_resize(big, scale), r):.3f} s")
     print(f"rescale 4096² reference, Fourier crop:                {timed(lambda: fourier_crop(big, scale), r):.3f} s")
 
@@ -82,7 +86,9 @@ def main() -> None:
         specs = data.load_project(project)
         stem = specs[0].splits["train"][0]
         t = timed(lambda: data._prepare(specs[0], stem, PARTICLE_DIAMETER_PX), r)
-        print(f"prepare one 1024² PNG at {PARTICLE_DIAMETER_PX:g}-px particles (read, rescale x1.48, normalise, background): {t:.3f} s")
+        print(
+            f"prepare one 1024² PNG at {PARTICLE_DIAMETER_PX:g}-px particles (read, rescale x1.48, normalise, background): {t:.3f} s"
+        )
         cache = Path(tmp) / "cache"
         data._prepare_via_disk(specs[0], stem, PARTICLE_DIAMETER_PX, cache)
         t = timed(lambda: data._prepare_via_disk(specs[0], stem, PARTICLE_DIAMETER_PX, cache), r)
@@ -96,7 +102,9 @@ def main() -> None:
             for index in range(len(stream)):  # fill the cache
                 stream.batch(index)
             warm = timed(lambda: [stream.batch(i) for i in range(len(stream))], 1) / len(stream)
-            print(f"batch of 4 crops 368², rotate={rotate}, jitter={jitter}: cold {timed(cold, r):.3f} s, warm {warm * 1e3:.1f} ms")
+            print(
+                f"batch of 4 crops 368², rotate={rotate}, jitter={jitter}: cold {timed(cold, r):.3f} s, warm {warm * 1e3:.1f} ms"
+            )
 
 
 if __name__ == "__main__":

@@ -60,10 +60,16 @@ def main() -> None:
         sort_times.append(time.perf_counter() - t0)
     t_eval, t_sort = statistics.median(eval_times), statistics.median(sort_times)
     print(f"cpus: {os.cpu_count()}, load average before: {load_before[0]:.2f}, after: {os.getloadavg()[0]:.2f}")
-    print(f"case: {args.micrographs} micrographs x {args.picks} picks, {args.true} true each, {args.near:.0%} near a particle")
-    print(f"result: AP {result.ap:.4f}, AUROC {result.auroc:.4f}, TP {result.tp} of {result.n_picks} picks / {result.n_true} true")
+    print(
+        f"case: {args.micrographs} micrographs x {args.picks} picks, {args.true} true each, {args.near:.0%} near a particle"
+    )
+    print(
+        f"result: AP {result.ap:.4f}, AUROC {result.auroc:.4f}, TP {result.tp} of {result.n_picks} picks / {result.n_true} true"
+    )
     print(f"evaluate: {t_eval:.3f} s median of {args.repeats} (all: {', '.join(f'{t:.3f}' for t in eval_times)})")
-    print(f"reference np.sort of {len(scores)} scores: {t_sort * 1e3:.1f} ms; ratio evaluate / sort = {t_eval / t_sort:.0f}")
+    print(
+        f"reference np.sort of {len(scores)} scores: {t_sort * 1e3:.1f} ms; ratio evaluate / sort = {t_eval / t_sort:.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -30,16 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from hydrapicker.particle_size import ParticleSize
-from hydrapicker.defaults import PICK_THRESHOLD
 from hydrapicker.bundled import bundled_datasets
+from hydrapicker.checkpoint import load_checkpoint
+from hydrapicker.defaults import GENERIC, PICK_THRESHOLD
 from hydrapicker.evaluate import evaluate
+from hydrapicker.io import Picks, read_micrograph, write_picks
+from hydrapicker.particle_size import ParticleSize
+from hydrapicker.picking.picker import pick_micrograph
 from hydrapicker.training.config import FinetuneConfig
 from hydrapicker.training.finetune import finetune, labelled_micrographs
-from hydrapicker.io import Picks, read_micrograph, write_picks
-from hydrapicker.defaults import GENERIC
-from hydrapicker.picking.picker import pick_micrograph
-from hydrapicker.checkpoint import load_checkpoint
 
 RUNS = ("generic", "full", "plain10", "pu10", "pu10-true")
 
@@ -48,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="base checkpoint (not trained on β-gal)")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--fraction", type=float, default=0.1, help="labels kept in the partial runs (default: %(default)s)")
+    parser.add_argument(
+        "--fraction", type=float, default=0.1, help="labels kept in the partial runs (default: %(default)s)"
+    )
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batches-per-epoch", type=int, default=10)
     parser.add_argument("--val-batches", type=int, default=4)
@@ -56,8 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS))
-    parser.add_argument("--retrain", action="store_true", help="fine-tune again where OUT/RUN.pt exists (default: evaluate it)")
-    parser.add_argument("--results", default="results.json", help="file name of the summary in OUT (default: %(default)s)")
+    parser.add_argument(
+        "--retrain", action="store_true", help="fine-tune again where OUT/RUN.pt exists (default: evaluate it)"
+    )
+    parser.add_argument(
+        "--results", default="results.json", help="file name of the summary in OUT (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
 
     bgal = next(d for d in bundled_datasets() if d.name == "empiar10017_bgal_bin4")
@@ -74,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     for mic in train_mics:
         full = truth[mic.stem]
         keep = np.sort(rng.choice(len(full), size=max(1, round(args.fraction * len(full))), replace=False))
-        write_picks(partial_dir / f"{mic.stem}.csv", Picks(mic.stem, full.x[keep], full.y[keep], np.ones(len(keep))), "csv")
+        write_picks(
+            partial_dir / f"{mic.stem}.csv", Picks(mic.stem, full.x[keep], full.y[keep], np.ones(len(keep))), "csv"
+        )
     full_coords = [m.with_suffix(".csv") for m in train_mics]
     partial_coords = [partial_dir / f"{m.stem}.csv" for m in train_mics]
 
@@ -84,11 +91,22 @@ def main(argv: list[str] | None = None) -> int:
     def scores(checkpoint: Path, head: str) -> dict:
         # AP ranks every pick; at the default threshold a user sees what the scores' scale does.
         model, meta = load_checkpoint(checkpoint)
-        picks = pick_micrograph(model, meta, test_image, bgal.pixel_size, diameter_A=diameter_A, head=head,
-                                threshold=0.001, name=test_mic.stem)  # fmt: skip
+        picks = pick_micrograph(
+            model,
+            meta,
+            test_image,
+            bgal.pixel_size,
+            diameter_A=diameter_A,
+            head=head,
+            threshold=0.001,
+            name=test_mic.stem,
+        )
         kept = picks.score >= PICK_THRESHOLD
-        at_default = evaluate({test_mic.stem: Picks(test_mic.stem, picks.x[kept], picks.y[kept], picks.score[kept])},
-                              test_truth, bgal.box_size)  # fmt: skip
+        at_default = evaluate(
+            {test_mic.stem: Picks(test_mic.stem, picks.x[kept], picks.y[kept], picks.score[kept])},
+            test_truth,
+            bgal.box_size,
+        )
         return {
             "ap": evaluate({test_mic.stem: picks}, test_truth, bgal.box_size).ap,
             "picks_at_default_threshold": int(kept.sum()),
@@ -103,26 +121,47 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{run:10s} AP {results[run]['ap']:.3f}", flush=True)
             continue
         coords = full_coords if run == "full" else partial_coords
-        data = labelled_micrographs(run.replace("-", "_"), train_mics, coords, size=ParticleSize(diameter_A=diameter_A, pixel_size=bgal.pixel_size))
+        data = labelled_micrographs(
+            run.replace("-", "_"),
+            train_mics,
+            coords,
+            size=ParticleSize(diameter_A=diameter_A, pixel_size=bgal.pixel_size),
+        )
         expected = None
         if run == "pu10-true":
             expected = float(np.mean([len(truth[m.stem]) for m in train_mics]))
         config = FinetuneConfig(
-            name=data.spec.name, epochs=args.epochs, batches_per_epoch=args.batches_per_epoch, val_batches=args.val_batches,
-            lr=args.lr, labels="partial" if run.startswith("pu") else "complete", expected_particles=expected,
-            seed=args.seed, threads=args.threads,
-        )  # fmt: skip
+            name=data.spec.name,
+            epochs=args.epochs,
+            batches_per_epoch=args.batches_per_epoch,
+            val_batches=args.val_batches,
+            lr=args.lr,
+            labels="partial" if run.startswith("pu") else "complete",
+            expected_particles=expected,
+            seed=args.seed,
+            threads=args.threads,
+        )
         out = args.out / f"{run}.pt"
         t0 = time.perf_counter()
         if out.exists() and not args.retrain:
             seconds = None  # finished earlier: evaluated again, not retrained
         else:
-            finetune(data, out, config, model_path=args.model, resume=(out.parent / f"{run}.finetune" / "last.pt").exists(),
-                     say=lambda line: print(f"  [{run}] {line}", flush=True))  # fmt: skip
+            finetune(
+                data,
+                out,
+                config,
+                model_path=args.model,
+                resume=(out.parent / f"{run}.finetune" / "last.pt").exists(),
+                say=lambda line: print(f"  [{run}] {line}", flush=True),
+            )
             seconds = time.perf_counter() - t0
         record = json.loads((out.parent / f"{run}.finetune" / "finetune.json").read_text())
-        results[run] = {**scores(out, data.spec.name), "seconds": seconds, "expected_particles": record["expected_particles"],
-                        "labelled": record["labelled_particles"]}  # fmt: skip
+        results[run] = {
+            **scores(out, data.spec.name),
+            "seconds": seconds,
+            "expected_particles": record["expected_particles"],
+            "labelled": record["labelled_particles"],
+        }
         print(f"{run:10s} AP {results[run]['ap']:.3f}  ({seconds or float('nan'):.0f} s)", flush=True)
 
     summary = {
@@ -134,10 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     (args.out / args.results).write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\non {test_mic.stem} (full labels): AP; at the default threshold {PICK_THRESHOLD}: picks, recall, precision")
+    print(
+        f"\non {test_mic.stem} (full labels): AP; at the default threshold {PICK_THRESHOLD}: picks, recall, precision"
+    )
     for run, r in results.items():
-        print(f"  {run:10s} AP {r['ap']:.3f}   {r['picks_at_default_threshold']:4d} picks, recall {r['recall_at_default_threshold']:.3f}, "
-              f"precision {r['precision_at_default_threshold']:.3f}")
+        print(
+            f"  {run:10s} AP {r['ap']:.3f}   {r['picks_at_default_threshold']:4d} picks, recall {r['recall_at_default_threshold']:.3f}, "
+            f"precision {r['precision_at_default_threshold']:.3f}"
+        )
     return 0
 
 

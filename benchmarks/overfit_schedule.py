@@ -42,11 +42,11 @@ from test_overfit import (
     inside_labelled_window,
 )
 
+from hydrapicker.checkpoint import load_checkpoint
 from hydrapicker.data.project import load_project
 from hydrapicker.evaluate import evaluate, match_picks
 from hydrapicker.io import Picks, read_micrograph, read_picks
 from hydrapicker.picking.picker import pick_micrograph
-from hydrapicker.checkpoint import load_checkpoint
 from hydrapicker.training.stages import train
 
 BGAL = Path(__file__).resolve().parents[1] / "src" / "hydrapicker" / "assets" / "real" / "empiar10017_bgal_bin4"
@@ -60,10 +60,18 @@ def _truth() -> dict[str, Picks]:
 def _pick(checkpoint: Path, **settings) -> dict[str, Picks]:
     model, meta = load_checkpoint(checkpoint)
     return {
-        s: pick_micrograph(model, meta, read_micrograph(BGAL / f"{s}.png").data, PIXEL_SIZE,
-                           diameter_A=BOX_PX * PIXEL_SIZE, threshold=0.01, name=s, **settings)
+        s: pick_micrograph(
+            model,
+            meta,
+            read_micrograph(BGAL / f"{s}.png").data,
+            PIXEL_SIZE,
+            diameter_A=BOX_PX * PIXEL_SIZE,
+            threshold=0.01,
+            name=s,
+            **settings,
+        )
         for s in STEMS
-    }  # fmt: skip
+    }
 
 
 def _aps(picks: dict[str, Picks], truth: dict[str, Picks], ious: tuple[float, ...]) -> list[float]:

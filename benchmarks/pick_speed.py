@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from hydrapicker.model import HydraPicker
-from hydrapicker.presets import get_preset
 from hydrapicker.picking.inference import head_outputs
+from hydrapicker.presets import get_preset
 
 
 def _best_time(fn, repeats: int) -> float:
@@ -85,8 +85,10 @@ def conv_flops(model: HydraPicker, size: int = 1024) -> float:
 
 def speed(args: argparse.Namespace) -> None:
     threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} threads; machine shared with other jobs: absolute times are noisy, "
-          f"ratios are measured in this one run")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {threads} threads; machine shared with other jobs: absolute times are noisy, "
+        f"ratios are measured in this one run"
+    )
     rates = {layout: conv_rate(layout, args.repeats) for layout in ("nchw", "channels_last", "bf16")}
     print("conv 64->64 3x3 on 1024²: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()))
     size = args.size
@@ -110,8 +112,12 @@ def speed(args: argparse.Namespace) -> None:
             model = model.to(memory_format=layout)
             row[label] = per_1024 * _best_time(lambda: head_outputs(model, image, bf16=bf16), args.repeats)
             torch.set_num_threads(threads)
-        floors = {"nchw_fp32": rates["nchw"], "cl_fp32": rates["channels_last"], "cl_bf16": rates["bf16"],
-                  "cl_fp32_1thread": rates["channels_last"]}  # fmt: skip
+        floors = {
+            "nchw_fp32": rates["nchw"],
+            "cl_fp32": rates["channels_last"],
+            "cl_bf16": rates["bf16"],
+            "cl_fp32_1thread": rates["channels_last"],
+        }
         parts = []
         for label, *_ in configs:
             floor = flops / (floors[label] * 1e9)
@@ -141,14 +147,16 @@ def bf16_error(args: argparse.Namespace) -> None:
     image = rng.normal(size=(1024, 1024)).astype(np.float32)
     fp32 = torch.sigmoid(head_outputs(model, image)[2])
     bf16 = torch.sigmoid(head_outputs(model, image, bf16=True)[2])
-    print(f"bf16 vs fp32 scores ({source}, 1024² noise): max |diff| {float((bf16 - fp32).abs().max()):.4f}, "
-          f"mean {float((bf16 - fp32).abs().mean()):.5f}")  # fmt: skip
+    print(
+        f"bf16 vs fp32 scores ({source}, 1024² noise): max |diff| {float((bf16 - fp32).abs().max()):.4f}, "
+        f"mean {float((bf16 - fp32).abs().mean()):.5f}"
+    )
 
 
 def _memory_child(size: int, preset: str, tile: int) -> None:
+    from hydrapicker.checkpoint import ModelMeta
     from hydrapicker.picking.decode import picks_from_outputs
     from hydrapicker.preprocess import prepare_micrograph
-    from hydrapicker.checkpoint import ModelMeta
 
     def peak() -> int:
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -172,8 +180,10 @@ def memory(args: argparse.Namespace) -> None:
     for size in map(int, args.sizes.split(",")):
         out = subprocess.run(
             [sys.executable, __file__, "_memory_child", str(size), args.preset, str(args.tile)],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         print(out.stdout.strip(), flush=True)
 
 

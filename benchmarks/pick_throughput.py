@@ -89,11 +89,34 @@ def make_micrographs(folder: Path, n: int) -> list[Path]:
 
 
 def run_pick(mics: Path, out: Path, procs: int, threads: int, model: Path | None, device: str, workers: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--standalone",
-               "-m", "hydrapicker", "pick", str(mics), "--out", str(out), "--diameter-px", str(DIAMETER_PX),
-               "--format", "star", "--workers", str(workers), "--device", device,
-               *(["--model", str(model)] if model else [])]  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(procs),
+        "--standalone",
+        "-m",
+        "hydrapicker",
+        "pick",
+        str(mics),
+        "--out",
+        str(out),
+        "--diameter-px",
+        str(DIAMETER_PX),
+        "--format",
+        "star",
+        "--workers",
+        str(workers),
+        "--device",
+        device,
+        *(["--model", str(model)] if model else []),
+    ]
     t0 = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -102,17 +125,24 @@ def run_pick(mics: Path, out: Path, procs: int, threads: int, model: Path | None
     found = re.search(r"picked (\d+) micrographs \((\d+) particles, ([0-9.]+) micrographs/s\)", result.stdout)
     assert found, result.stdout
     picked = int(found.group(1))
-    return {"procs": procs, "threads": threads, "picked": picked, "particles": int(found.group(2)),
-            "wall_s": round(wall, 2), "rate_wall": picked / wall, "rate_picking": float(found.group(3))}  # fmt: skip
+    return {
+        "procs": procs,
+        "threads": threads,
+        "picked": picked,
+        "particles": int(found.group(2)),
+        "wall_s": round(wall, 2),
+        "rate_wall": picked / wall,
+        "rate_picking": float(found.group(3)),
+    }
 
 
 def single_process_costs(mics: list[Path], out: Path, model_path: Path | None, device: str, threads: int) -> dict:
     """Network seconds, CPU prepare seconds and merge seconds per micrograph, in this process."""
-    from hydrapicker.picking.picker import Picker, PickSettings
-    from hydrapicker.picking.inference import head_outputs
-    from hydrapicker.checkpoint import load_model
+    from hydrapicker.checkpoint import load_checkpoint, load_model
     from hydrapicker.io.run_folder import rebuild_picks_csv
-    from hydrapicker.checkpoint import load_checkpoint
+    from hydrapicker.particle_size import ParticleSize
+    from hydrapicker.picking.inference import head_outputs
+    from hydrapicker.picking.picker import Picker, PickSettings
 
     torch.set_num_threads(threads)
     model, meta = load_checkpoint(model_path) if model_path else load_model(None)
@@ -138,9 +168,14 @@ def single_process_costs(mics: list[Path], out: Path, model_path: Path | None, d
     rebuild_picks_csv(merged)
     merge_s = (time.perf_counter() - t0) / MERGE_FILES
     flops = _conv_flops(picker.model.cpu(), prepared[0].image.shape)
-    return {"prepare_s": prepare_s, "network_s": network_s, "merge_s_per_micrograph": merge_s,
-            "rescaled_shape": list(prepared[0].image.shape), "gflop_per_micrograph": flops / 1e9,
-            "bytes_per_micrograph": float(np.mean([p.stat().st_size for p in sample]))}  # fmt: skip
+    return {
+        "prepare_s": prepare_s,
+        "network_s": network_s,
+        "merge_s_per_micrograph": merge_s,
+        "rescaled_shape": list(prepared[0].image.shape),
+        "gflop_per_micrograph": flops / 1e9,
+        "bytes_per_micrograph": float(np.mean([p.stat().st_size for p in sample])),
+    }
 
 
 def _conv_flops(model: torch.nn.Module, shape: tuple[int, int]) -> float:
@@ -173,19 +208,28 @@ def project(costs: dict, runs: list[dict], args: argparse.Namespace) -> dict:
         tflops = H100_DENSE_BF16_TFLOPS * ASSUMED_GPU_EFFICIENCY
         flop_rate = tflops * 1e12 / (costs["gflop_per_micrograph"] * 1e9)
         gpu_rate = min(flop_rate, reader_rate)
-        source = (f"an upper bound, not a measurement: the lower of {flop_rate:.0f} mic/s ({costs['gflop_per_micrograph']:.0f} GFLOP "
-                  f"at {tflops:.0f} TFLOP/s, 25% of H100 dense bf16) and the CPU readers' rate; give --gpu-rate")  # fmt: skip
+        source = (
+            f"an upper bound, not a measurement: the lower of {flop_rate:.0f} mic/s ({costs['gflop_per_micrograph']:.0f} GFLOP "
+            f"at {tflops:.0f} TFLOP/s, 25% of H100 dense bf16) and the CPU readers' rate; give --gpu-rate"
+        )
     picking_s = args.total / (args.gpus * gpu_rate)
     merge_s = args.total * costs["merge_s_per_micrograph"]
     last = runs[-1]
     startup_s = last["wall_s"] - last["picked"] / last["rate_picking"]  # import, model load, rendezvous, as measured
     return {
-        "gpus": args.gpus, "micrographs": args.total, "gpu_rate": gpu_rate, "gpu_rate_source": source,
-        "reader_rate_per_rank": reader_rate, "network_rate": 1.0 / costs["network_s"],
-        "picking_s": picking_s, "merge_s": merge_s, "startup_s": startup_s, "total_s": picking_s + merge_s + startup_s,
+        "gpus": args.gpus,
+        "micrographs": args.total,
+        "gpu_rate": gpu_rate,
+        "gpu_rate_source": source,
+        "reader_rate_per_rank": reader_rate,
+        "network_rate": 1.0 / costs["network_s"],
+        "picking_s": picking_s,
+        "merge_s": merge_s,
+        "startup_s": startup_s,
+        "total_s": picking_s + merge_s + startup_s,
         "fs_bandwidth_MBps_at_these_files": args.gpus * gpu_rate * costs["bytes_per_micrograph"] / 1e6,
         "fs_bandwidth_GBps_at_4096sq_float32": args.gpus * gpu_rate * 4096 * 4096 * 4 / 1e9,
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -196,7 +240,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="checkpoint (default: the shipped generic model)")
     parser.add_argument("--preset", help="a random-weight model of this preset instead (e.g. paper)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--pick-workers", type=int, default=1, help="pick --workers (reader threads) per process in the runs")
+    parser.add_argument(
+        "--pick-workers", type=int, default=1, help="pick --workers (reader threads) per process in the runs"
+    )
     parser.add_argument("--workers", type=int, default=4, help="reader threads per rank assumed in the projection")
     parser.add_argument("--gpu-rate", type=float, help="measured micrographs/s of one GPU rank, for the projection")
     parser.add_argument("--gpus", type=int, default=64)
@@ -209,39 +255,53 @@ def main() -> None:
         mics = make_micrographs(root / "mics", args.n)
         model = args.model
         if args.preset:
+            from hydrapicker.checkpoint import save_checkpoint
             from hydrapicker.model import HydraPicker
             from hydrapicker.presets import get_preset
             from hydrapicker.training.config import TrainConfig
             from hydrapicker.training.loop import _checkpoint
-            from hydrapicker.checkpoint import save_checkpoint
 
             torch.manual_seed(0)
             model = root / f"{args.preset}.pt"
-            save_checkpoint(model, _checkpoint(HydraPicker(get_preset(args.preset)), TrainConfig(preset=args.preset), 1, 0, None))
-        print(f"{args.n} micrographs of 1024² (β-gal PNG copies), {args.threads} thread(s) per process, device {args.device}, "
-              f"model {model or 'shipped generic'}; torch {torch.__version__}", flush=True)  # fmt: skip
+            save_checkpoint(
+                model, _checkpoint(HydraPicker(get_preset(args.preset)), TrainConfig(preset=args.preset), 1, 0, None)
+            )
+        print(
+            f"{args.n} micrographs of 1024² (β-gal PNG copies), {args.threads} thread(s) per process, device {args.device}, "
+            f"model {model or 'shipped generic'}; torch {torch.__version__}",
+            flush=True,
+        )
         runs = []
         for procs in map(int, args.procs.split(",")):
-            row = run_pick(root / "mics", root / f"out_{procs}", procs, args.threads, model, args.device, args.pick_workers)
+            row = run_pick(
+                root / "mics", root / f"out_{procs}", procs, args.threads, model, args.device, args.pick_workers
+            )
             row["speedup_picking"] = row["rate_picking"] / (runs[0]["rate_picking"] if runs else row["rate_picking"])
             row["speedup_wall"] = row["rate_wall"] / (runs[0]["rate_wall"] if runs else row["rate_wall"])
             runs.append(row)
-            print(f"{procs} process(es): {row['rate_wall']:.3f} micrographs/s over the whole command ({row['wall_s']} s), "
-                  f"{row['rate_picking']:.3f} while picking; speed-up x{row['speedup_wall']:.2f} whole, "
-                  f"x{row['speedup_picking']:.2f} picking", flush=True)  # fmt: skip
+            print(
+                f"{procs} process(es): {row['rate_wall']:.3f} micrographs/s over the whole command ({row['wall_s']} s), "
+                f"{row['rate_picking']:.3f} while picking; speed-up x{row['speedup_wall']:.2f} whole, "
+                f"x{row['speedup_picking']:.2f} picking",
+                flush=True,
+            )
         costs = single_process_costs(mics, root / f"out_{runs[0]['procs']}", model, args.device, args.threads)
-        print(f"one micrograph ({costs['rescaled_shape'][0]}x{costs['rescaled_shape'][1]} rescaled, "
-              f"{costs['gflop_per_micrograph']:.1f} GFLOP): network {costs['network_s']:.3f} s on {args.device}, "
-              f"read+prepare {costs['prepare_s']:.3f} s CPU, merge into picks.csv {1e3 * costs['merge_s_per_micrograph']:.2f} ms",
-              flush=True)  # fmt: skip
+        print(
+            f"one micrograph ({costs['rescaled_shape'][0]}x{costs['rescaled_shape'][1]} rescaled, "
+            f"{costs['gflop_per_micrograph']:.1f} GFLOP): network {costs['network_s']:.3f} s on {args.device}, "
+            f"read+prepare {costs['prepare_s']:.3f} s CPU, merge into picks.csv {1e3 * costs['merge_s_per_micrograph']:.2f} ms",
+            flush=True,
+        )
         plan = project(costs, runs, args)
         hours = plan["total_s"] / 3600
-        print(f"projection, {plan['gpus']} GPUs x {plan['micrographs']} micrographs: {plan['gpu_rate']:.1f} mic/s per GPU "
-              f"({plan['gpu_rate_source']}; the network alone {plan['network_rate']:.1f} mic/s on {args.device}, "
-              f"{args.workers} reader threads {plan['reader_rate_per_rank']:.1f} mic/s) -> picking {plan['picking_s'] / 60:.1f} min "
-              f"+ rank 0's merge {plan['merge_s'] / 60:.1f} min + start-up {plan['startup_s']:.0f} s = {hours:.2f} h; "
-              f"the file system must deliver {plan['fs_bandwidth_MBps_at_these_files']:.0f} MB/s at these PNGs, "
-              f"{plan['fs_bandwidth_GBps_at_4096sq_float32']:.0f} GB/s at 4096² float32 MRCs")  # fmt: skip
+        print(
+            f"projection, {plan['gpus']} GPUs x {plan['micrographs']} micrographs: {plan['gpu_rate']:.1f} mic/s per GPU "
+            f"({plan['gpu_rate_source']}; the network alone {plan['network_rate']:.1f} mic/s on {args.device}, "
+            f"{args.workers} reader threads {plan['reader_rate_per_rank']:.1f} mic/s) -> picking {plan['picking_s'] / 60:.1f} min "
+            f"+ rank 0's merge {plan['merge_s'] / 60:.1f} min + start-up {plan['startup_s']:.0f} s = {hours:.2f} h; "
+            f"the file system must deliver {plan['fs_bandwidth_MBps_at_these_files']:.0f} MB/s at these PNGs, "
+            f"{plan['fs_bandwidth_GBps_at_4096sq_float32']:.0f} GB/s at 4096² float32 MRCs"
+        )
         if args.json:
             args.json.write_text(json.dumps({"runs": runs, "costs": costs, "projection": plan}, indent=1) + "\n")
 

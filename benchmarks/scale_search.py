@@ -30,14 +30,13 @@ import numpy as np
 import torch
 
 from hydrapicker.boxes import decode_outputs, nms, refine_centres
-from hydrapicker.preprocess import from_rescaled
+from hydrapicker.checkpoint import load_model
 from hydrapicker.defaults import NMS_IOU
 from hydrapicker.evaluate import evaluate
 from hydrapicker.io import Picks, read_micrograph, read_picks
-from hydrapicker.picking.inference import head_outputs
-from hydrapicker.checkpoint import load_model
 from hydrapicker.pick import picking_scale
-from hydrapicker.preprocess import prepare_micrograph
+from hydrapicker.picking.inference import head_outputs
+from hydrapicker.preprocess import from_rescaled, prepare_micrograph
 
 FACTORS = (0.64, 0.72, 0.8, 0.9, 1.0, 1.12, 1.25, 1.4, 1.56)
 ERRORS = (0.8, 0.9, 1.0, 1.12, 1.25)
@@ -61,8 +60,14 @@ def collect(run: Path, split: str) -> dict[str, dict]:
                 xy, score = (t.numpy().astype(np.float64) for t in decode_outputs(outputs, meta.anchor_stride))
                 kept = score >= 0.001
                 anchors[f] = (from_rescaled(xy[kept], scale).reshape(-1, 2), score[kept])
-            out[d["name"]] = {"group": group, "stem": stem, "diameter": diameter, "shape": image.shape,
-                              "truth": replace(truth, box_size=diameter), "anchors": anchors}  # fmt: skip
+            out[d["name"]] = {
+                "group": group,
+                "stem": stem,
+                "diameter": diameter,
+                "shape": image.shape,
+                "truth": replace(truth, box_size=diameter),
+                "anchors": anchors,
+            }
             print(f"{d['name']}: {len(truth)} particles", flush=True)
     return out
 

@@ -42,11 +42,18 @@ def main() -> None:
     diameter = particle_diameter(model)
     t_load = time.perf_counter() - t0
     config = SimulationConfig(
-        shape=(1024, 1024), pixel_size=args.pixel_size, particles_per_micrograph=(args.particles, args.particles),
-        carbon_probability=1.0, contamination_probability=1.0, aggregate_probability=1.0, min_distance=(0.8, 0.8),
+        shape=(1024, 1024),
+        pixel_size=args.pixel_size,
+        particles_per_micrograph=(args.particles, args.particles),
+        carbon_probability=1.0,
+        contamination_probability=1.0,
+        aggregate_probability=1.0,
+        min_distance=(0.8, 0.8),
     )
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), one thread used")
-    print(f"model {model.name}: {model.n_atoms} heavy atoms, {model.mass_da / 1000:.0f} kDa, diameter {diameter:.0f} Å; load {t_load:.2f} s")
+    print(
+        f"model {model.name}: {model.n_atoms} heavy atoms, {model.mass_da / 1000:.0f} kDa, diameter {diameter:.0f} Å; load {t_load:.2f} s"
+    )
     times = []
     for seed in range(args.repeats):
         rng = np.random.default_rng(seed)
@@ -59,7 +66,9 @@ def main() -> None:
             f"micrograph {seed}: {times[-1]:.2f} s, {copies} particles labelled in the image "
             f"(+ margin, aggregates, broken), {args.pixel_size} Å/px"
         )
-    print(f"first call {times[0]:.2f} s; steady state median {np.median(times[1:] or times):.2f} s per 1024^2 micrograph")
+    print(
+        f"first call {times[0]:.2f} s; steady state median {np.median(times[1:] or times):.2f} s per 1024^2 micrograph"
+    )
 
 
 if __name__ == "__main__":

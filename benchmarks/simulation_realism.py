@@ -116,7 +116,12 @@ def particle_z(image: np.ndarray, centres: np.ndarray, diameter_px: float) -> fl
     smooth = ndimage.gaussian_filter(image.astype(np.float64), diameter_px / 8)
     bg = smooth[background_mask(image.shape, centres, diameter_px)]
     disc = ndimage.uniform_filter(smooth, size=max(1, int(diameter_px / 4)))
-    inside = (centres[:, 0] > 24) & (centres[:, 0] < image.shape[1] - 24) & (centres[:, 1] > 24) & (centres[:, 1] < image.shape[0] - 24)
+    inside = (
+        (centres[:, 0] > 24)
+        & (centres[:, 0] < image.shape[1] - 24)
+        & (centres[:, 1] > 24)
+        & (centres[:, 1] < image.shape[0] - 24)
+    )
     values = disc[np.rint(centres[inside, 1]).astype(int), np.rint(centres[inside, 0]).astype(int)]
     return float(np.median((values - bg.mean()) / bg.std()))
 
@@ -164,7 +169,9 @@ def real_sets() -> dict[str, list[tuple[np.ndarray, np.ndarray, float, float]]]:
     return out
 
 
-def simulated_set(kind: str, n: int, seed: int, defocus_um: tuple[float, float]) -> list[tuple[np.ndarray, np.ndarray, float, float, float]]:
+def simulated_set(
+    kind: str, n: int, seed: int, defocus_um: tuple[float, float]
+) -> list[tuple[np.ndarray, np.ndarray, float, float, float]]:
     """Simulated micrographs in the rendering of the real set ``kind``: (image, centres, pixel, D px, defocus).
 
     Settings a user would pick to match the session (pixel size, rendering, crowding, defocus);
@@ -175,18 +182,40 @@ def simulated_set(kind: str, n: int, seed: int, defocus_um: tuple[float, float])
     diameter = particle_diameter(model)
     if kind == "bgal":
         config = SimulationConfig(
-            shape=(1024, 1024), pixel_size=BGAL_PIXEL, particles_per_micrograph=(550, 850), min_distance=(0.8, 0.95),
-            defocus_um=defocus_um, dose=(30.0, 40.0), ice_thickness=(300.0, 500.0), carbon_probability=0.0,
-            contamination_probability=0.0, aggregate_probability=0.5, ice_texture=(20.0, 40.0), fragment_fraction=(0.5, 1.5),
+            shape=(1024, 1024),
+            pixel_size=BGAL_PIXEL,
+            particles_per_micrograph=(550, 850),
+            min_distance=(0.8, 0.95),
+            defocus_um=defocus_um,
+            dose=(30.0, 40.0),
+            ice_thickness=(300.0, 500.0),
+            carbon_probability=0.0,
+            contamination_probability=0.0,
+            aggregate_probability=0.5,
+            ice_texture=(20.0, 40.0),
+            fragment_fraction=(0.5, 1.5),
             rendering=Rendering(
-                "bgal-like", bin=2, denoise=0.15, lowpass_A=25.0, border_stripes_px=16, eight_bit="png", stretch=(0.02, 99.98)
+                "bgal-like",
+                bin=2,
+                denoise=0.15,
+                lowpass_A=25.0,
+                border_stripes_px=16,
+                eight_bit="png",
+                stretch=(0.02, 99.98),
             ),
         )
     else:
         config = SimulationConfig(
-            shape=(619, 640), pixel_size=T20S_PIXEL, particles_per_micrograph=(300, 450), min_distance=(0.8, 0.95),
-            defocus_um=defocus_um, dose=(40.0, 55.0), ice_thickness=(300.0, 500.0), carbon_probability=0.0,
-            contamination_probability=0.0, aggregate_probability=0.3,
+            shape=(619, 640),
+            pixel_size=T20S_PIXEL,
+            particles_per_micrograph=(300, 450),
+            min_distance=(0.8, 0.95),
+            defocus_um=defocus_um,
+            dose=(40.0, 55.0),
+            ice_thickness=(300.0, 500.0),
+            carbon_probability=0.0,
+            contamination_probability=0.0,
+            aggregate_probability=0.3,
             rendering=Rendering("t20s-like", bin=2, lowpass_A=1.2 * T20S_PIXEL, eight_bit="png", stretch=(0.0, 100.0)),
         )
     out = []
@@ -196,7 +225,9 @@ def simulated_set(kind: str, n: int, seed: int, defocus_um: tuple[float, float])
         rendered, particles, _ = render(sim, config.rendering, rng)
         centres = np.stack([particles["x"], particles["y"]], axis=1)
         defocus = 0.5 * (sim.params.defocus_u + sim.params.defocus_v)
-        out.append((rendered.data.astype(np.float32), centres, rendered.pixel_size, diameter / rendered.pixel_size, defocus))
+        out.append(
+            (rendered.data.astype(np.float32), centres, rendered.pixel_size, diameter / rendered.pixel_size, defocus)
+        )
     return out
 
 
@@ -204,8 +235,15 @@ def raw_thon_check(seed: int) -> tuple[float, np.ndarray, np.ndarray]:
     """A raw float 1.5 Å/px micrograph: measured spectrum minima vs predicted CTF zeros."""
     model = load_model(STRUCTURES / "5a1a.cif.gz")
     config = SimulationConfig(
-        pixel_size=1.5, defocus_um=(1.5, 1.5), astigmatism=(0.0, 0.0), b_factor=(60.0, 60.0), dose=(40.0, 40.0),
-        particles_per_micrograph=(60, 60), carbon_probability=0.0, contamination_probability=0.0, aggregate_probability=0.0,
+        pixel_size=1.5,
+        defocus_um=(1.5, 1.5),
+        astigmatism=(0.0, 0.0),
+        b_factor=(60.0, 60.0),
+        dose=(40.0, 40.0),
+        particles_per_micrograph=(60, 60),
+        carbon_probability=0.0,
+        contamination_probability=0.0,
+        aggregate_probability=0.0,
     )
     sim = simulate_micrograph(model, config, seed, workers=-1)
     q, power = radial_psd(sim.counts, 1.5, tile=256)
@@ -269,10 +307,19 @@ def main() -> None:
         sim_rows[k] = measure(sims[k])
 
     columns = [
-        ("defocus_fit_um", "fit Δf µm", "{:.2f}"), ("defocus_true_um", "true Δf µm", "{:.2f}"), ("fit_r", "ring r", "{:.2f}"),
-        ("first_min_A", "1st min Å", "{:.1f}"), ("first_zero_A", "1st zero Å", "{:.1f}"), ("z", "particle z", "{:+.2f}"),
-        ("bg_texture", "bg texture", "{:.2f}"), ("lag1", "acf1", "{:.2f}"), ("lag2", "acf2", "{:.2f}"), ("skew", "skew", "{:+.2f}"),
-        ("kurt", "kurt", "{:+.2f}"), ("hf_power", "HF power", "{:.3f}"), ("levels", "levels", "{:.0f}"),
+        ("defocus_fit_um", "fit Δf µm", "{:.2f}"),
+        ("defocus_true_um", "true Δf µm", "{:.2f}"),
+        ("fit_r", "ring r", "{:.2f}"),
+        ("first_min_A", "1st min Å", "{:.1f}"),
+        ("first_zero_A", "1st zero Å", "{:.1f}"),
+        ("z", "particle z", "{:+.2f}"),
+        ("bg_texture", "bg texture", "{:.2f}"),
+        ("lag1", "acf1", "{:.2f}"),
+        ("lag2", "acf2", "{:.2f}"),
+        ("skew", "skew", "{:+.2f}"),
+        ("kurt", "kurt", "{:+.2f}"),
+        ("hf_power", "HF power", "{:.3f}"),
+        ("levels", "levels", "{:.0f}"),
     ]
     header = f"{'set':18s}" + "".join(f"{title:>11s}" for _, title, _ in columns)
     print(header)
@@ -284,9 +331,14 @@ def main() -> None:
                 print(f"{label + f' #{i}':18s}{cells}")
     defocus, zeros, minima = raw_thon_check(args.seed)
     nearest = [minima[np.argmin(np.abs(minima - z))] for z in zeros[:6]] if len(minima) else []
-    print(f"\nraw float sim, 1.5 Å/px, Δf {defocus / 1e4:.2f} µm: CTF zeros the defocus predicts (Å) "
-          + " ".join(f"{1 / z:5.1f}" for z in zeros[:6]))
-    print("                                 nearest power-spectrum minima (Å) " + " ".join(f"{1 / m:5.1f}" for m in nearest))
+    print(
+        f"\nraw float sim, 1.5 Å/px, Δf {defocus / 1e4:.2f} µm: CTF zeros the defocus predicts (Å) "
+        + " ".join(f"{1 / z:5.1f}" for z in zeros[:6])
+    )
+    print(
+        "                                 nearest power-spectrum minima (Å) "
+        + " ".join(f"{1 / m:5.1f}" for m in nearest)
+    )
     print(f"\n({time.perf_counter() - start:.0f} s)")
     write_figure(args.out, real, sims, real_rows, sim_rows)
     print(f"figure: {args.out}")
@@ -307,12 +359,18 @@ def write_figure(path: Path, real, sims, real_rows, sim_rows) -> None:
     from hydrapicker.io.files import atomic_path
 
     fig, axes = plt.subplots(3, 2, figsize=(11, 15), gridspec_kw={"height_ratios": [1, 1, 0.55]})
-    for col, (k, title) in enumerate((("bgal", "β-gal, 7.08 Å/px, denoised + binned 8-bit"), ("t20s", "7.9 Å/px, binned + min-max 8-bit"))):
+    for col, (k, title) in enumerate(
+        (("bgal", "β-gal, 7.08 Å/px, denoised + binned 8-bit"), ("t20s", "7.9 Å/px, binned + min-max 8-bit"))
+    ):
         size = 560
         axes[0, col].imshow(_display(real[k][0][0], size), cmap="gray", interpolation="nearest")
-        axes[0, col].set_title(f"real: {'EMPIAR-10017 β-gal' if k == 'bgal' else 'EMPIAR-10025 T20S'}\n{title}", fontsize=10)
+        axes[0, col].set_title(
+            f"real: {'EMPIAR-10017 β-gal' if k == 'bgal' else 'EMPIAR-10025 T20S'}\n{title}", fontsize=10
+        )
         axes[1, col].imshow(_display(sims[k][0][0], size), cmap="gray", interpolation="nearest")
-        axes[1, col].set_title(f"simulated: 5a1a β-gal, same pixel size and rendering\nΔf {sims[k][0][4] / 1e4:.2f} µm", fontsize=10)
+        axes[1, col].set_title(
+            f"simulated: 5a1a β-gal, same pixel size and rendering\nΔf {sims[k][0][4] / 1e4:.2f} µm", fontsize=10
+        )
         for ax in axes[:2, col]:
             ax.set_xticks([])
             ax.set_yticks([])

@@ -54,7 +54,9 @@ def run(name: str, model: Path | None, dataset: str, work: Path) -> list[str]:
     candidates = read_candidates(out)
     truth = {p.stem: read_picks(p, "csv", micrograph=p.stem)[p.stem] for p in sorted(folder.glob("*.csv"))}
     rows = []
-    for label, subset in [("all", candidates)] + ([(s, {s: c}) for s, c in candidates.items()] if len(candidates) > 1 else []):
+    for label, subset in [("all", candidates)] + (
+        [(s, {s: c}) for s, c in candidates.items()] if len(candidates) > 1 else []
+    ):
         scored = evaluate(subset, {s: truth[s] for s in subset}, box)
         suggested = suggest_threshold(subset)
         rows.append(
@@ -67,7 +69,9 @@ def run(name: str, model: Path | None, dataset: str, work: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for the pick outputs")
-    parser.add_argument("--model", action="append", default=[], metavar="NAME=CKPT", help="another model, scored on β-gal only")
+    parser.add_argument(
+        "--model", action="append", default=[], metavar="NAME=CKPT", help="another model, scored on β-gal only"
+    )
     args = parser.parse_args()
     rows = [
         "| model | set | micrographs | AP | best F1 | at score | suggested | F1 there | F1 at default "

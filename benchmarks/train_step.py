@@ -26,8 +26,8 @@ from torch import nn
 from hydrapicker.defaults import BATCH_SIZE, CROP_SIZE
 from hydrapicker.loss import detection_loss
 from hydrapicker.memory import keep_large_blocks
-from hydrapicker.presets import PRESETS
 from hydrapicker.model import HydraPicker
+from hydrapicker.presets import PRESETS
 
 
 def forward_conv_flops(model: HydraPicker, images: torch.Tensor) -> int:
@@ -85,7 +85,9 @@ def main() -> None:
     tuned = keep_large_blocks()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {args.threads} threads, allocator {'tuned' if tuned else 'glibc default'}, load average {os.getloadavg()}")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, allocator {'tuned' if tuned else 'glibc default'}, load average {os.getloadavg()}"
+    )
     floor = {cl: conv_floor_gflops(cl) for cl in (False, True)}
     print(f"floor: 64->64 3x3 conv on 1024^2: NCHW {floor[False]:.0f} GFLOP/s, channels-last {floor[True]:.0f} GFLOP/s")
     images = torch.randn(BATCH_SIZE, 1, CROP_SIZE, CROP_SIZE)
@@ -100,7 +102,9 @@ def main() -> None:
             sec = step_seconds(m.train(), x, centres, args.steps)
             rate = flops / sec / 1e9
             layout = "channels-last" if cl else "NCHW"
-            print(f"{name:7s} {layout:13s} {sec:8.3f} {flops / 1e9:11.1f} {rate:8.1f} {rate / floor[cl]:8.2f}", flush=True)
+            print(
+                f"{name:7s} {layout:13s} {sec:8.3f} {flops / 1e9:11.1f} {rate:8.1f} {rate / floor[cl]:8.2f}", flush=True
+            )
     print(f"load average after: {os.getloadavg()}")
 
 

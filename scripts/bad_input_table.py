@@ -26,12 +26,13 @@ def _cell(text: str) -> str:
 
 def table() -> str:
     import torch
-
     from _bad_inputs import CASES, run_case
 
     torch.set_num_threads(1)
-    rows = ["| verb | bad input | exit | what it printed (stderr; paths relative to the run folder) | outputs | also pinned by |",
-            "|---|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        "| verb | bad input | exit | what it printed (stderr; paths relative to the run folder) | outputs | also pinned by |",
+        "|---|---|---|---|---|---|",
+    ]
     with tempfile.TemporaryDirectory(prefix="hp-bad-") as tmp:
         for i, case in enumerate(CASES):
             start = time.perf_counter()
@@ -41,7 +42,9 @@ def table() -> str:
                 message = f"accepted: {case.why}" + (f" — printed: {message}" if outcome.code else "")
             outputs = "; ".join(outcome.partial) if outcome.partial else "complete or absent"
             pinned = f"tests/{case.pinned_by}" if case.pinned_by else ""
-            rows.append(f"| {case.verb} | {_cell(case.item)} | {outcome.code} | `{_cell(message)}` | {_cell(outputs)} | {_cell(pinned)} |")
+            rows.append(
+                f"| {case.verb} | {_cell(case.item)} | {outcome.code} | `{_cell(message)}` | {_cell(outputs)} | {_cell(pinned)} |"
+            )
             print(f"{time.perf_counter() - start:5.1f} s  {case.id}: {outcome.code} {message}", file=sys.stderr)
     return "\n".join(rows) + "\n"
 

@@ -27,19 +27,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--structures", type=Path, default=ROOT / "data" / "structures")
     parser.add_argument("--out", type=Path, default=ROOT / "data-generated" / "collection")
     parser.add_argument("--only", nargs="+", metavar="ID", help="structure ids to simulate (default: all)")
-    parser.add_argument("--conditions", type=int, default=3, help="imaging conditions per structure (default: %(default)s)")
+    parser.add_argument(
+        "--conditions", type=int, default=3, help="imaging conditions per structure (default: %(default)s)"
+    )
     parser.add_argument("--micrographs", type=int, default=10, help="micrographs per condition (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=1024, help="micrograph edge in stored pixels (default: %(default)s)")
+    parser.add_argument(
+        "--size", type=int, default=1024, help="micrograph edge in stored pixels (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--processes", type=int, default=2)
     args = parser.parse_args(argv)
     try:
         files = structure_files(args.structures, args.only)
         if not files:
-            raise HydraPickerError(f"{args.structures}: no atomic models found" + (f" for {args.only}" if args.only else ""))
+            raise HydraPickerError(
+                f"{args.structures}: no atomic models found" + (f" for {args.only}" if args.only else "")
+            )
         result = simulate_collection(
-            files, args.out, conditions=args.conditions, micrographs=args.micrographs, seed=args.seed,
-            processes=args.processes, size=args.size,
+            files,
+            args.out,
+            conditions=args.conditions,
+            micrographs=args.micrographs,
+            seed=args.seed,
+            processes=args.processes,
+            size=args.size,
         )
     except HydraPickerError as exc:
         print(f"make_training_collection: error: {exc}", file=sys.stderr)

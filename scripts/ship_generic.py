@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--run-record", type=Path, help="the run's config.json (from `hydrapicker train`): its dataset names are stored")
+    parser.add_argument(
+        "--run-record", type=Path, help="the run's config.json (from `hydrapicker train`): its dataset names are stored"
+    )
     args = parser.parse_args(argv)
     try:
         trained_on = json.loads(args.run_record.read_text())["datasets"] if args.run_record else None
@@ -40,9 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     size = args.out.stat().st_size / 1e6
     size_head = " + size head" if any(k.startswith("size_head.") for k in shipped["model"]) else ""
-    print(f"{args.out}: trunk + generic head{size_head}, preset {shipped['preset']['name']}, stage {shipped['stage']}, "
-          f"epoch {shipped['epoch']}, validation loss {shipped['val_loss']:.4g}, "
-          f"{len(shipped['trained_on'])} training datasets, {size:.2f} MB")  # fmt: skip
+    print(
+        f"{args.out}: trunk + generic head{size_head}, preset {shipped['preset']['name']}, stage {shipped['stage']}, "
+        f"epoch {shipped['epoch']}, validation loss {shipped['val_loss']:.4g}, "
+        f"{len(shipped['trained_on'])} training datasets, {size:.2f} MB"
+    )
     return 0
 
 

@@ -21,14 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from _synthetic import gaussian_spots
 
 __all__ = ["CASES", "Case", "Outcome", "disk_full", "partial_outputs", "run_case"]
 
 SHAPE = (160, 160)
 #: Particle centres (x, y) on every synthetic micrograph: 40-px particles at 1 Å/px.
-CENTRES = np.array([[30.0, 30.0], [80.0, 40.0], [130.0, 35.0], [40.0, 90.0], [100.0, 100.0], [60.0, 135.0], [125.0, 130.0]])
+CENTRES = np.array(
+    [[30.0, 30.0], [80.0, 40.0], [130.0, 35.0], [40.0, 90.0], [100.0, 100.0], [60.0, 135.0], [125.0, 130.0]]
+)
 STRUCTURE = Path(__file__).resolve().parents[1] / "data" / "structures" / "1hvr.pdb.gz"
 
 
@@ -48,11 +49,10 @@ def _labels(path: Path, stem: str, centres: np.ndarray = CENTRES) -> None:
 
 def _checkpoint(path: Path) -> None:
     import torch
+    from _synthetic import write_checkpoint
 
     from hydrapicker.model import HydraPicker
     from hydrapicker.presets import get_preset
-    from hydrapicker.training.config import TrainConfig
-    from _synthetic import write_checkpoint
 
     torch.manual_seed(0)
     write_checkpoint(path, HydraPicker(get_preset("tiny")))
@@ -188,7 +188,12 @@ def partial_outputs(paths: list[Path]) -> list[str]:
     from hydrapicker.io import read_micrograph, read_picks
     from hydrapicker.io.coordinates import guess_format
 
-    files = [p for root in paths for p in ([root] if root.is_file() else root.rglob("*") if root.is_dir() else []) if p.is_file()]
+    files = [
+        p
+        for root in paths
+        for p in ([root] if root.is_file() else root.rglob("*") if root.is_dir() else [])
+        if p.is_file()
+    ]
     links = [p for root in paths if root.is_dir() for p in root.rglob("*") if p.is_symlink()]
     bad = [f"{path.name}: a symbolic link (to {os.readlink(path)})" for path in links]
     for path in files:
@@ -268,7 +273,6 @@ def disk_full(after: int = 0) -> Iterator[None]:
         files.tempfile = real
 
 
-
 # --- the verbs' command lines around a bad thing ---------------------------------------------
 
 
@@ -283,8 +287,14 @@ def _scene(root: Path, mic_suffix: str = ".mrc") -> None:
 
 
 def _project(root: Path, drop: str | None = None, **changes: str) -> Path:
-    fields = {"name": '"toy"', "micrographs": '"m*"', "coordinates": '"*.csv"', "pixel_size": "1.0", "diameter": "40.0",
-              "val": '["m0"]'}  # fmt: skip
+    fields = {
+        "name": '"toy"',
+        "micrographs": '"m*"',
+        "coordinates": '"*.csv"',
+        "pixel_size": "1.0",
+        "diameter": "40.0",
+        "val": '["m0"]',
+    }
     fields.update(changes)
     fields.pop(drop, None)
     path = root / "project.toml"
@@ -292,10 +302,38 @@ def _project(root: Path, drop: str | None = None, **changes: str) -> Path:
     return path
 
 
-_TRAIN = ["--out", "out", "--preset", "tiny", "--stage", "1", "--epochs", "1", "--batches-per-epoch", "1", "--val-batches", "1",
-          "--threads", "1"]  # fmt: skip
-_FINETUNE = ["--name", "new", "--out", "new.pt", "--diameter-px", "40", "--epochs", "1", "--batches-per-epoch", "1",
-             "--val-batches", "1", "--threads", "1"]  # fmt: skip
+_TRAIN = [
+    "--out",
+    "out",
+    "--preset",
+    "tiny",
+    "--stage",
+    "1",
+    "--epochs",
+    "1",
+    "--batches-per-epoch",
+    "1",
+    "--val-batches",
+    "1",
+    "--threads",
+    "1",
+]
+_FINETUNE = [
+    "--name",
+    "new",
+    "--out",
+    "new.pt",
+    "--diameter-px",
+    "40",
+    "--epochs",
+    "1",
+    "--batches-per-epoch",
+    "1",
+    "--val-batches",
+    "1",
+    "--threads",
+    "1",
+]
 _PICK = ["--out", "out", "--diameter-px", "40", "--threshold", "0.0"]
 
 
@@ -323,12 +361,24 @@ def _micrograph_cases() -> list[Case]:
             _scene(root)
             _checkpoint(root / "model.pt")
             make(root / bad)
-            return ["--model", "model.pt", "--micrographs", "m0.mrc", bad, "--coords", "m0.csv", "m1.csv", *_FINETUNE], _finetune_outputs(root)
+            return [
+                "--model",
+                "model.pt",
+                "--micrographs",
+                "m0.mrc",
+                bad,
+                "--coords",
+                "m0.csv",
+                "m1.csv",
+                *_FINETUNE,
+            ], _finetune_outputs(root)
 
-        pinned = {"missing micrograph file": "test_io_micrograph::test_missing_file_names_the_file",
-                  "truncated MRC (half its data)": "test_pick::test_corrupt_micrograph_is_reported_and_skipped_while_the_others_are_picked",
-                  "NaN/Inf pixels": "test_io_micrograph::test_nan_pixels_are_refused",
-                  "constant image": "test_io_micrograph::test_constant_image_is_refused"}.get(item, "")  # fmt: skip
+        pinned = {
+            "missing micrograph file": "test_io_micrograph::test_missing_file_names_the_file",
+            "truncated MRC (half its data)": "test_pick::test_corrupt_micrograph_is_reported_and_skipped_while_the_others_are_picked",
+            "NaN/Inf pixels": "test_io_micrograph::test_nan_pixels_are_refused",
+            "constant image": "test_io_micrograph::test_constant_image_is_refused",
+        }.get(item, "")
         cases.append(Case("pick", item, pick, expect="listed", names=bad, pinned_by=pinned))
         if item == "missing micrograph file":  # a project names micrographs by a glob
 
@@ -336,8 +386,15 @@ def _micrograph_cases() -> list[Case]:
                 _scene(root)
                 return [_project(root, micrographs='"missing_*.mrc"'), *_TRAIN], [root / "out"]
 
-            cases.append(Case("train", "micrographs glob matching no file", train_glob, names="micrographs",
-                              pinned_by="test_data::test_bad_field_error_names_dataset_field_and_value"))  # fmt: skip
+            cases.append(
+                Case(
+                    "train",
+                    "micrographs glob matching no file",
+                    train_glob,
+                    names="micrographs",
+                    pinned_by="test_data::test_bad_field_error_names_dataset_field_and_value",
+                )
+            )
         else:
             cases.append(Case("train", item, train, names=bad))
         cases.append(Case("finetune", item, finetune, names=bad))
@@ -365,26 +422,54 @@ def _coordinate_cases() -> list[Case]:
             _checkpoint(root / "model.pt")
             (root / "m1.csv").unlink()
             write(root / "m1.csv")
-            return ["--model", "model.pt", "--micrographs", "m0.mrc", "m1.mrc", "--coords", "m0.csv", "m1.csv", *_FINETUNE], _finetune_outputs(root)
+            return [
+                "--model",
+                "model.pt",
+                "--micrographs",
+                "m0.mrc",
+                "m1.mrc",
+                "--coords",
+                "m0.csv",
+                "m1.csv",
+                *_FINETUNE,
+            ], _finetune_outputs(root)
 
         def evaluate_picks(root: Path, write=write) -> tuple[list[str], list[Path]]:
             _labels(root / "truth.csv", "m1")
             write(root / "m1.csv")
-            return ["m1.csv", "--truth", "truth.csv", "--box", "40", "--json", "scores.json", "--plots", "plots"], [root / "scores.json", root / "plots"]
+            return ["m1.csv", "--truth", "truth.csv", "--box", "40", "--json", "scores.json", "--plots", "plots"], [
+                root / "scores.json",
+                root / "plots",
+            ]
 
         def evaluate_truth(root: Path, write=write) -> tuple[list[str], list[Path]]:
             _labels(root / "picks.csv", "m1")
             write(root / "m1.csv")
-            return ["picks.csv", "--truth", "m1.csv", "--box", "40", "--json", "scores.json", "--plots", "plots"], [root / "scores.json", root / "plots"]
+            return ["picks.csv", "--truth", "m1.csv", "--box", "40", "--json", "scores.json", "--plots", "plots"], [
+                root / "scores.json",
+                root / "plots",
+            ]
 
         expect_train, why_train = "error", ""
         if item == "coordinate file with a header and no rows":
             expect_train, why_train = "accepted", "a labelled micrograph with no particle is all background"
         outside = item == "coordinates outside the micrograph"
         if item == "missing coordinate file":
-            expect_train, why_train = "error", "a micrograph without labels is unlabelled, so no micrograph is left to train on"
-        cases.append(Case("train", item, train, expect=expect_train, names="m1" if not why_train else "train", why=why_train,
-                          slow=expect_train == "accepted"))  # fmt: skip
+            expect_train, why_train = (
+                "error",
+                "a micrograph without labels is unlabelled, so no micrograph is left to train on",
+            )
+        cases.append(
+            Case(
+                "train",
+                item,
+                train,
+                expect=expect_train,
+                names="m1" if not why_train else "train",
+                why=why_train,
+                slow=expect_train == "accepted",
+            )
+        )
         cases.append(Case("finetune", item, finetune, names="m1"))
         for role, build in (("picks", evaluate_picks), ("truth", evaluate_truth)):
             expect, why = "error", ""
@@ -392,11 +477,17 @@ def _coordinate_cases() -> list[Case]:
                 expect, why = "accepted", "evaluate reads no micrograph, so it knows no micrograph size"
             elif item == "coordinate file with a header and no rows" and role == "picks":
                 expect, why = "accepted", "no picks: AP 0"
-            pinned = "test_io_coordinates::test_malformed_content_gives_one_line_naming_file_and_row_or_field" if "malformed" in item else ""
+            pinned = (
+                "test_io_coordinates::test_malformed_content_gives_one_line_naming_file_and_row_or_field"
+                if "malformed" in item
+                else ""
+            )
             names = "m1.csv"
             if item == "coordinate file with a header and no rows":
                 names = "'m1'"  # a CSV without rows names no micrograph, so the picks' one has no truth
-            cases.append(Case("evaluate", f"{item} ({role})", build, expect=expect, names=names, why=why, pinned_by=pinned))
+            cases.append(
+                Case("evaluate", f"{item} ({role})", build, expect=expect, names=names, why=why, pinned_by=pinned)
+            )
     return cases
 
 
@@ -420,7 +511,16 @@ def _absent_micrograph_cases() -> list[Case]:
         _scene(root)
         _checkpoint(root / "model.pt")
         _labels(root / "m9.csv", "m9")
-        return ["--model", "model.pt", "--micrographs", "m0.mrc", "--coords", "m0.csv", "m9.csv", *_FINETUNE], _finetune_outputs(root)
+        return [
+            "--model",
+            "model.pt",
+            "--micrographs",
+            "m0.mrc",
+            "--coords",
+            "m0.csv",
+            "m9.csv",
+            *_FINETUNE,
+        ], _finetune_outputs(root)
 
     def evaluate(root: Path) -> tuple[list[str], list[Path]]:
         _labels(root / "truth.csv", "m1")
@@ -429,13 +529,30 @@ def _absent_micrograph_cases() -> list[Case]:
 
     item = "micrograph named in a coordinate file but absent"
     return [
-        Case("train", f"{item} (its own file m9.csv)", train_own_file, names="m9.csv", pinned_by="test_data::test_coordinate_file_without_micrograph_is_an_error"),
-        Case("train", f"{item} (rows of one CSV for all)", train_one_file, expect="accepted",
-             why="a file for the whole dataset may list more micrographs than the project uses", slow=True),
+        Case(
+            "train",
+            f"{item} (its own file m9.csv)",
+            train_own_file,
+            names="m9.csv",
+            pinned_by="test_data::test_coordinate_file_without_micrograph_is_an_error",
+        ),
+        Case(
+            "train",
+            f"{item} (rows of one CSV for all)",
+            train_one_file,
+            expect="accepted",
+            why="a file for the whole dataset may list more micrographs than the project uses",
+            slow=True,
+        ),
         Case("finetune", f"{item} (its own file m9.csv)", finetune_own_file, names="m9"),
-        Case("evaluate", f"{item} (picks name m9, truth has none)", evaluate, names="m9",
-             pinned_by="test_cli_evaluate::test_picks_on_unlabelled_micrograph_fail_in_one_line_and_write_nothing"),
-    ]  # fmt: skip
+        Case(
+            "evaluate",
+            f"{item} (picks name m9, truth has none)",
+            evaluate,
+            names="m9",
+            pinned_by="test_cli_evaluate::test_picks_on_unlabelled_micrograph_fail_in_one_line_and_write_nothing",
+        ),
+    ]
 
 
 def _project_cases() -> list[Case]:
@@ -447,8 +564,15 @@ def _project_cases() -> list[Case]:
             _mrc(root / "m1.mrc", seed=1)
             return [_project(root, drop=name), *_TRAIN], [root / "out"]
 
-        cases.append(Case("train", f"project file missing field {name!r}", build, names=name,
-                          pinned_by="test_data::test_missing_field_error_names_project_dataset_and_field"))  # fmt: skip
+        cases.append(
+            Case(
+                "train",
+                f"project file missing field {name!r}",
+                build,
+                names=name,
+                pinned_by="test_data::test_missing_field_error_names_project_dataset_and_field",
+            )
+        )
 
     def missing(root: Path) -> tuple[list[str], list[Path]]:
         return ["nothere.toml", *_TRAIN], [root / "out"]
@@ -472,8 +596,11 @@ def _project_cases() -> list[Case]:
 
 def _checkpoint_cases() -> list[Case]:
     cases = []
-    for item, make in (("missing checkpoint (--model)", _no_file), ("checkpoint that is a text file", _text_as_mrc),
-                       ("truncated checkpoint", None)):  # fmt: skip
+    for item, make in (
+        ("missing checkpoint (--model)", _no_file),
+        ("checkpoint that is a text file", _text_as_mrc),
+        ("truncated checkpoint", None),
+    ):
 
         def model(root: Path, make=make) -> None:
             if make is None:
@@ -490,7 +617,15 @@ def _checkpoint_cases() -> list[Case]:
         def finetune(root: Path, model=model) -> tuple[list[str], list[Path]]:
             _scene(root)
             model(root)
-            return ["--model", "model.pt", "--micrographs", "m0.mrc", "--coords", "m0.csv", *_FINETUNE], _finetune_outputs(root)
+            return [
+                "--model",
+                "model.pt",
+                "--micrographs",
+                "m0.mrc",
+                "--coords",
+                "m0.csv",
+                *_FINETUNE,
+            ], _finetune_outputs(root)
 
         def demo(root: Path, model=model) -> tuple[list[str], list[Path]]:
             model(root)
@@ -520,18 +655,28 @@ def _simulate_cases() -> list[Case]:
         path.write_bytes(gzip.compress(b"this is not an atomic model\n" * 10))
 
     return [
-        Case("simulate", "missing atomic model file", model_file(_no_file), names="model.pdb.gz", pinned_by="test_simulate::test_missing_model_file_names_it"),
+        Case(
+            "simulate",
+            "missing atomic model file",
+            model_file(_no_file),
+            names="model.pdb.gz",
+            pinned_by="test_simulate::test_missing_model_file_names_it",
+        ),
         Case("simulate", "empty atomic model file", model_file(_empty), names="model.pdb.gz"),
-        Case("simulate", "truncated .pdb.gz (cut in its header records)", model_file(truncated_gz), names="model.pdb.gz"),
+        Case(
+            "simulate", "truncated .pdb.gz (cut in its header records)", model_file(truncated_gz), names="model.pdb.gz"
+        ),
         Case("simulate", "truncated .pdb.gz (cut in its atom records)", model_file(cut_in_atoms), names="model.pdb.gz"),
         Case("simulate", "gzipped text that is no atomic model", model_file(text_gz), names="model.pdb.gz"),
-    ]  # fmt: skip
+    ]
 
 
 def _output_cases() -> list[Case]:
     """Outputs that cannot be written: the output folder is a file; the disk is full."""
 
-    def blocked(build: Callable[[Path], tuple[list[str], list[Path]]], out: str) -> Callable[[Path], tuple[list[str], list[Path]]]:
+    def blocked(
+        build: Callable[[Path], tuple[list[str], list[Path]]], out: str
+    ) -> Callable[[Path], tuple[list[str], list[Path]]]:
         def wrapped(root: Path) -> tuple[list[str], list[Path]]:
             argv, outputs = build(root)
             (root / out).write_text("a file where the output folder should go\n")
@@ -552,12 +697,24 @@ def _output_cases() -> list[Case]:
     def finetune(root: Path) -> tuple[list[str], list[Path]]:
         _scene(root)
         _checkpoint(root / "model.pt")
-        return ["--model", "model.pt", "--micrographs", "m0.mrc", "--coords", "m0.csv", *_FINETUNE], _finetune_outputs(root)
+        return ["--model", "model.pt", "--micrographs", "m0.mrc", "--coords", "m0.csv", *_FINETUNE], _finetune_outputs(
+            root
+        )
 
     def evaluate(root: Path) -> tuple[list[str], list[Path]]:
         _labels(root / "truth.csv", "m1")
         _labels(root / "picks.csv", "m1")
-        return ["picks.csv", "--truth", "truth.csv", "--box", "40", "--json", "out/scores.json", "--plots", "out/plots"], [root / "out"]
+        return [
+            "picks.csv",
+            "--truth",
+            "truth.csv",
+            "--box",
+            "40",
+            "--json",
+            "out/scores.json",
+            "--plots",
+            "out/plots",
+        ], [root / "out"]
 
     def simulate(root: Path) -> tuple[list[str], list[Path]]:
         return [STRUCTURE, "--out", "out", "--n-micrographs", "1", "--size", "64", "--quiet"], [root / "out"]
@@ -566,13 +723,28 @@ def _output_cases() -> list[Case]:
         return ["--out", "out", "--epochs", "1", "--batches-per-epoch", "1"], [root / "out"]
 
     cases = []
-    for verb, build, out in (("pick", pick, "out"), ("train", train, "out"), ("finetune", finetune, "new.finetune"),
-                             ("evaluate", evaluate, "out"), ("simulate", simulate, "out")):  # fmt: skip
+    for verb, build, out in (
+        ("pick", pick, "out"),
+        ("train", train, "out"),
+        ("finetune", finetune, "new.finetune"),
+        ("evaluate", evaluate, "out"),
+        ("simulate", simulate, "out"),
+    ):
         cases.append(Case(verb, "output folder is an existing file", blocked(build, out), names=out))
-        cases.append(Case(verb, "disk full (every write fails with ENOSPC)", build, names="No space left", wrap=disk_full))
+        cases.append(
+            Case(verb, "disk full (every write fails with ENOSPC)", build, names="No space left", wrap=disk_full)
+        )
         if verb in ("pick", "train", "finetune"):
-            cases.append(Case(verb, "disk fills during the run (ENOSPC after 2 files)", build, names="No space left",
-                              wrap=lambda: disk_full(after=2), slow=verb != "pick"))  # fmt: skip
+            cases.append(
+                Case(
+                    verb,
+                    "disk fills during the run (ENOSPC after 2 files)",
+                    build,
+                    names="No space left",
+                    wrap=lambda: disk_full(after=2),
+                    slow=verb != "pick",
+                )
+            )
     cases.append(Case("demo", "output folder is an existing file", blocked(demo, "out"), names="out"))
     return cases
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hydrapicker.checkpoint import checkpoint_payload, save_checkpoint
 from hydrapicker.model import HydraPicker
 from hydrapicker.presets import get_preset
 from hydrapicker.training.config import TrainConfig
-from hydrapicker.checkpoint import checkpoint_payload, save_checkpoint
 
 
 def gaussian_spots(
@@ -39,12 +39,22 @@ def spread_tiny_model(seed: int = 0) -> HydraPicker:
 
 def write_checkpoint(path: Path, model: HydraPicker) -> Path:
     """Save ``model`` as a stage-1 checkpoint that ``pick`` loads."""
-    save_checkpoint(path, checkpoint_dict(model, TrainConfig(preset=model.preset.name), stage=1, epoch=0, val_loss=None))
+    save_checkpoint(
+        path, checkpoint_dict(model, TrainConfig(preset=model.preset.name), stage=1, epoch=0, val_loss=None)
+    )
     return path
 
 
-def checkpoint_dict(model: HydraPicker, config: TrainConfig, stage: int, epoch: int, val_loss: float | None, **extra) -> dict:
+def checkpoint_dict(
+    model: HydraPicker, config: TrainConfig, stage: int, epoch: int, val_loss: float | None, **extra
+) -> dict:
     """The checkpoint dict training writes for ``model`` under ``config`` (as :func:`hydrapicker.training.loop.fit` does)."""
     return checkpoint_payload(
-        model, target_diameter_px=config.target_diameter_px, config=config.to_dict(), stage=stage, epoch=epoch, val_loss=val_loss, **extra
+        model,
+        target_diameter_px=config.target_diameter_px,
+        config=config.to_dict(),
+        stage=stage,
+        epoch=epoch,
+        val_loss=val_loss,
+        **extra,
     )

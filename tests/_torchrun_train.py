@@ -15,7 +15,11 @@ from hydrapicker.training.config import TrainConfig
 from hydrapicker.training.stages import train
 
 if __name__ == "__main__":
-    project, out, config = sys.argv[1], sys.argv[2], TrainConfig.from_dict({**TrainConfig().to_dict(), **json.loads(sys.argv[3])})
+    project, out, config = (
+        sys.argv[1],
+        sys.argv[2],
+        TrainConfig.from_dict({**TrainConfig().to_dict(), **json.loads(sys.argv[3])}),
+    )
     with distributed.session(config.device):
         train(load_project(project), out, config, resume="--resume" in sys.argv[4:])
         if distributed.is_main():

@@ -8,7 +8,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hydrapicker.boxes import anchor_centres, decode_outputs, encode_offsets, match_anchors, nms, refine_centres, square_iou
+from hydrapicker.boxes import (
+    anchor_centres,
+    decode_outputs,
+    encode_offsets,
+    match_anchors,
+    nms,
+    refine_centres,
+    square_iou,
+)
 
 
 def test_anchors_sit_at_cell_centres_row_major():

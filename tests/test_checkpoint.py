@@ -6,17 +6,16 @@ import importlib.util
 from pathlib import Path
 
 import torch
+from _synthetic import checkpoint_dict
 
+from hydrapicker.bundled import pretrained_model_path
+from hydrapicker.checkpoint import load_checkpoint, load_model, save_checkpoint
 from hydrapicker.cli import main as cli_main
 from hydrapicker.data.project import load_project
 from hydrapicker.defaults import GENERIC
 from hydrapicker.model import HydraPicker
 from hydrapicker.presets import get_preset
-from hydrapicker.checkpoint import load_model
-from hydrapicker.bundled import pretrained_model_path
 from hydrapicker.training.config import TrainConfig
-from _synthetic import checkpoint_dict
-from hydrapicker.checkpoint import load_checkpoint, save_checkpoint
 from hydrapicker.training.stages import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +46,9 @@ def test_ship_generic_keeps_trunk_and_generic_head_and_drops_dataset_heads(tmp_p
         for p in model.heads["sim-a"].parameters():
             p.add_(1.0)  # so that a mix-up of heads would show
     source, shipped = tmp_path / "stage2.pt", tmp_path / "generic.pt"
-    save_checkpoint(source, checkpoint_dict(model, config, stage=2, epoch=7, val_loss=0.25, optimiser={"big": torch.zeros(10_000)}))
+    save_checkpoint(
+        source, checkpoint_dict(model, config, stage=2, epoch=7, val_loss=0.25, optimiser={"big": torch.zeros(10_000)})
+    )
 
     _ship_generic()(source, shipped, trained_on=["sim-a", "sim-b"])
 
@@ -64,7 +65,12 @@ def test_ship_generic_keeps_trunk_and_generic_head_and_drops_dataset_heads(tmp_p
 def test_ship_generic_keeps_the_size_head_so_pick_can_still_correct_the_diameter(tmp_path):
     model = HydraPicker(get_preset("tiny"), ("sim-a",), size_head=True)
     source, shipped = tmp_path / "stage1.pt", tmp_path / "generic.pt"
-    save_checkpoint(source, checkpoint_dict(model, TrainConfig(preset="tiny", size_head=True), stage=1, epoch=0, val_loss=1.0, optimiser={}))
+    save_checkpoint(
+        source,
+        checkpoint_dict(
+            model, TrainConfig(preset="tiny", size_head=True), stage=1, epoch=0, val_loss=1.0, optimiser={}
+        ),
+    )
 
     _ship_generic()(source, shipped)
 
@@ -84,8 +90,19 @@ def test_cli_train_passes_scale_jitter_restart_period_and_cache_dir_into_the_con
         return Path(out_dir) / "model.pt"
 
     monkeypatch.setattr(hydrapicker.training.stages, "train", fake_train)
-    argv = ["train", str(_project(tmp_path)), "--out", str(tmp_path / "run"), "--scale-jitter", "0.5", "2",
-            "--t0-epochs", "7", "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    argv = [
+        "train",
+        str(_project(tmp_path)),
+        "--out",
+        str(tmp_path / "run"),
+        "--scale-jitter",
+        "0.5",
+        "2",
+        "--t0-epochs",
+        "7",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     assert cli_main(argv) == 0
     config = seen["config"]
     assert config.scale_jitter == (0.5, 2.0) and config.t0_epochs == 7 and config.cache_dir == str(tmp_path / "cache")
@@ -94,9 +111,18 @@ def test_cli_train_passes_scale_jitter_restart_period_and_cache_dir_into_the_con
 
 def test_training_with_a_cache_dir_stores_every_prepared_micrograph_there(tmp_path):
     config = TrainConfig(
-        preset="tiny", stage="1", epochs=1, batches_per_epoch=1, val_batches=1, batch_size=3, crop_size=96,
-        pad_to=128, target_diameter_px=20.0, threads=2, cache_dir=str(tmp_path / "cache"),
-    )  # fmt: skip
+        preset="tiny",
+        stage="1",
+        epochs=1,
+        batches_per_epoch=1,
+        val_batches=1,
+        batch_size=3,
+        crop_size=96,
+        pad_to=128,
+        target_diameter_px=20.0,
+        threads=2,
+        cache_dir=str(tmp_path / "cache"),
+    )
     train(load_project(_project(tmp_path)), tmp_path / "run", config)
     # 3 crops of a 3-micrograph dataset are drawn without replacement: every micrograph is prepared
     assert len(list((tmp_path / "cache" / "bgal").glob("*.npz"))) == 3

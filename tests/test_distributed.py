@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _synthetic import gaussian_spots, spread_tiny_model, write_checkpoint
+
 from hydrapicker import distributed
+from hydrapicker.checkpoint import load_checkpoint
 from hydrapicker.cli import main as cli_main
+from hydrapicker.data.project import load_project
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import write_mrc
 from hydrapicker.io.run_folder import expected_outputs
-from hydrapicker.data.project import load_project
 from hydrapicker.training.config import TrainConfig
-from hydrapicker.checkpoint import load_checkpoint
 from hydrapicker.training.stages import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _torchrun(*argv: str, nproc: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
     """``python -m torch.distributed.run ARGV`` with ``nproc`` processes of one thread each."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")]),
+    }
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--standalone", *argv]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -55,7 +59,9 @@ def one_thread():
 
 def test_launch_is_read_from_torchrun_environment_and_is_one_process_without_it():
     assert distributed.from_environment({}) == distributed.Launch(0, 1, 0)
-    assert distributed.from_environment({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == distributed.Launch(3, 4, 1)
+    assert distributed.from_environment({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == distributed.Launch(
+        3, 4, 1
+    )
     with pytest.raises(HydraPickerError, match="RANK=4, WORLD_SIZE=4"):
         distributed.from_environment({"RANK": "4", "WORLD_SIZE": "4"})
     with pytest.raises(HydraPickerError, match="WORLD_SIZE='two'"):
@@ -78,7 +84,9 @@ def _write_dataset(folder: Path, n: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     for i in range(n):
         xy = rng.uniform(25, 135, size=(5, 2))
-        write_mrc(folder / f"mic_{i}.mrc", gaussian_spots((160, 160), xy, 8.0, noise=0.5, seed=seed + i), pixel_size=1.0)
+        write_mrc(
+            folder / f"mic_{i}.mrc", gaussian_spots((160, 160), xy, 8.0, noise=0.5, seed=seed + i), pixel_size=1.0
+        )
         (folder / f"mic_{i}.csv").write_text("x,y\n" + "".join(f"{x:.2f},{y:.2f}\n" for x, y in xy))
 
 
@@ -99,7 +107,9 @@ def project(tmp_path_factory) -> Path:
 
 
 #: Tiny crops and batches: the plumbing, not the accuracy (the CLI's options cannot go this small).
-CONFIG = dict(preset="tiny", batches_per_epoch=2, val_batches=3, batch_size=2, crop_size=96, pad_to=128, seed=5, threads=1)
+CONFIG = dict(
+    preset="tiny", batches_per_epoch=2, val_batches=3, batch_size=2, crop_size=96, pad_to=128, seed=5, threads=1
+)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -113,7 +123,9 @@ def _rows(path: Path) -> list[dict]:
 
 def _torchrun_train(project: Path, out: Path, *, resume: bool = False, **config) -> subprocess.CompletedProcess:
     script = str(REPO / "tests" / "_torchrun_train.py")
-    return _torchrun(script, str(project), str(out), json.dumps({**CONFIG, **config}), *(["--resume"] if resume else []))
+    return _torchrun(
+        script, str(project), str(out), json.dumps({**CONFIG, **config}), *(["--resume"] if resume else [])
+    )
 
 
 def test_torchrun_training_equals_one_process_accumulating_the_same_batches_and_resumes(project, tmp_path, one_thread):
@@ -187,7 +199,11 @@ def micrographs(tmp_path) -> Path:
     rng = np.random.default_rng(2)
     for i in range(5):
         xy = rng.uniform(20, 140, size=(6, 2))
-        write_mrc(folder / f"mic_{i}.mrc", gaussian_spots((160, 180), xy, 10.0, contrast=-1.0, noise=0.3, seed=i), pixel_size=2.0)
+        write_mrc(
+            folder / f"mic_{i}.mrc",
+            gaussian_spots((160, 180), xy, 10.0, contrast=-1.0, noise=0.3, seed=i),
+            pixel_size=2.0,
+        )
     return folder
 
 
@@ -198,8 +214,21 @@ def _picks(path: Path) -> dict[str, np.ndarray]:
     return {name: np.array(sorted(values)) for name, values in rows.items()}
 
 
-def test_torchrun_picking_shards_micrographs_and_merges_what_one_process_picks(checkpoint, micrographs, tmp_path, one_thread):
-    options = ["--model", str(checkpoint), "--diameter-px", "40", "--threshold", "0.2", "--format", "star,csv", "--workers", "1"]
+def test_torchrun_picking_shards_micrographs_and_merges_what_one_process_picks(
+    checkpoint, micrographs, tmp_path, one_thread
+):
+    options = [
+        "--model",
+        str(checkpoint),
+        "--diameter-px",
+        "40",
+        "--threshold",
+        "0.2",
+        "--format",
+        "star,csv",
+        "--workers",
+        "1",
+    ]
     single = tmp_path / "single"
     assert cli_main(["pick", str(micrographs), "--out", str(single), *options]) == 0
     ranks = tmp_path / "ranks"

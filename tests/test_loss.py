@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from hydrapicker.boxes import anchor_centres
 from hydrapicker.loss import detection_loss, focal_loss, head_bias_loss
-from hydrapicker.presets import PRESETS
 from hydrapicker.model import HydraPicker
+from hydrapicker.presets import PRESETS
 
 
 def _model(heads=("a", "b")) -> HydraPicker:
@@ -98,4 +98,6 @@ def test_size_loss_trains_the_size_head_alone():
     assert outputs.shape == (1, 3, 4, 4) and sizes.shape == (1, 1, 2, 2)
     size_loss(sizes, [torch.tensor([[30.0, 30.0]])], torch.tensor([1.4])).backward()
     assert torch.count_nonzero(model.size_head.predict.bias.grad) > 0
-    assert all(p.grad is None for p in (*model.trunk.parameters(), *model.generic.parameters(), *model.heads["a"].parameters()))
+    assert all(
+        p.grad is None for p in (*model.trunk.parameters(), *model.generic.parameters(), *model.heads["a"].parameters())
+    )

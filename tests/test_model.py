@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from hydrapicker.errors import HydraPickerError
 from hydrapicker.defaults import GENERIC
-from hydrapicker.model import HydraPicker, LOGIT_PRIOR
-from hydrapicker.presets import get_preset, PRESETS
+from hydrapicker.errors import HydraPickerError
+from hydrapicker.model import LOGIT_PRIOR, HydraPicker
+from hydrapicker.presets import PRESETS, get_preset
 
 
 def _convs(module: nn.Module) -> list[nn.Conv2d]:
@@ -27,8 +27,12 @@ def test_paper_preset_has_the_papers_layer_shapes():
     assert all(m.num_channels == 64 for m in model.trunk.modules() if isinstance(m, nn.GroupNorm))
     head = _convs(model.generic)
     assert [tuple(c.weight.shape) for c in head] == [
-        (128, 64, 3, 3), (256, 128, 3, 3), (512, 256, 3, 3), (1024, 512, 3, 3), (3, 1024, 3, 3)
-    ]  # fmt: skip
+        (128, 64, 3, 3),
+        (256, 128, 3, 3),
+        (512, 256, 3, 3),
+        (1024, 512, 3, 3),
+        (3, 1024, 3, 3),
+    ]
     assert [c.stride for c in head] == [(2, 2)] * 4 + [(1, 1)]
     kinds = [type(m) for m in model.generic.blocks]
     assert kinds == [nn.Conv2d, nn.ReLU, nn.GroupNorm, nn.Dropout] * 4

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _synthetic import gaussian_spots
 from conftest import REAL_BGAL
+
 from hydrapicker.evaluate import evaluate
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
 
@@ -127,12 +127,16 @@ def test_topaz_without_its_environment_names_the_setup_script(tmp_path, capsys):
     image = gaussian_spots((64, 64), np.array([[32.0, 32.0]]), sigma=4.0, contrast=-1.0, noise=0.05)
     write_mrc(tmp_path / "m.mrc", image)
     missing = tmp_path / "nowhere" / "python"
-    code = topaz_pick.main([str(tmp_path / "m.mrc"), "--out", str(tmp_path / "o"), "--diameter-px", "16", "--topaz-python", str(missing)])
+    code = topaz_pick.main(
+        [str(tmp_path / "m.mrc"), "--out", str(tmp_path / "o"), "--diameter-px", "16", "--topaz-python", str(missing)]
+    )
     assert code == 1
     assert "topaz_setup.sh" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not topaz_pick.DEFAULT_TOPAZ_PYTHON.is_file(), reason="Topaz not installed (benchmarks/peers/topaz_setup.sh)")
+@pytest.mark.skipif(
+    not topaz_pick.DEFAULT_TOPAZ_PYTHON.is_file(), reason="Topaz not installed (benchmarks/peers/topaz_setup.sh)"
+)
 def test_topaz_picks_real_particles_in_the_stored_frame(tmp_path):
     # A non-square crop of a real β-gal micrograph: Topaz's picks, mapped back, must match the
     # labels far better than the same picks with x and y swapped (a frame error would invert this).
@@ -143,7 +147,10 @@ def test_topaz_picks_real_particles_in_the_stored_frame(tmp_path):
     inside = (labels.y >= 200) & (labels.y < 456) & (labels.x >= 100) & (labels.x < 484)
     truth = {"crop": Picks("crop", labels.x[inside] - 100, labels.y[inside] - 200)}
     out = tmp_path / "out"
-    assert topaz_pick.main([str(tmp_path / "crop.mrc"), "--out", str(out), "--diameter-px", "27", "--pixel-size", "7.08"]) == 0
+    assert (
+        topaz_pick.main([str(tmp_path / "crop.mrc"), "--out", str(out), "--diameter-px", "27", "--pixel-size", "7.08"])
+        == 0
+    )
     picks = read_picks(out / "picks.csv")["crop"]
     assert len(picks) > 0 and picks.x.max() < 384 and picks.y.max() < 256
     swapped = Picks("crop", picks.y, picks.x, picks.score)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _synthetic import gaussian_spots
 from conftest import REAL_BGAL
-from hydrapicker.particle_size import ParticleSize
+
 from hydrapicker.cli import main as cli_main
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
+from hydrapicker.particle_size import ParticleSize
 from hydrapicker.picking.picker import Picker, PickSettings, Prepared
 from hydrapicker.relion import (
     COORDINATES_NODE_TYPE,
@@ -71,7 +71,9 @@ _rlnCtfIceRingDensity #14
 
 
 def _micrographs_star(project: Path, names_groups: list[tuple[str, int]], pixel_sizes: dict[int, float]) -> Path:
-    optics = "\n".join(f"opticsGroup{g} {g} {s / 4:.6f} 300.000000 2.700000 0.100000 {s:.6f}" for g, s in pixel_sizes.items())
+    optics = "\n".join(
+        f"opticsGroup{g} {g} {s / 4:.6f} 300.000000 2.700000 0.100000 {s:.6f}" for g, s in pixel_sizes.items()
+    )
     rows = "\n".join(
         f"{name} {name[:-4]}.star {group} 12.1 2.3 9.8 CtfFind/job003/{name.split('/', 2)[2][:-4]}_PS.ctf:mrc "
         f"10864.1 10510.9 353.2 77.4 0.131 4.51 0.0124"
@@ -115,12 +117,22 @@ def relion_project(tmp_path_factory) -> tuple[Path, str, Path]:
     project = tmp_path_factory.mktemp("relion_project")
     name = f"MotionCorr/job002/Movies/{png.stem}.mrc"
     write_mrc(project / name, read_micrograph(png).data, pixel_size=1.0)
-    in_mics = _micrographs_star(project, [(name, 1)], {1: 7.08})
+    _micrographs_star(project, [(name, 1)], {1: 7.08})
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(project)
         # exactly the command line getCommandsExternalJob builds: --o, --in_mics, params, --j
         status = cli_main(
-            ["relion", "--o", JOB, "--in_mics", "CtfFind/job003/micrographs_ctf.star", "--diameter-A", "190", "--j", "1"]
+            [
+                "relion",
+                "--o",
+                JOB,
+                "--in_mics",
+                "CtfFind/job003/micrographs_ctf.star",
+                "--diameter-A",
+                "190",
+                "--j",
+                "1",
+            ]
         )
     assert status == 0
     return project, name, png
@@ -130,7 +142,9 @@ def test_external_job_declares_its_coordinate_list_as_relion_5_autopick_coordina
     project, _, _ = relion_project
     assert (project / JOB / "RELION_JOB_EXIT_SUCCESS").is_file()
     assert not (project / JOB / "RELION_JOB_EXIT_FAILURE").exists()
-    nodes = _gemmi_table(project / JOB / "RELION_OUTPUT_NODES.star", "output_nodes", ["rlnPipeLineNodeName", "rlnPipeLineNodeTypeLabel"])
+    nodes = _gemmi_table(
+        project / JOB / "RELION_OUTPUT_NODES.star", "output_nodes", ["rlnPipeLineNodeName", "rlnPipeLineNodeTypeLabel"]
+    )
     assert nodes == [["External/job005/autopick.star", "MicrographCoordsGroup.star.relion.autopick"]]
     assert nodes[0][1] == COORDINATES_NODE_TYPE
 
@@ -140,7 +154,9 @@ def test_extract_finds_the_picks_of_every_micrograph_by_its_exact_name(relion_pr
     in_mics = project / "CtfFind" / "job003" / "micrographs_ctf.star"
     found = _extract_coordinate_files(project, in_mics, project / JOB / "autopick.star")
     assert list(found) == [name]
-    coords = np.array(_gemmi_table(found[name], "", ["rlnCoordinateX", "rlnCoordinateY", "rlnAutopickFigureOfMerit"]), float)
+    coords = np.array(
+        _gemmi_table(found[name], "", ["rlnCoordinateX", "rlnCoordinateY", "rlnAutopickFigureOfMerit"]), float
+    )
     assert len(coords) > 50
     assert coords[:, :2].min() >= -0.5 and coords[:, :2].max() <= 1023.5
 
@@ -179,7 +195,7 @@ class _SpotPicker(Picker):
 
     def prepare(self, path: Path) -> Prepared:
         mic = read_micrograph(path)
-        _SpotPicker.seen[mic.name] = self.settings.pixel_size
+        _SpotPicker.seen[mic.name] = self.settings.size.pixel_size
         return Prepared(mic.name, path, mic.data, mic.data, 1.0)
 
     def candidates(self, prepared: Prepared) -> Picks:
@@ -193,7 +209,11 @@ class _SpotPicker(Picker):
 @pytest.fixture
 def project(tmp_path) -> Path:
     """Three small micrographs in two optics groups (2.0 and 3.0 Å/px), in two MotionCorr subfolders."""
-    names = [("MotionCorr/job002/Movies/a.mrc", 1), ("MotionCorr/job002/Movies/b.mrc", 2), ("MotionCorr/job002/Other/c.mrc", 1)]
+    names = [
+        ("MotionCorr/job002/Movies/a.mrc", 1),
+        ("MotionCorr/job002/Movies/b.mrc", 2),
+        ("MotionCorr/job002/Other/c.mrc", 1),
+    ]
     for i, (name, _) in enumerate(names):
         spot = np.array([[20.0 + 7 * i, 30.0 + 3 * i]])
         write_mrc(tmp_path / name, gaussian_spots((64, 80), spot, 2.0, noise=0.01, seed=i), pixel_size=1.0)
@@ -202,7 +222,14 @@ def project(tmp_path) -> Path:
 
 
 def _run(project: Path, **kwargs):
-    return run_external_job("CtfFind/job003/micrographs_ctf.star", JOB, _SpotPicker, PickSettings(ParticleSize(diameter_A=20.0)), project_dir=project, **kwargs)
+    return run_external_job(
+        "CtfFind/job003/micrographs_ctf.star",
+        JOB,
+        _SpotPicker,
+        PickSettings(ParticleSize(diameter_A=20.0)),
+        project_dir=project,
+        **kwargs,
+    )
 
 
 def test_each_optics_group_is_picked_at_its_own_pixel_size(project):
@@ -216,7 +243,11 @@ def test_coordinate_files_hold_each_micrographs_own_picks_in_its_stored_frame(pr
     _run(project)
     in_mics = project / "CtfFind" / "job003" / "micrographs_ctf.star"
     found = _extract_coordinate_files(project, in_mics, project / JOB / "autopick.star")
-    assert set(found) == {"MotionCorr/job002/Movies/a.mrc", "MotionCorr/job002/Movies/b.mrc", "MotionCorr/job002/Other/c.mrc"}
+    assert set(found) == {
+        "MotionCorr/job002/Movies/a.mrc",
+        "MotionCorr/job002/Movies/b.mrc",
+        "MotionCorr/job002/Other/c.mrc",
+    }
     for i, name in enumerate(sorted(found)):
         xy = np.array(_gemmi_table(found[name], "", ["rlnCoordinateX", "rlnCoordinateY"]), float)
         np.testing.assert_allclose(xy, [[20.0 + 7 * i, 30.0 + 3 * i]])  # the spot's column, row
@@ -234,7 +265,9 @@ def test_a_failed_job_leaves_relion_the_failure_marker_and_one_line(project, mon
     monkeypatch.chdir(project)
     (project / JOB).mkdir(parents=True)
     (project / JOB / "RELION_JOB_EXIT_SUCCESS").touch()  # from an earlier run
-    status = cli_main(["relion", "--o", JOB, "--in_mics", "CtfFind/job003/missing.star", "--diameter-A", "190", "--j", "1"])
+    status = cli_main(
+        ["relion", "--o", JOB, "--in_mics", "CtfFind/job003/missing.star", "--diameter-A", "190", "--j", "1"]
+    )
     assert status == 1
     assert (project / JOB / "RELION_JOB_EXIT_FAILURE").is_file()
     assert not (project / JOB / "RELION_JOB_EXIT_SUCCESS").exists()
@@ -245,7 +278,11 @@ def test_a_failed_job_leaves_relion_the_failure_marker_and_one_line(project, mon
 @pytest.mark.parametrize(
     "optics, micrographs, message",
     [
-        ("opticsGroup1 1 1.0 300 2.7 0.1 0.0", "M/job1/a.mrc a.star 1 1 1 1 x 1 1 1 1 1 1 1", "_rlnMicrographPixelSize"),
+        (
+            "opticsGroup1 1 1.0 300 2.7 0.1 0.0",
+            "M/job1/a.mrc a.star 1 1 1 1 x 1 1 1 1 1 1 1",
+            "_rlnMicrographPixelSize",
+        ),
         ("opticsGroup1 1 1.0 300 2.7 0.1 2.0", "M/job1/a.mrc a.star 2 1 1 1 x 1 1 1 1 1 1 1", "_rlnOpticsGroup 2"),
     ],
 )
@@ -265,7 +302,9 @@ def test_an_abort_request_from_relion_stops_the_job_and_answers_with_the_aborted
     monkeypatch.chdir(project)
     (project / JOB).mkdir(parents=True)
     (project / JOB / "RELION_JOB_ABORT_NOW").touch()  # what RELION's Abort button leaves
-    status = cli_main(["relion", "--o", JOB, "--in_mics", "CtfFind/job003/micrographs_ctf.star", "--diameter-A", "20", "--j", "1"])
+    status = cli_main(
+        ["relion", "--o", JOB, "--in_mics", "CtfFind/job003/micrographs_ctf.star", "--diameter-A", "20", "--j", "1"]
+    )
     assert status == 1
     assert (project / JOB / "RELION_JOB_EXIT_ABORTED").is_file()
     assert not (project / JOB / "RELION_JOB_ABORT_NOW").exists()
@@ -297,20 +336,43 @@ def test_relions_own_extraction_centres_its_boxes_on_our_coordinates(tmp_path, m
 
     class Spots(_SpotPicker):
         def candidates(self, prepared: Prepared) -> Picks:
-            return Picks(prepared.name, spots[:, 0], spots[:, 1], [0.9, 0.8, 0.7], box_size=10.0, shape=prepared.data.shape)
+            return Picks(
+                prepared.name, spots[:, 0], spots[:, 1], [0.9, 0.8, 0.7], box_size=10.0, shape=prepared.data.shape
+            )
 
     name = "MotionCorr/job002/Movies/a.mrc"
     write_mrc(tmp_path / name, gaussian_spots((200, 300), spots, 2.0, noise=0.01), pixel_size=2.0)
     _micrographs_star(tmp_path, [(name, 1)], {1: 2.0})
-    run_external_job("CtfFind/job003/micrographs_ctf.star", JOB, Spots, PickSettings(ParticleSize(diameter_A=20.0)), project_dir=tmp_path)
+    run_external_job(
+        "CtfFind/job003/micrographs_ctf.star",
+        JOB,
+        Spots,
+        PickSettings(ParticleSize(diameter_A=20.0)),
+        project_dir=tmp_path,
+    )
     (tmp_path / JOB / "star" / "Movies").mkdir()
     (tmp_path / JOB / "star" / "Movies" / "a.star").symlink_to("../a.star")
     monkeypatch.chdir(tmp_path)
     subprocess.run(
-        ["relion_preprocess", "--i", "CtfFind/job003/micrographs_ctf.star", "--coord_dir", f"{JOB}star/", "--coord_suffix", ".star",
-         "--part_star", "Extract/job006/particles.star", "--part_dir", "Extract/job006/", "--extract", "--extract_size", "32"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            "relion_preprocess",
+            "--i",
+            "CtfFind/job003/micrographs_ctf.star",
+            "--coord_dir",
+            f"{JOB}star/",
+            "--coord_suffix",
+            ".star",
+            "--part_star",
+            "Extract/job006/particles.star",
+            "--part_dir",
+            "Extract/job006/",
+            "--extract",
+            "--extract_size",
+            "32",
+        ],
+        check=True,
+        capture_output=True,
+    )
     with mrcfile.open(tmp_path / "Extract" / "job006" / "Movies" / "a.mrcs") as stack:
         particles = np.array(stack.data)
     assert particles.shape == (3, 32, 32)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _synthetic import gaussian_spots
+
 from hydrapicker.cli import main as cli_main
 from hydrapicker.cli._common import write_run_record
 from hydrapicker.errors import HydraPickerError
@@ -26,7 +26,10 @@ from hydrapicker.io import Picks, write_mrc, write_picks
 from hydrapicker.report import read_run_picks, write_report
 
 # name: (shape, spots as (x, y)); scores fall from 0.95 along each micrograph's spots
-_MICS = {"mic_a": ((120, 160), [(20, 30), (60, 90), (130, 40), (100, 100), (40, 70)]), "mic_b": ((100, 100), [(50, 50), (20, 80)])}
+_MICS = {
+    "mic_a": ((120, 160), [(20, 30), (60, 90), (130, 40), (100, 100), (40, 70)]),
+    "mic_b": ((100, 100), [(50, 50), (20, 80)]),
+}
 
 
 def _scores(n: int, offset: float) -> np.ndarray:
@@ -46,7 +49,9 @@ def _picks_dir(tmp_path: Path, *, candidates: bool = True, record: bool = True, 
         write_picks(out / "csv" / f"{name}.csv", every.above(threshold), "csv")
         if candidates:
             write_picks(out / "candidates" / f"{name}.csv", every, "csv")
-            (out / "candidates" / f"{name}.json").write_text(json.dumps({"micrograph": name, "box_size": 9.0, "shape": list(shape)}))
+            (out / "candidates" / f"{name}.json").write_text(
+                json.dumps({"micrograph": name, "box_size": 9.0, "shape": list(shape)})
+            )
     if record:
         write_run_record(out, argparse.Namespace(verb="pick", micrographs=paths, threshold=threshold, diameter_px=9.0))
     return out
@@ -86,7 +91,7 @@ def test_micrographs_past_the_thumbnails_carry_only_their_counts_at_every_slider
 def test_without_candidates_the_picks_at_the_runs_threshold_are_shown(tmp_path):
     runs, options = read_run_picks(_picks_dir(tmp_path, candidates=False))
     assert options["threshold"] == 0.5
-    for run, (k, (name, (_, spots))) in zip(runs, enumerate(_MICS.items())):
+    for run, (k, (_name, (_, spots))) in zip(runs, enumerate(_MICS.items())):
         expected = _scores(len(spots), 0.01 * k)
         assert run.picks.score.tolist() == pytest.approx(expected[expected >= 0.5].tolist())
         assert run.source.parent.name == "csv"
@@ -120,7 +125,10 @@ def test_micrographs_given_explicitly_replace_the_run_record(tmp_path):
 def test_cli_writes_the_page_into_the_picks_folder_and_refuses_a_folder_without_picks(tmp_path, capsys):
     out = _picks_dir(tmp_path)
     assert cli_main(["report", str(out)]) == 0
-    assert '<input type="range" id="threshold" min="0.01" max="1" step="0.001" value="0.5">' in (out / "report.html").read_text()
+    assert (
+        '<input type="range" id="threshold" min="0.01" max="1" step="0.001" value="0.5">'
+        in (out / "report.html").read_text()
+    )
     assert cli_main(["report", str(out), "--threshold", "0.3", "--out", str(tmp_path / "r.html")]) == 0
     assert 'value="0.3">' in (tmp_path / "r.html").read_text()  # the slider starts where asked
     empty = tmp_path / "empty"
@@ -133,16 +141,25 @@ def test_cli_writes_the_page_into_the_picks_folder_and_refuses_a_folder_without_
 # --- in a real browser ------------------------------------------------------------------------------
 
 _FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--window-size=1200,900",
-)  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1200,900",
+)
 
 
 @pytest.fixture
 def browser(tmp_path, monkeypatch):
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if chromium is None or driver_path is None:
-        pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+        pytest.skip(
+            "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -198,7 +215,8 @@ def test_page_in_chromium_loads_cleanly_and_the_slider_changes_the_counts_and_th
     # a threshold half-way between two scores, so rounding cannot decide a count
     lower = 0.2
     browser.execute_script(
-        'const s = document.getElementById("threshold"); s.value = arguments[0]; s.dispatchEvent(new Event("input"));', lower
+        'const s = document.getElementById("threshold"); s.value = arguments[0]; s.dispatchEvent(new Event("input"));',
+        lower,
     )
     expected_lower = _expected_counts(out, lower)
     assert sum(expected_lower.values()) > sum(expected.values())

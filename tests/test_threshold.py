@@ -7,27 +7,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _synthetic import gaussian_spots, spread_tiny_model, write_checkpoint
-from hydrapicker.particle_size import ParticleSize
+
+from hydrapicker.checkpoint import ModelMeta
 from hydrapicker.cli import main as cli_main
 from hydrapicker.defaults import CANDIDATE_FLOOR
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
-from hydrapicker.model import HydraPicker
-from hydrapicker.picking.picker import Picker, PickSettings
 from hydrapicker.io.run_folder import candidate_paths, output_paths
-from hydrapicker.picking.inference import head_outputs
+from hydrapicker.model import HydraPicker
+from hydrapicker.particle_size import ParticleSize
 from hydrapicker.picking.decode import picks_from_outputs
+from hydrapicker.picking.inference import head_outputs
+from hydrapicker.picking.picker import Picker, PickSettings
 from hydrapicker.threshold import otsu_threshold, picks_per_micrograph, read_candidates, suggest_threshold
-from hydrapicker.checkpoint import ModelMeta
 
 FORMATS = ("star", "box", "cbox", "topaz", "cs", "csv")
 
 
-
-
 def _meta(model: HydraPicker) -> ModelMeta:
-    return ModelMeta(preset=model.preset, head_names=model.head_names, target_diameter_px=40.0, anchor_stride=model.stride)
+    return ModelMeta(
+        preset=model.preset, head_names=model.head_names, target_diameter_px=40.0, anchor_stride=model.stride
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,11 @@ def micrographs(tmp_path_factory) -> list[Path]:
     paths = []
     for i, shape in enumerate([(240, 200), (208, 208)]):
         path = folder / f"mic_{i}.mrc"
-        write_mrc(path, gaussian_spots(shape, rng.uniform(20, 180, size=(10, 2)), 10, contrast=-1.0, noise=0.3, seed=i), pixel_size=2.0)
+        write_mrc(
+            path,
+            gaussian_spots(shape, rng.uniform(20, 180, size=(10, 2)), 10, contrast=-1.0, noise=0.3, seed=i),
+            pixel_size=2.0,
+        )
         paths.append(path)
     return paths
 
@@ -100,7 +104,9 @@ def test_picks_per_micrograph_counts_scores_at_or_above_each_threshold():
     np.testing.assert_allclose(got, [5 / 2, 4 / 2, 2 / 2, 0.0])
 
 
-def test_set_rewrites_every_format_as_picking_at_that_threshold_would_without_the_network(micrographs, checkpoint, tmp_path, monkeypatch):
+def test_set_rewrites_every_format_as_picking_at_that_threshold_would_without_the_network(
+    micrographs, checkpoint, tmp_path, monkeypatch
+):
     out, fresh = tmp_path / "out", tmp_path / "fresh"
     _pick(micrographs, out, checkpoint, 0.5)
     _pick(micrographs, fresh, checkpoint, 0.2)
@@ -110,7 +116,9 @@ def test_set_rewrites_every_format_as_picking_at_that_threshold_would_without_th
         shape = read_micrograph(path).shape
         for fmt, file in output_paths(out, path.stem, FORMATS).items():
             got = read_picks(file, fmt, micrograph=path.stem, shape=shape, box_size=40.0)[path.stem]
-            want = read_picks(output_paths(fresh, path.stem, FORMATS)[fmt], fmt, micrograph=path.stem, shape=shape, box_size=40.0)[path.stem]
+            want = read_picks(
+                output_paths(fresh, path.stem, FORMATS)[fmt], fmt, micrograph=path.stem, shape=shape, box_size=40.0
+            )[path.stem]
             assert len(got) == len(want) > 0, fmt
             np.testing.assert_allclose(got.x, want.x, atol=1e-3, err_msg=fmt)
             np.testing.assert_allclose(got.y, want.y, atol=1e-3, err_msg=fmt)
@@ -132,7 +140,9 @@ def test_summary_prints_the_suggestion_and_the_curve_and_writes_plots(micrograph
     assert (out / "score_histogram.png").stat().st_size > 0 and (out / "picks_per_micrograph.png").stat().st_size > 0
 
 
-def test_a_folder_without_candidates_or_a_threshold_below_the_floor_is_a_clear_error(micrographs, checkpoint, tmp_path, capsys):
+def test_a_folder_without_candidates_or_a_threshold_below_the_floor_is_a_clear_error(
+    micrographs, checkpoint, tmp_path, capsys
+):
     old = tmp_path / "old"
     (old / "csv").mkdir(parents=True)
     (old / "csv" / "mic_0.csv").write_text("micrograph,x,y,score\nmic_0,10,10,0.9\n")
@@ -154,7 +164,18 @@ def test_pick_into_the_folder_later_without_threshold_uses_the_one_set(micrograp
     out = tmp_path / "out"
     _pick(micrographs[:1], out, checkpoint, 0.5, "--format", "csv")
     assert cli_main(["threshold", str(out), "--set", "0.2"]) == 0
-    argv = ["pick", str(micrographs[1]), "--out", str(out), "--model", str(checkpoint), "--diameter-px", "40", "--format", "csv"]
+    argv = [
+        "pick",
+        str(micrographs[1]),
+        "--out",
+        str(out),
+        "--model",
+        str(checkpoint),
+        "--diameter-px",
+        "40",
+        "--format",
+        "csv",
+    ]
     assert cli_main(argv) == 0
     stem = micrographs[1].stem
     every = read_picks(candidate_paths(out, stem)[0], "csv")[stem]

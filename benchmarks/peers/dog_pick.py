@@ -54,7 +54,9 @@ def dog_response(image: np.ndarray, diameter_px: float, polarity: str = "dark") 
     if polarity == "dark":
         data = -data
     sigma = diameter_px / 2 / np.sqrt(2 * DOG_RATIO)
-    return ndimage.gaussian_filter(data, sigma, mode="reflect") - ndimage.gaussian_filter(data, DOG_RATIO * sigma, mode="reflect")
+    return ndimage.gaussian_filter(data, sigma, mode="reflect") - ndimage.gaussian_filter(
+        data, DOG_RATIO * sigma, mode="reflect"
+    )
 
 
 def pick_dog(
@@ -72,7 +74,7 @@ def pick_dog(
     """
     response = dog_response(image, diameter_px, polarity)
     window = max(3, 2 * int(round(diameter_px / 4)) + 1)  # about one particle radius across
-    peaks = (response == ndimage.maximum_filter(response, size=window, mode="nearest"))
+    peaks = response == ndimage.maximum_filter(response, size=window, mode="nearest")
     if threshold is not None:
         peaks &= response >= threshold
     rows, cols = np.nonzero(peaks)
@@ -84,9 +86,18 @@ def pick_dog(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
-    parser.add_argument("--polarity", choices=("dark", "light"), default="dark", help="particle contrast against the ice (default: %(default)s)")
-    parser.add_argument("--nms-iou", type=float, default=NMS_IOU, metavar="IOU", help="duplicate suppression IoU (default: %(default)s)")
-    parser.add_argument("--threshold", type=float, metavar="T", help="lowest DoG response kept (default: none, the full ranking)")
+    parser.add_argument(
+        "--polarity",
+        choices=("dark", "light"),
+        default="dark",
+        help="particle contrast against the ice (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--nms-iou", type=float, default=NMS_IOU, metavar="IOU", help="duplicate suppression IoU (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--threshold", type=float, metavar="T", help="lowest DoG response kept (default: none, the full ranking)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         for path in micrograph_paths(args.micrographs):
             micrograph = read_micrograph(path)
             diameter = particle_diameter_px(args, micrograph)
-            x, y, score = pick_dog(micrograph.data, diameter, polarity=args.polarity, nms_iou=args.nms_iou, threshold=args.threshold)
+            x, y, score = pick_dog(
+                micrograph.data, diameter, polarity=args.polarity, nms_iou=args.nms_iou, threshold=args.threshold
+            )
             all_picks.append(Picks(micrograph.name, x, y, score, diameter, micrograph.shape))
         out = write_all_picks(args.out, all_picks)
     except HydraPickerError as exc:

@@ -16,15 +16,26 @@ from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import Micrograph, Picks, write_picks
 from hydrapicker.io.micrograph import expand_micrographs
 
-__all__ = ["PICKS_NAME", "add_common_arguments", "micrograph_paths", "particle_diameter_px", "pixel_size_of", "write_all_picks"]
+__all__ = [
+    "PICKS_NAME",
+    "add_common_arguments",
+    "micrograph_paths",
+    "particle_diameter_px",
+    "pixel_size_of",
+    "write_all_picks",
+]
 
 #: The one file every peer script writes into its --out folder.
 PICKS_NAME = "picks.csv"
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("micrographs", nargs="+", metavar="MICROGRAPHS", help="micrograph files, folders or globs (MRC, TIFF, PNG/JPEG)")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help=f"output folder; the picks go to DIR/{PICKS_NAME}")
+    parser.add_argument(
+        "micrographs", nargs="+", metavar="MICROGRAPHS", help="micrograph files, folders or globs (MRC, TIFF, PNG/JPEG)"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help=f"output folder; the picks go to DIR/{PICKS_NAME}"
+    )
     add_particle_size_arguments(parser, "Å per pixel (default: from the MRC header)")
 
 

@@ -40,7 +40,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # peer_common, when imported from elsewhere
 
 from peer_common import add_common_arguments, micrograph_paths, particle_diameter_px, pixel_size_of, write_all_picks  # noqa: E402
@@ -48,7 +47,15 @@ from peer_common import add_common_arguments, micrograph_paths, particle_diamete
 from hydrapicker.errors import HydraPickerError  # noqa: E402
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc  # noqa: E402
 
-__all__ = ["TOPAZ_PIXEL_SIZE", "ASSUMED_PARTICLE_A", "DEFAULT_TOPAZ_PYTHON", "topaz_scale", "to_original_frame", "run_topaz", "main"]
+__all__ = [
+    "TOPAZ_PIXEL_SIZE",
+    "ASSUMED_PARTICLE_A",
+    "DEFAULT_TOPAZ_PYTHON",
+    "topaz_scale",
+    "to_original_frame",
+    "run_topaz",
+    "main",
+]
 
 HERE = Path(__file__).resolve().parent
 
@@ -73,7 +80,9 @@ def to_original_frame(picks: Picks, original_shape: tuple[int, int], downsampled
     """Topaz picks in a downsampled micrograph's pixels -> the original micrograph's pixels."""
     row_ratio = original_shape[0] / downsampled_shape[0]
     col_ratio = original_shape[1] / downsampled_shape[1]
-    return Picks(picks.micrograph, picks.x * col_ratio, picks.y * row_ratio, picks.score, picks.box_size, original_shape)
+    return Picks(
+        picks.micrograph, picks.x * col_ratio, picks.y * row_ratio, picks.score, picks.box_size, original_shape
+    )
 
 
 def _run(command: list[str], log: Path) -> None:
@@ -85,7 +94,9 @@ def _run(command: list[str], log: Path) -> None:
         done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
     if done.returncode != 0:
         lines = [line for line in log.read_text().splitlines() if line.strip()]
-        raise HydraPickerError(f"Topaz failed ({' '.join(command[1:4])}, exit {done.returncode}): {lines[-1] if lines else ''} (log: {log})")
+        raise HydraPickerError(
+            f"Topaz failed ({' '.join(command[1:4])}, exit {done.returncode}): {lines[-1] if lines else ''} (log: {log})"
+        )
 
 
 def run_topaz(
@@ -127,16 +138,50 @@ def run_topaz(
             raw, pre = Path(tmp, f"raw_s{s}_r{radius}"), Path(tmp, f"pre_s{s}_r{radius}")
             raw_files = sorted(str(p) for p in raw.iterdir())
             started = time.perf_counter()
-            _run([str(topaz_python), "-m", "topaz.commands.preprocess", "-s", str(s), "-d", "-1", "-j", str(threads), "-o", str(pre), *raw_files], log)
+            _run(
+                [
+                    str(topaz_python),
+                    "-m",
+                    "topaz.commands.preprocess",
+                    "-s",
+                    str(s),
+                    "-d",
+                    "-1",
+                    "-j",
+                    str(threads),
+                    "-o",
+                    str(pre),
+                    *raw_files,
+                ],
+                log,
+            )
             coords = keep / f"picks_s{s}_r{radius}.txt"
             pre_files = sorted(str(p) for p in pre.glob("*.mrc"))
             _run(
-                [str(topaz_python), "-m", "topaz.commands.extract", "-m", model, "-r", str(radius), "-t", str(threshold),
-                 "-d", "-1", "-j", str(threads), "-o", str(coords), *pre_files],
+                [
+                    str(topaz_python),
+                    "-m",
+                    "topaz.commands.extract",
+                    "-m",
+                    model,
+                    "-r",
+                    str(radius),
+                    "-t",
+                    str(threshold),
+                    "-d",
+                    "-1",
+                    "-j",
+                    str(threads),
+                    "-o",
+                    str(coords),
+                    *pre_files,
+                ],
                 log,
-            )  # fmt: skip
+            )
             with open(log, "a") as handle:
-                handle.write(f"# {len(members)} micrographs, scale {s}, radius {radius}: {time.perf_counter() - started:.1f} s\n")
+                handle.write(
+                    f"# {len(members)} micrographs, scale {s}, radius {radius}: {time.perf_counter() - started:.1f} s\n"
+                )
             picked = read_picks(coords, "topaz") if coords.read_text().count("\n") > 1 else {}
             for name, diameter in members:
                 down_shape = read_micrograph(pre / f"{name}.mrc").shape
@@ -149,12 +194,33 @@ def run_topaz(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
     topaz = parser.add_argument_group("Topaz")
-    topaz.add_argument("--topaz-python", type=Path, default=Path(os.environ.get("TOPAZ_PYTHON", DEFAULT_TOPAZ_PYTHON)),
-                       metavar="PY", help="Topaz's interpreter (default: $TOPAZ_PYTHON or %(default)s)")  # fmt: skip
-    topaz.add_argument("--model", default="resnet16", help="Topaz pretrained model or model file (default: %(default)s = resnet16_u64)")
-    topaz.add_argument("--threshold", type=float, default=-6.0, metavar="T", help="lowest log-likelihood ratio kept (default: %(default)s)")
-    topaz.add_argument("--scale", type=int, metavar="S", help="downsampling factor (default: brings the pixel size nearest 8 Å)")
-    topaz.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), metavar="N", help="threads for Topaz (default: %(default)s)")
+    topaz.add_argument(
+        "--topaz-python",
+        type=Path,
+        default=Path(os.environ.get("TOPAZ_PYTHON", DEFAULT_TOPAZ_PYTHON)),
+        metavar="PY",
+        help="Topaz's interpreter (default: $TOPAZ_PYTHON or %(default)s)",
+    )
+    topaz.add_argument(
+        "--model", default="resnet16", help="Topaz pretrained model or model file (default: %(default)s = resnet16_u64)"
+    )
+    topaz.add_argument(
+        "--threshold",
+        type=float,
+        default=-6.0,
+        metavar="T",
+        help="lowest log-likelihood ratio kept (default: %(default)s)",
+    )
+    topaz.add_argument(
+        "--scale", type=int, metavar="S", help="downsampling factor (default: brings the pixel size nearest 8 Å)"
+    )
+    topaz.add_argument(
+        "--threads",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        metavar="N",
+        help="threads for Topaz (default: %(default)s)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,9 +235,16 @@ def main(argv: list[str] | None = None) -> int:
             diameters.append(particle_diameter_px(args, micrograph))
             pixel_sizes.append(pixel_size_of(args, micrograph))
         picks = run_topaz(
-            paths, diameters, pixel_sizes, args.out, topaz_python=args.topaz_python, model=args.model,
-            threshold=args.threshold, scale=args.scale, threads=args.threads,
-        )  # fmt: skip
+            paths,
+            diameters,
+            pixel_sizes,
+            args.out,
+            topaz_python=args.topaz_python,
+            model=args.model,
+            threshold=args.threshold,
+            scale=args.scale,
+            threads=args.threads,
+        )
         out = write_all_picks(args.out, picks)
     except HydraPickerError as exc:
         print(f"error: {exc}", file=sys.stderr)

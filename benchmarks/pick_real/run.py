@@ -21,7 +21,6 @@ import json
 import sys
 from pathlib import Path
 
-
 from hydrapicker.cli import main as cli
 from hydrapicker.data.project import load_project
 from hydrapicker.defaults import PICK_THRESHOLD
@@ -33,25 +32,53 @@ def main(model: Path, out: Path) -> None:
     import starfile
     import torch
 
+    from hydrapicker.checkpoint import load_checkpoint
     from hydrapicker.io import read_micrograph
-    from hydrapicker.picking.inference import head_outputs
     from hydrapicker.pick import picking_scale
     from hydrapicker.picking.decode import picks_from_outputs
+    from hydrapicker.picking.inference import head_outputs
     from hydrapicker.preprocess import prepare_micrograph
-    from hydrapicker.checkpoint import load_checkpoint
 
     spec = load_project(HERE / "empiar10017.toml")[0]
     folder = spec.micrographs[0].parent
     size = ["--diameter-A", str(spec.diameter), "--pixel-size", str(spec.pixel_size)]
-    assert cli(["pick", str(folder), "--out", str(out / "ranking"), "--model", str(model), "--threshold", "0.001", *size]) == 0
-    assert cli(["pick", str(folder), "--out", str(out / "default"), "--model", str(model), *size,
-                "--overlay", str(out / "default" / "overlays")]) == 0  # fmt: skip
+    assert (
+        cli(["pick", str(folder), "--out", str(out / "ranking"), "--model", str(model), "--threshold", "0.001", *size])
+        == 0
+    )
+    assert (
+        cli(
+            [
+                "pick",
+                str(folder),
+                "--out",
+                str(out / "default"),
+                "--model",
+                str(model),
+                *size,
+                "--overlay",
+                str(out / "default" / "overlays"),
+            ]
+        )
+        == 0
+    )
     for role, stems in (("held-out (test)", spec.splits["test"]), ("training", spec.splits["train"])):
         for run in ("ranking", "default"):
             picks = [str(out / run / "star" / f"{stem}.star") for stem in stems]
             truth = [str(folder / f"{stem}.csv") for stem in stems]
             print(f"== {role} micrographs, threshold {'0.001' if run == 'ranking' else PICK_THRESHOLD}:", flush=True)
-            cli(["evaluate", *picks, "--truth", *truth, "--box", "27", "--json", str(out / f"eval_{run}_{role.split()[0]}.json")])
+            cli(
+                [
+                    "evaluate",
+                    *picks,
+                    "--truth",
+                    *truth,
+                    "--box",
+                    "27",
+                    "--json",
+                    str(out / f"eval_{run}_{role.split()[0]}.json"),
+                ]
+            )
     table = starfile.read(out / "default" / "star" / f"{spec.splits['test'][0]}.star")
     print("STAR columns (starfile):", list(table.columns))
 
@@ -68,9 +95,16 @@ def main(model: Path, out: Path) -> None:
         d = (torch.sigmoid(tiled[2]) - torch.sigmoid(whole[2])).abs()
         a = picks_from_outputs(whole, meta, scale, image.shape, PICK_THRESHOLD)
         b = picks_from_outputs(tiled, meta, scale, image.shape, PICK_THRESHOLD)
-        common = {(round(x, 1), round(y, 1)) for x, y in zip(a.x, a.y)} & {(round(x, 1), round(y, 1)) for x, y in zip(b.x, b.y)}
-        result[name] = {"max_abs_score_diff": float(d.max()), "mean_abs_score_diff": float(d.mean()),
-                        "picks_whole": len(a), "picks_tiled": len(b), "same_position_0.1px": len(common)}  # fmt: skip
+        common = {(round(x, 1), round(y, 1)) for x, y in zip(a.x, a.y)} & {
+            (round(x, 1), round(y, 1)) for x, y in zip(b.x, b.y)
+        }
+        result[name] = {
+            "max_abs_score_diff": float(d.max()),
+            "mean_abs_score_diff": float(d.mean()),
+            "picks_whole": len(a),
+            "picks_tiled": len(b),
+            "same_position_0.1px": len(common),
+        }
     print("tiles vs whole:", json.dumps(result, indent=1))
 
 

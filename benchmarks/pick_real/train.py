@@ -25,8 +25,24 @@ if __name__ == "__main__":
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
-    config = TrainConfig(preset=args.preset, stage="1", epochs=args.epochs, batches_per_epoch=args.batches,
-                         val_batches=4, t0_epochs=args.epochs, seed=0)
+    config = TrainConfig(
+        preset=args.preset,
+        stage="1",
+        epochs=args.epochs,
+        batches_per_epoch=args.batches,
+        val_batches=4,
+        t0_epochs=args.epochs,
+        seed=0,
+    )
     specs = load_project(HERE / "empiar10017.toml")
-    print(train(specs, args.out, config, resume=args.resume,
-                on_epoch_end=lambda s, e, row: print(f"epoch {e} train {row['train_loss']:.4f} val {row['val_loss']:.4f} {row['seconds']}s", flush=True)))
+    print(
+        train(
+            specs,
+            args.out,
+            config,
+            resume=args.resume,
+            on_epoch_end=lambda s, e, row: print(
+                f"epoch {e} train {row['train_loss']:.4f} val {row['val_loss']:.4f} {row['seconds']}s", flush=True
+            ),
+        )
+    )

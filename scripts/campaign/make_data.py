@@ -143,7 +143,11 @@ def plan(structures: list[Path], out: Path, seed: int, size: int, general: int, 
         name = f"{group}-{structure_id(path)}-c{k}"
         base, _ = plan_dataset(path, out / name, SimulationConfig(), seed, name)
         config = condition(group, base.diameter, rng, size)
-        plans.append(DatasetPlan(name, base.model_path, base.chains, config, int(rng.integers(2**31)), base.diameter, base.out_dir))
+        plans.append(
+            DatasetPlan(
+                name, base.model_path, base.chains, config, int(rng.integers(2**31)), base.diameter, base.out_dir
+            )
+        )
     return plans
 
 
@@ -205,20 +209,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=18)
     parser.add_argument("--size", type=int, default=768)
     parser.add_argument("--micrographs", type=int, default=10, help="per dataset (default: %(default)s)")
-    parser.add_argument("--general", type=int, default=7, help="general conditions per structure (default: %(default)s)")
+    parser.add_argument(
+        "--general", type=int, default=7, help="general conditions per structure (default: %(default)s)"
+    )
     parser.add_argument("--hollow", type=int, default=10, help="conditions per hollow structure (default: %(default)s)")
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--only", nargs="+", metavar="ID", help="structure ids (a quick check; default: all but the held-out)")
+    parser.add_argument(
+        "--only", nargs="+", metavar="ID", help="structure ids (a quick check; default: all but the held-out)"
+    )
     args = parser.parse_args(argv)
 
-    files = [p for p in structure_files(ROOT / "data" / "structures", args.only) if structure_id(p).lower() not in HELD_OUT]
-    plans = plan(files, args.out, args.seed, args.size, args.general, args.hollow) if not args.only else [
-        p for p in plan(structure_files(ROOT / "data" / "structures"), args.out, args.seed, args.size, args.general, args.hollow)
-        if any(p.name.split("-")[1] == s for s in args.only)
+    files = [
+        p for p in structure_files(ROOT / "data" / "structures", args.only) if structure_id(p).lower() not in HELD_OUT
     ]
+    plans = (
+        plan(files, args.out, args.seed, args.size, args.general, args.hollow)
+        if not args.only
+        else [
+            p
+            for p in plan(
+                structure_files(ROOT / "data" / "structures"), args.out, args.seed, args.size, args.general, args.hollow
+            )
+            if any(p.name.split("-")[1] == s for s in args.only)
+        ]
+    )
     tasks = [(p, i) for p in plans for i in range(args.micrographs)]
     todo = [t for t in tasks if not _done(*t)]
-    print(f"campaign data: {len(plans)} datasets, {len(tasks)} micrographs, {len(todo)} to simulate into {args.out}", flush=True)
+    print(
+        f"campaign data: {len(plans)} datasets, {len(tasks)} micrographs, {len(todo)} to simulate into {args.out}",
+        flush=True,
+    )
     start = time.perf_counter()
     done = 0
     if todo:
@@ -227,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
                 done += 1
                 if done % 25 == 0 or done == len(todo):
                     rate = done / (time.perf_counter() - start)
-                    print(f"  {done}/{len(todo)} micrographs, {rate * 60:.1f}/min, {(len(todo) - done) / rate / 60:.0f} min left", flush=True)
+                    print(
+                        f"  {done}/{len(todo)} micrographs, {rate * 60:.1f}/min, {(len(todo) - done) / rate / 60:.0f} min left",
+                        flush=True,
+                    )
 
     lines = ["# Written by scripts/campaign/make_data.py: generic model v2's training data.", ""]
     for p in plans:
@@ -249,8 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         ]
     lines += real_negatives(args.out)
     atomic_write_text(args.out / "campaign.toml", "\n".join(lines))
-    print(f"project: {args.out / 'campaign.toml'} ({len(plans)} simulated datasets + real negatives); "
-          f"{done} simulated in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    print(
+        f"project: {args.out / 'campaign.toml'} ({len(plans)} simulated datasets + real negatives); "
+        f"{done} simulated in {(time.perf_counter() - start) / 60:.1f} min",
+        flush=True,
+    )
     return 0
 
 

@@ -163,5 +163,7 @@ def refine_centres(
     out = picks.copy()
     moved = total > 0
     for axis in (0, 1):
-        out[moved, axis] = np.bincount(pick, weight[anchor] * xy[anchor, axis], minlength=len(picks))[moved] / total[moved]
+        out[moved, axis] = (
+            np.bincount(pick, weight[anchor] * xy[anchor, axis], minlength=len(picks))[moved] / total[moved]
+        )
     return out

@@ -30,9 +30,9 @@ import torch
 
 from hydrapicker import __version__
 from hydrapicker.bundled import pretrained_model_path
+from hydrapicker.defaults import GENERIC
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.files import atomic_path
-from hydrapicker.defaults import GENERIC
 from hydrapicker.model import HydraPicker
 from hydrapicker.presets import ModelPreset
 
@@ -56,8 +56,17 @@ FINETUNED_STAGE = 3
 
 #: Entries that describe the model rather than the state of the run that trained it.
 MODEL_ENTRIES = (
-    "format", "version", "preset", "target_diameter_px", "anchor_stride", "normalisation", "config", "stage", "epoch", "val_loss",
-)  # fmt: skip
+    "format",
+    "version",
+    "preset",
+    "target_diameter_px",
+    "anchor_stride",
+    "normalisation",
+    "config",
+    "stage",
+    "epoch",
+    "val_loss",
+)
 
 
 @dataclass(frozen=True)
@@ -123,10 +132,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files
         detail = " ".join(str(exc).split()).split(". ")[0][:160]  # torch's zip errors run to five sentences
-        raise HydraPickerError(f"{path}: not a readable HydraPicker checkpoint, cut short or not one ({type(exc).__name__}: {detail})") from exc
+        raise HydraPickerError(
+            f"{path}: not a readable HydraPicker checkpoint, cut short or not one ({type(exc).__name__}: {detail})"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise HydraPickerError(f"{path}: not a HydraPicker checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
+        raise HydraPickerError(
+            f"{path}: not a HydraPicker checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})"
+        )
     return payload
 
 
@@ -170,7 +183,9 @@ def load_model(path: str | os.PathLike | None = None) -> tuple[HydraPicker, Mode
     return load_checkpoint(path)
 
 
-def export_generic(checkpoint: str | os.PathLike, out: str | os.PathLike, trained_on: Sequence[str] | None = None) -> dict:
+def export_generic(
+    checkpoint: str | os.PathLike, out: str | os.PathLike, trained_on: Sequence[str] | None = None
+) -> dict:
     """Write the shippable generic model: trunk + generic head (+ size head) of ``checkpoint``, nothing else.
 
     Dataset heads, optimiser and RNG state and the training log are dropped, so the file stays

@@ -67,7 +67,9 @@ def from_environment(environ: dict[str, str] | None = None) -> Launch:
             "not the integers torchrun sets"
         ) from None
     if not (launch.world_size >= 1 and 0 <= launch.rank < launch.world_size and launch.local_rank >= 0):
-        raise HydraPickerError(f"RANK={launch.rank}, WORLD_SIZE={launch.world_size}: the rank must be in [0, WORLD_SIZE)")
+        raise HydraPickerError(
+            f"RANK={launch.rank}, WORLD_SIZE={launch.world_size}: the rank must be in [0, WORLD_SIZE)"
+        )
     return launch
 
 

@@ -298,7 +298,14 @@ def write_curves(evaluation: Evaluation, out_dir: str | os.PathLike) -> list[Pat
     ap, auroc = _label(evaluation.ap), _label(evaluation.auroc)
     for name, x, y, xlabel, ylabel, title in (
         ("pr.png", evaluation.recall, evaluation.precision, "recall", "precision", f"precision-recall, AP = {ap}"),
-        ("roc.png", evaluation.fpr, evaluation.tpr, "false positive rate", "true positive rate", f"ROC, AUROC = {auroc}"),
+        (
+            "roc.png",
+            evaluation.fpr,
+            evaluation.tpr,
+            "false positive rate",
+            "true positive rate",
+            f"ROC, AUROC = {auroc}",
+        ),
     ):
         fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
         try:
@@ -312,11 +319,15 @@ def write_curves(evaluation: Evaluation, out_dir: str | os.PathLike) -> list[Pat
                 ax.plot([0, 1], [0, 1], ":", color="grey")
             ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=xlabel, ylabel=ylabel, title=title)
             ax.text(
-                0.98, 0.02,
+                0.98,
+                0.02,
                 f"{evaluation.n_picks} picks, {evaluation.n_true} true, {evaluation.tp} TP\n"
                 f"box {evaluation.box_size:g} px, IoU >= {evaluation.iou_threshold:g}",
-                transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
-            )  # fmt: skip
+                transform=ax.transAxes,
+                ha="right",
+                va="bottom",
+                fontsize=7,
+            )
             written.append(save_figure(fig, out_dir / name))
         finally:
             plt.close(fig)
@@ -333,7 +344,18 @@ def format_table(evaluation: Evaluation) -> str:
     items = list(evaluation.per_micrograph.items()) + [("all", evaluation)]
     for name, s in items:
         threshold = "n/a" if math.isnan(s.best_threshold) else f"{s.best_threshold:.4g}"
-        rows.append((name, str(s.n_true), str(s.n_picks), str(s.tp), _label(s.ap), _label(s.auroc), f"{s.best_f1:.3f}", threshold))
+        rows.append(
+            (
+                name,
+                str(s.n_true),
+                str(s.n_picks),
+                str(s.tp),
+                _label(s.ap),
+                _label(s.auroc),
+                f"{s.best_f1:.3f}",
+                threshold,
+            )
+        )
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))

@@ -32,10 +32,17 @@ import torch.nn.functional as F
 
 from hydrapicker.boxes import IGNORE, anchor_centres, encode_offsets, match_anchors
 from hydrapicker.defaults import ANCHOR_STRIDE, FOCAL_ALPHA, FOCAL_GAMMA, MATCH_IOU, PARTICLE_DIAMETER_PX
-from hydrapicker.model import HydraPicker, SIZE_STRIDE
+from hydrapicker.model import SIZE_STRIDE, HydraPicker
 
 __all__ = [
-    "distillation_loss","DetectionLoss", "detection_loss", "focal_loss", "head_bias_loss", "pu_focal_loss", "size_loss"]
+    "distillation_loss",
+    "DetectionLoss",
+    "detection_loss",
+    "focal_loss",
+    "head_bias_loss",
+    "pu_focal_loss",
+    "size_loss",
+]
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,9 @@ class DetectionLoss:
     matched: int
 
 
-def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = FOCAL_ALPHA, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = FOCAL_ALPHA, gamma: float = FOCAL_GAMMA
+) -> torch.Tensor:
     """Summed sigmoid focal loss ``-alpha_c (1 - p_c)^gamma log p_c``; ``targets`` are 0/1 floats."""
     return _focal_terms(logits, targets, alpha, gamma).sum()
 
@@ -95,7 +104,9 @@ def pu_focal_loss(
     return loss
 
 
-def _focal_terms(logits: torch.Tensor, targets: torch.Tensor, alpha: float = FOCAL_ALPHA, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
+def _focal_terms(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = FOCAL_ALPHA, gamma: float = FOCAL_GAMMA
+) -> torch.Tensor:
     """Per-anchor sigmoid focal loss ``-alpha_c (1 - p_c)^gamma log p_c`` (``targets`` 0/1 floats)."""
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p = torch.sigmoid(logits)

@@ -69,9 +69,13 @@ class Trunk(nn.Module):
         super().__init__()
         c, g = preset.trunk_channels, preset.groups
         self.stem = nn.Sequential(
-            _conv3x3(1, c), _norm(c, g), nn.ReLU(inplace=True),
-            _conv3x3(c, c), _norm(c, g), nn.ReLU(inplace=True),
-        )  # fmt: skip
+            _conv3x3(1, c),
+            _norm(c, g),
+            nn.ReLU(inplace=True),
+            _conv3x3(c, c),
+            _norm(c, g),
+            nn.ReLU(inplace=True),
+        )
         self.blocks = nn.Sequential(*(_ResidualBlock(c, g) for _ in range(preset.residual_blocks)))
         self.out_channels = c
 
@@ -87,8 +91,12 @@ class Head(nn.Module):
         layers: list[nn.Module] = []
         c_in = preset.trunk_channels
         for c_out in preset.head_channels:
-            layers += [_conv3x3(c_in, c_out, stride=2, bias=True), nn.ReLU(inplace=True), _norm(c_out, preset.groups),
-                       nn.Dropout(preset.dropout)]  # fmt: skip
+            layers += [
+                _conv3x3(c_in, c_out, stride=2, bias=True),
+                nn.ReLU(inplace=True),
+                _norm(c_out, preset.groups),
+                nn.Dropout(preset.dropout),
+            ]
             c_in = c_out
         self.blocks = nn.Sequential(*layers)
         self.predict = _conv3x3(c_in, 3, bias=True)
@@ -123,7 +131,11 @@ class SizeHead(nn.Module):
         layers: list[nn.Module] = [nn.AvgPool2d(SIZE_SHRINK, ceil_mode=True)]
         c_in = 1
         for i, c_out in enumerate(channels):
-            layers += [_conv3x3(c_in, c_out, stride=1 if i == 0 else 2, bias=True), nn.ReLU(inplace=True), _norm(c_out, groups)]
+            layers += [
+                _conv3x3(c_in, c_out, stride=1 if i == 0 else 2, bias=True),
+                nn.ReLU(inplace=True),
+                _norm(c_out, groups),
+            ]
             c_in = c_out
         self.blocks = nn.Sequential(*layers)
         self.predict = _conv3x3(c_in, 1, bias=True)
@@ -149,7 +161,9 @@ class HydraPicker(nn.Module):
     user gave wrong (:func:`hydrapicker.pick.estimate_diameter`).
     """
 
-    def __init__(self, preset: ModelPreset, head_names: tuple[str, ...] | list[str] = (), size_head: bool = False) -> None:
+    def __init__(
+        self, preset: ModelPreset, head_names: tuple[str, ...] | list[str] = (), size_head: bool = False
+    ) -> None:
         super().__init__()
         self.preset = preset
         self.trunk = Trunk(preset)

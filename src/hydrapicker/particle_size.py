@@ -38,7 +38,9 @@ class ParticleSize:
 
     def __post_init__(self) -> None:
         if (self.diameter_A is None) == (self.diameter_px is None):
-            raise HydraPickerError("give the particle diameter either in Å (with the pixel size) or in pixels, not both or neither")
+            raise HydraPickerError(
+                "give the particle diameter either in Å (with the pixel size) or in pixels, not both or neither"
+            )
 
     @property
     def in_angstrom(self) -> bool:
@@ -63,7 +65,9 @@ class ParticleSize:
             return rescale_factor(1.0, self.diameter_px, target_diameter_px)
         pixel_size = self.pixel_size if self.pixel_size is not None else file_pixel_size
         if pixel_size is None:
-            raise HydraPickerError(f"a particle diameter of {self.diameter_A} Å needs the pixel size (--pixel-size, Å/px)")
+            raise HydraPickerError(
+                f"a particle diameter of {self.diameter_A} Å needs the pixel size (--pixel-size, Å/px)"
+            )
         return rescale_factor(pixel_size, self.diameter_A, target_diameter_px)  # type: ignore[arg-type]
 
     def diameter_in_px(self, file_pixel_size: float | None = None) -> float:

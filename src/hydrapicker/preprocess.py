@@ -170,4 +170,3 @@ def normalise_micrograph(image: np.ndarray, diameter_px: float) -> np.ndarray:
     out -= out.mean()
     std = float(out.std())
     return (out / std if std > 0 else out).astype(np.float32, copy=False)
-

@@ -43,7 +43,7 @@ class ModelPreset:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelPreset":
+    def from_dict(cls, data: dict) -> ModelPreset:
         data = dict(data)
         data["head_channels"] = tuple(data["head_channels"])
         return cls(**data)

@@ -37,11 +37,11 @@ import pandas as pd
 import starfile
 
 from hydrapicker.errors import HydraPickerError
-from hydrapicker.io.star import write_star
 from hydrapicker.io.micrograph import micrograph_stem
-from hydrapicker.picking.picker import Picker, PickSettings
-from hydrapicker.picking.runner import pick_files, PickReport
 from hydrapicker.io.run_folder import output_paths
+from hydrapicker.io.star import write_star
+from hydrapicker.picking.picker import Picker, PickSettings
+from hydrapicker.picking.runner import PickReport, pick_files
 
 __all__ = [
     "COORDINATE_LIST",
@@ -66,7 +66,11 @@ COORDINATES_NODE_TYPE = "MicrographCoordsGroup.star.relion.autopick"
 OUTPUT_NODES = "RELION_OUTPUT_NODES.star"
 
 #: Exit markers by outcome, and the file through which RELION asks a running job to stop.
-_MARKERS = {"success": "RELION_JOB_EXIT_SUCCESS", "failure": "RELION_JOB_EXIT_FAILURE", "aborted": "RELION_JOB_EXIT_ABORTED"}
+_MARKERS = {
+    "success": "RELION_JOB_EXIT_SUCCESS",
+    "failure": "RELION_JOB_EXIT_FAILURE",
+    "aborted": "RELION_JOB_EXIT_ABORTED",
+}
 _ABORT_NOW = "RELION_JOB_ABORT_NOW"
 
 
@@ -150,7 +154,11 @@ def write_coordinate_list(path: str | os.PathLike, entries: Sequence[tuple[str, 
         raise HydraPickerError(f"{path}: RELION's Extract reads a name with 'coords_suffix' as the old suffix scheme")
     write_star(
         path,
-        {"coordinate_files": pd.DataFrame({"rlnMicrographName": [m for m, _ in entries], "rlnMicrographCoordinates": [c for _, c in entries]})},
+        {
+            "coordinate_files": pd.DataFrame(
+                {"rlnMicrographName": [m for m, _ in entries], "rlnMicrographCoordinates": [c for _, c in entries]}
+            )
+        },
     )
 
 
@@ -159,7 +167,11 @@ def write_output_nodes(job_dir: str | os.PathLike, nodes: Sequence[tuple[str, st
     path = Path(job_dir) / OUTPUT_NODES
     write_star(
         path,
-        {"output_nodes": pd.DataFrame({"rlnPipeLineNodeName": [n for n, _ in nodes], "rlnPipeLineNodeTypeLabel": [t for _, t in nodes]})},
+        {
+            "output_nodes": pd.DataFrame(
+                {"rlnPipeLineNodeName": [n for n, _ in nodes], "rlnPipeLineNodeTypeLabel": [t for _, t in nodes]}
+            )
+        },
     )
     return path
 
@@ -201,7 +213,9 @@ def run_external_job(
     for mic in micrographs:
         stem = micrograph_stem(mic.path)
         if stem in stems and stems[stem] != mic.name:
-            raise HydraPickerError(f"{in_mics}: {stems[stem]} and {mic.name} have the same file name: their picks would collide")
+            raise HydraPickerError(
+                f"{in_mics}: {stems[stem]} and {mic.name} have the same file name: their picks would collide"
+            )
         stems[stem] = mic.name
     out_dir = Path(project_dir) / job_dir
     groups: dict[float | None, list[RelionMicrograph]] = {}
@@ -219,8 +233,16 @@ def run_external_job(
         paths = list(dict.fromkeys(m.path for m in members))
         picker.check_paths(paths)
         part = pick_files(
-            paths, out_dir, picker, ("star",), workers=workers, overwrite=overwrite, progress=False, log=log, stop=aborted
-        )  # fmt: skip
+            paths,
+            out_dir,
+            picker,
+            ("star",),
+            workers=workers,
+            overwrite=overwrite,
+            progress=False,
+            log=log,
+            stop=aborted,
+        )
         report.add(part)
         report.seconds += part.seconds
         if aborted():

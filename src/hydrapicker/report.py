@@ -34,9 +34,8 @@ from hydrapicker.defaults import CANDIDATE_FLOOR, PICK_THRESHOLD
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.coordinates import read_picks
 from hydrapicker.io.files import atomic_write_text
-from hydrapicker.io.micrograph import micrograph_stem, read_micrograph
+from hydrapicker.io.micrograph import expand_micrographs, micrograph_stem, read_micrograph
 from hydrapicker.io.picks import Picks
-from hydrapicker.io.micrograph import expand_micrographs
 from hydrapicker.picking.overlay import overlay_image
 
 __all__ = ["REPORT_NAME", "RunPicks", "read_run_picks", "write_report"]
@@ -81,13 +80,13 @@ def _micrograph_paths(picks_dir: Path, patterns: Sequence[str | os.PathLike] | N
     if patterns is None:
         patterns = options.get("micrographs")
         if not patterns:
-            raise HydraPickerError(
-                f"{picks_dir}: no command.json naming the micrographs; give them with --micrographs"
-            )
+            raise HydraPickerError(f"{picks_dir}: no command.json naming the micrographs; give them with --micrographs")
         try:
             paths = expand_micrographs(patterns)
         except HydraPickerError as exc:
-            raise HydraPickerError(f"{picks_dir}/command.json: {exc} (give the micrographs with --micrographs)") from exc
+            raise HydraPickerError(
+                f"{picks_dir}/command.json: {exc} (give the micrographs with --micrographs)"
+            ) from exc
     else:
         paths = expand_micrographs(patterns)
     return {micrograph_stem(p): Path(p) for p in paths}
@@ -107,7 +106,9 @@ def read_run_picks(
     sources = {p.stem: p for p in sorted((picks_dir / "csv").glob("*.csv"))}
     sources.update({p.stem: p for p in sorted((picks_dir / "candidates").glob("*.csv"))})  # candidates win
     if not sources:
-        raise HydraPickerError(f"{picks_dir}: no picks in csv/ or candidates/ (run `hydrapicker pick --out {picks_dir}` first)")
+        raise HydraPickerError(
+            f"{picks_dir}: no picks in csv/ or candidates/ (run `hydrapicker pick --out {picks_dir}` first)"
+        )
     options = _run_options(picks_dir)
     paths = _micrograph_paths(picks_dir, micrographs, options)
     out = []
@@ -190,7 +191,9 @@ def write_report(
     """
     picks_dir = Path(picks_dir)
     if thumbnails < 0 or thumbnail_size < 16:
-        raise HydraPickerError(f"thumbnails must be >= 0 and thumbnail size >= 16 px, got {thumbnails} and {thumbnail_size}")
+        raise HydraPickerError(
+            f"thumbnails must be >= 0 and thumbnail size >= 16 px, got {thumbnails} and {thumbnail_size}"
+        )
     runs, options = read_run_picks(picks_dir, micrographs)
     fallback_box = _box_size(options, box_size)
     if threshold is None:
@@ -210,8 +213,11 @@ def write_report(
         entry = {
             "name": p.micrograph,
             "counts": (len(ordered) - np.searchsorted(ordered, grid, side="left")).tolist(),  # scores >= each position
-            "n": len(p), "box": p.box_size or fallback_box, "src": None, "factor": 1,
-        }  # fmt: skip
+            "n": len(p),
+            "box": p.box_size or fallback_box,
+            "src": None,
+            "factor": 1,
+        }
         if run.path is None:
             missing.append(p.micrograph)
         elif i < thumbnails:
@@ -226,18 +232,24 @@ def write_report(
         low=f"{low:.6g}",
         step=SLIDER_STEP,
         threshold=f"{grid[int(np.clip(round((threshold - low) / SLIDER_STEP), 0, len(grid) - 1))]:.6g}",
-        source="candidates (every score down to the floor)" if any(r.source.parent.name == "candidates" for r in runs)
+        source="candidates (every score down to the floor)"
+        if any(r.source.parent.name == "candidates" for r in runs)
         else "csv (the picks at the run's threshold only)",
-        missing=(f"<p class=\"warn\">No micrograph file found for {len(missing)} of them: "
-                 f"{html.escape(', '.join(missing[:10]))}{' ...' if len(missing) > 10 else ''}</p>") if missing else "",
+        missing=(
+            f'<p class="warn">No micrograph file found for {len(missing)} of them: '
+            f"{html.escape(', '.join(missing[:10]))}{' ...' if len(missing) > 10 else ''}</p>"
+        )
+        if missing
+        else "",
         histogram=_histogram_svg(scores, low),
         rows="".join(
             f'<tr><td>{html.escape(e["name"])}</td><td class="count" data-name="{html.escape(e["name"])}"></td>'
-            f'<td>{e["n"]}</td></tr>' for e in entries
+            f"<td>{e['n']}</td></tr>"
+            for e in entries
         ),
         data=json.dumps(entries, separators=(",", ":")).replace("</", "<\\/"),
-        stamp=html.escape(f"hydrapicker {__version__}, {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}"),
-    )  # fmt: skip
+        stamp=html.escape(f"hydrapicker {__version__}, {_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')}"),
+    )
     target = Path(out) if out is not None else picks_dir / REPORT_NAME
     atomic_write_text(target, page)
     return target

@@ -79,7 +79,9 @@ def read_candidates(out_dir: str | os.PathLike) -> dict[str, Picks]:
         try:
             info = json.loads(sidecar.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise HydraPickerError(f"{sidecar}: missing or unreadable ({exc}); pick {stem} again with --overwrite") from exc
+            raise HydraPickerError(
+                f"{sidecar}: missing or unreadable ({exc}); pick {stem} again with --overwrite"
+            ) from exc
         picks = read_picks(table, "csv", micrograph=stem)[stem]
         shape = tuple(info["shape"]) if info.get("shape") is not None else None
         candidates[stem] = Picks(stem, picks.x, picks.y, picks.score, info.get("box_size"), shape)  # type: ignore[arg-type]
@@ -178,7 +180,9 @@ def format_summary(candidates: dict[str, Picks], suggested: float, current: floa
     per_micrograph = picks_per_micrograph(candidates, thresholds)
     first_empty = int(np.argmax(per_micrograph == 0)) if np.any(per_micrograph == 0) else len(thresholds)
     for k, (t, per) in enumerate(zip(thresholds, per_micrograph)):
-        notes = [name for name, value in (("suggested", suggested), ("current", current)) if value is not None and t == value]
+        notes = [
+            name for name, value in (("suggested", suggested), ("current", current)) if value is not None and t == value
+        ]
         if k > first_empty and not notes:
             continue  # the rows after the first without picks say nothing more
         lines.append(f"  {t:9.3f}  {per:16.1f}  {int(round(per * len(candidates))):5d}  {', '.join(notes)}".rstrip())
@@ -192,7 +196,9 @@ def format_summary(candidates: dict[str, Picks], suggested: float, current: floa
     return "\n".join(lines)
 
 
-def write_plots(candidates: dict[str, Picks], folder: str | os.PathLike, suggested: float, current: float | None) -> list[Path]:
+def write_plots(
+    candidates: dict[str, Picks], folder: str | os.PathLike, suggested: float, current: float | None
+) -> list[Path]:
     """Write ``score_histogram.png`` and ``picks_per_micrograph.png`` into ``folder``, atomically."""
     import matplotlib
 
@@ -208,7 +214,12 @@ def write_plots(candidates: dict[str, Picks], folder: str | os.PathLike, suggest
         try:
             if name == "score_histogram.png":
                 ax.hist(scores, bins=np.linspace(0, 1, 101), color="grey")
-                ax.set(yscale="log", xlabel="score", ylabel="candidates", title=f"{len(scores)} candidates, {len(candidates)} micrographs")
+                ax.set(
+                    yscale="log",
+                    xlabel="score",
+                    ylabel="candidates",
+                    title=f"{len(scores)} candidates, {len(candidates)} micrographs",
+                )
             else:
                 ax.plot(grid, picks_per_micrograph(candidates, grid))
                 ax.set(yscale="log", xlabel="threshold", ylabel="picks per micrograph", title="picks per micrograph")
@@ -275,7 +286,7 @@ def rewrite_outputs(out_dir: str | os.PathLike, threshold: float) -> Rewrite:
     record = {
         "threshold": threshold,
         "previous": previous,
-        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "suggested": _json_float(suggest_threshold(candidates)),
         "rule": RULE,
     }

@@ -30,9 +30,19 @@ def test_scores_star_picks_against_bundled_labels_and_writes_json_and_plots(bgal
     picks = _jittered(truth)
     write_picks(tmp_path / "picks.star", picks)
     status = cli.main(
-        ["evaluate", str(tmp_path / "picks.star"), "--truth", *map(str, labels), "--box", "27",
-         "--json", str(tmp_path / "out" / "scores.json"), "--plots", str(tmp_path / "out" / "plots")]
-    )  # fmt: skip
+        [
+            "evaluate",
+            str(tmp_path / "picks.star"),
+            "--truth",
+            *map(str, labels),
+            "--box",
+            "27",
+            "--json",
+            str(tmp_path / "out" / "scores.json"),
+            "--plots",
+            str(tmp_path / "out" / "plots"),
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     for name in truth:
@@ -46,14 +56,26 @@ def test_scores_star_picks_against_bundled_labels_and_writes_json_and_plots(bgal
 
 
 def test_any_format_pairs_by_micrograph_name(tmp_path, capsys):
-    truth = {"mic_a": Picks("mic_a", [50, 150], [50, 150], box_size=20), "mic_b": Picks("mic_b", [80], [90], box_size=20)}
+    truth = {
+        "mic_a": Picks("mic_a", [50, 150], [50, 150], box_size=20),
+        "mic_b": Picks("mic_b", [80], [90], box_size=20),
+    }
     for p in truth.values():
         write_picks(tmp_path / f"{p.micrograph}.box", p)  # truth: one BOX per micrograph
     write_picks(tmp_path / "picks.txt", [Picks("mic_a", [51, 300], [50, 300], [0.9, 0.1])])  # picks: Topaz
     status = cli.main(
-        ["evaluate", str(tmp_path / "picks.txt"), "--truth", str(tmp_path / "mic_a.box"), str(tmp_path / "mic_b.box"),
-         "--box", "20", "--json", str(tmp_path / "s.json")]
-    )  # fmt: skip
+        [
+            "evaluate",
+            str(tmp_path / "picks.txt"),
+            "--truth",
+            str(tmp_path / "mic_a.box"),
+            str(tmp_path / "mic_b.box"),
+            "--box",
+            "20",
+            "--json",
+            str(tmp_path / "s.json"),
+        ]
+    )
     assert status == 0
     scores = json.loads((tmp_path / "s.json").read_text())
     assert (scores["n_true"], scores["n_picks"], scores["tp"]) == (3, 2, 1)
@@ -63,8 +85,18 @@ def test_any_format_pairs_by_micrograph_name(tmp_path, capsys):
 def test_picks_on_unlabelled_micrograph_fail_in_one_line_and_write_nothing(tmp_path, capsys):
     write_picks(tmp_path / "truth.csv", [Picks("mic_a", [50], [50])])
     write_picks(tmp_path / "picks.csv", [Picks("mic_a", [50], [50]), Picks("mic_zz", [5], [5])])
-    args = ["evaluate", str(tmp_path / "picks.csv"), "--truth", str(tmp_path / "truth.csv"), "--box", "20",
-            "--json", str(tmp_path / "out" / "s.json"), "--plots", str(tmp_path / "out" / "plots")]  # fmt: skip
+    args = [
+        "evaluate",
+        str(tmp_path / "picks.csv"),
+        "--truth",
+        str(tmp_path / "truth.csv"),
+        "--box",
+        "20",
+        "--json",
+        str(tmp_path / "out" / "s.json"),
+        "--plots",
+        str(tmp_path / "out" / "plots"),
+    ]
     status = cli.main(args)
     err = capsys.readouterr().err
     assert status == 1
@@ -78,9 +110,17 @@ def test_malformed_picks_file_fails_in_one_line_naming_it(tmp_path, capsys):
     write_picks(tmp_path / "truth.csv", [Picks("mic_a", [50], [50])])
     (tmp_path / "picks.star").write_text("data_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n1 oops\n")
     status = cli.main(
-        ["evaluate", str(tmp_path / "picks.star"), "--truth", str(tmp_path / "truth.csv"), "--box", "20",
-         "--json", str(tmp_path / "s.json")]
-    )  # fmt: skip
+        [
+            "evaluate",
+            str(tmp_path / "picks.star"),
+            "--truth",
+            str(tmp_path / "truth.csv"),
+            "--box",
+            "20",
+            "--json",
+            str(tmp_path / "s.json"),
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 1
     assert err.count("\n") == 1 and "picks.star" in err and "oops" in err
@@ -91,7 +131,17 @@ def test_micrograph_in_two_truth_files_is_an_error_naming_both(tmp_path, capsys)
     write_picks(tmp_path / "t1.csv", [Picks("mic_a", [50], [50])])
     write_picks(tmp_path / "t2.csv", [Picks("mic_a", [60], [60])])
     write_picks(tmp_path / "p.csv", [Picks("mic_a", [50], [50])])
-    status = cli.main(["evaluate", str(tmp_path / "p.csv"), "--truth", str(tmp_path / "t1.csv"), str(tmp_path / "t2.csv"), "--box", "20"])
+    status = cli.main(
+        [
+            "evaluate",
+            str(tmp_path / "p.csv"),
+            "--truth",
+            str(tmp_path / "t1.csv"),
+            str(tmp_path / "t2.csv"),
+            "--box",
+            "20",
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 1 and "t1.csv" in err and "t2.csv" in err
 
@@ -100,8 +150,18 @@ def test_named_format_overrides_the_suffix(tmp_path, capsys):
     (tmp_path / "truth.dat").write_text("micrograph,x,y\nm,10,10\n")
     (tmp_path / "picks.dat").write_text("image_name\tx_coord\ty_coord\tscore\nm\t10\t10\t1\n")
     status = cli.main(
-        ["evaluate", str(tmp_path / "picks.dat"), "--picks-format", "topaz", "--truth", str(tmp_path / "truth.dat"),
-         "--truth-format", "csv", "--box", "8"]
-    )  # fmt: skip
+        [
+            "evaluate",
+            str(tmp_path / "picks.dat"),
+            "--picks-format",
+            "topaz",
+            "--truth",
+            str(tmp_path / "truth.dat"),
+            "--truth-format",
+            "csv",
+            "--box",
+            "8",
+        ]
+    )
     assert status == 0
     assert "1.000" in capsys.readouterr().out

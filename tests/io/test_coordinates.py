@@ -125,8 +125,14 @@ def test_invert_y_round_trips(tmp_path, fmt):
 
 def test_guess_format_from_suffix():
     assert [guess_format(f"a{s}") for s in (".star", ".box", ".cbox", ".txt", ".tsv", ".cs", ".csv")] == [
-        "star", "box", "cbox", "topaz", "topaz", "cs", "csv",
-    ]  # fmt: skip
+        "star",
+        "box",
+        "cbox",
+        "topaz",
+        "topaz",
+        "cs",
+        "csv",
+    ]
     with pytest.raises(HydraPickerError, match="a.json"):
         guess_format("a.json")
 
@@ -226,9 +232,18 @@ def test_cbox_corner_columns_and_confidence(tmp_path):
     blocks = starfile.read(tmp_path / "out.cbox", always_dict=True)
     assert str(blocks["global"]["cbox_format_version"]) in ("1.0", "1")
     assert list(blocks["cryolo"].columns) == [
-        "CoordinateX", "CoordinateY", "CoordinateZ", "Width", "Height", "Depth",
-        "EstWidth", "EstHeight", "Confidence", "NumBoxes", "Angle",
-    ]  # fmt: skip
+        "CoordinateX",
+        "CoordinateY",
+        "CoordinateZ",
+        "Width",
+        "Height",
+        "Depth",
+        "EstWidth",
+        "EstHeight",
+        "Confidence",
+        "NumBoxes",
+        "Angle",
+    ]
     np.testing.assert_allclose(blocks["cryolo"]["CoordinateX"], [4472.5, 2.5])
 
 
@@ -292,7 +307,9 @@ def test_relion_per_micrograph_coordinate_file(tmp_path):
 
 def test_relion_coordinate_file_list_is_refused_with_a_hint(tmp_path):
     path = tmp_path / "autopick.star"
-    path.write_text("data_coordinate_files\n\nloop_\n_rlnMicrographName #1\n_rlnMicrographCoordinates #2\na.mrc a.star\n")
+    path.write_text(
+        "data_coordinate_files\n\nloop_\n_rlnMicrographName #1\n_rlnMicrographCoordinates #2\na.mrc a.star\n"
+    )
     with pytest.raises(HydraPickerError, match="autopick.star: .*coordinate files"):
         read_picks(path)
 
@@ -370,10 +387,18 @@ def test_missing_file_is_refused_naming_it(tmp_path):
         ("box", "1\tnan\t20\t20\n", "row 1: y is nan"),
         ("box", "Micrograph_Name X_Coordinate Y_Coordinate Class\n", "row 1: x is not a number"),
         ("star", "data_\n\nloop_\n_rlnCoordinateX #1\n_rlnOther #2\n1 2\n", "no _rlnCoordinateY"),
-        ("star", "data_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n1 abc\n", "row 1: _rlnCoordinateY is not a number"),
+        (
+            "star",
+            "data_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n1 abc\n",
+            "row 1: _rlnCoordinateY is not a number",
+        ),
         ("star", "data_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n1 nan\n", "row 1: y is nan"),
         ("star", "data_\n\nloop_\n_rlnAngleRot #1\n1\n", "no block with _rlnCoordinateX"),
-        ("cbox", "data_cryolo\n\nloop_\n_CoordinateX #1\n_CoordinateY #2\n_Width #3\n_Height #4\n1 2 -3 -3\n", "_Width must be"),
+        (
+            "cbox",
+            "data_cryolo\n\nloop_\n_CoordinateX #1\n_CoordinateY #2\n_Width #3\n_Height #4\n1 2 -3 -3\n",
+            "_Width must be",
+        ),
         ("cbox", "data_global\n\n_cbox_format_version 1.0\n", "no data_cryolo block"),
     ],
 )
@@ -390,7 +415,9 @@ def test_malformed_content_gives_one_line_naming_file_and_row_or_field(tmp_path,
 def test_coordinates_outside_a_known_shape_are_refused(tmp_path, fmt):
     path = tmp_path / f"m{SUFFIX[fmt]}"
     write_picks(path, Picks("m", [10, 500], [10, 20], box_size=10))
-    with pytest.raises(HydraPickerError, match=r"row \d+: particle at \(x=500, y=20\) lies outside micrograph 'm' of 400 x 300"):
+    with pytest.raises(
+        HydraPickerError, match=r"row \d+: particle at \(x=500, y=20\) lies outside micrograph 'm' of 400 x 300"
+    ):
         read_picks(path, shape=SHAPE)
 
 
@@ -480,7 +507,9 @@ _VOCABULARY = {
     "cbox": ["_CoordinateX", "_CoordinateY", "_Width", "_Height", "_Confidence"],
     "box": [],
 }
-_CELLS = st.sampled_from(["1", "-2.5", "0", "nan", "inf", "-inf", "", "abc", "1e400", "<NA>", "a.mrc", "3", "299", "1e-300"])
+_CELLS = st.sampled_from(
+    ["1", "-2.5", "0", "nan", "inf", "-inf", "", "abc", "1e400", "<NA>", "a.mrc", "3", "299", "1e-300"]
+)
 
 
 @st.composite
@@ -536,11 +565,16 @@ def test_property_cs_garbage_raises_only_our_error(data):
             st.lists(
                 st.sampled_from(
                     [
-                        ("location/center_x_frac", "<f4"), ("location/center_y_frac", "<f8"),
-                        ("location/center_x_frac", "S4"), ("location/micrograph_shape", "<u4", (2,)),
-                        ("location/micrograph_shape", "<i4"), ("location/micrograph_path", "S8"),
-                        ("pick_stats/ncc_score", "<f4"), ("location/center_y_frac", "<f4", (3,)), ("uid", "<u8"),
-                    ]  # fmt: skip
+                        ("location/center_x_frac", "<f4"),
+                        ("location/center_y_frac", "<f8"),
+                        ("location/center_x_frac", "S4"),
+                        ("location/micrograph_shape", "<u4", (2,)),
+                        ("location/micrograph_shape", "<i4"),
+                        ("location/micrograph_path", "S8"),
+                        ("pick_stats/ncc_score", "<f4"),
+                        ("location/center_y_frac", "<f4", (3,)),
+                        ("uid", "<u8"),
+                    ]
                 ),
                 max_size=6,
                 unique_by=lambda f: f[0],

@@ -16,14 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _synthetic import gaussian_spots
+
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
-from hydrapicker.picking.picker import Picker, PickSettings, Prepared
 from hydrapicker.io.run_folder import output_paths
+from hydrapicker.picking.picker import Picker, PickSettings, Prepared
 from hydrapicker.picking.runner import pick_files
 
-dataset = pytest.importorskip("cryosparc.dataset", reason="cryosparc-tools is in the test extra: pip install -e '.[test]'")
+dataset = pytest.importorskip(
+    "cryosparc.dataset", reason="cryosparc-tools is in the test extra: pip install -e '.[test]'"
+)
 cs_mrc = pytest.importorskip("cryosparc.mrc", reason="cryosparc-tools is in the test extra")
 
 # Bright spots at known (x = column, y = row) on micrographs taller than wide and wider than tall.
@@ -74,9 +76,14 @@ def test_cs_file_loads_in_cryosparc_tools_with_the_particle_location_fields(pick
         particles = dataset.Dataset.load(output_paths(out, name, ("cs",))["cs"])
         fields = set(particles.fields())
         for field in (
-            "uid", "location/micrograph_uid", "location/micrograph_path", "location/micrograph_shape",
-            "location/center_x_frac", "location/center_y_frac", "pick_stats/ncc_score",
-        ):  # fmt: skip
+            "uid",
+            "location/micrograph_uid",
+            "location/micrograph_path",
+            "location/micrograph_shape",
+            "location/center_x_frac",
+            "location/center_y_frac",
+            "pick_stats/ncc_score",
+        ):
             assert field in fields, field
         assert len(particles) == len(_SPOTS[name][1])
         assert len(set(particles["uid"].tolist())) == len(particles)  # CryoSPARC keys rows by uid
@@ -88,7 +95,7 @@ def test_cs_file_loads_in_cryosparc_tools_with_the_particle_location_fields(pick
 def test_cryosparc_reads_the_picked_pixel_at_center_frac_times_its_own_micrograph_shape(picked):
     """Shape [ny, nx] and y = row as cryoSPARC itself reads the MRC: each location lands on its spot."""
     out, mics = picked
-    for name, (shape, spots) in _SPOTS.items():
+    for name, (_shape, spots) in _SPOTS.items():
         particles = dataset.Dataset.load(output_paths(out, name, ("cs",))["cs"])
         _, data = cs_mrc.read(mics[name])
         image = data.reshape(data.shape[-2:])

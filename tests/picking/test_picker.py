@@ -8,30 +8,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _synthetic import checkpoint_dict, gaussian_spots, spread_tiny_model, write_checkpoint
 
-from _synthetic import gaussian_spots, spread_tiny_model, write_checkpoint
-from hydrapicker.particle_size import ParticleSize
 from hydrapicker import checkpoint as checkpoint_module
+from hydrapicker.checkpoint import ModelMeta, save_checkpoint
+from hydrapicker.cli import main as cli_main
+from hydrapicker.defaults import GENERIC
+from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
+from hydrapicker.io.run_folder import output_paths
+from hydrapicker.model import HydraPicker, SizeHead
+from hydrapicker.particle_size import ParticleSize
 from hydrapicker.picking import picker as picker_module
 from hydrapicker.picking import size as size_module
-from hydrapicker.picking.size import confident_log_sizes, estimate_diameter, size_corrected_outputs
-from hydrapicker.preprocess import prepare_micrograph
-from hydrapicker.picking.inference import size_map as real_size_map
-from hydrapicker.picking.picker import pick_micrograph
-from hydrapicker.cli import main as cli_main
-from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
-from hydrapicker.defaults import GENERIC
-from hydrapicker.model import HydraPicker, SizeHead
-from hydrapicker.picking.overlay import OVERLAY_COLOUR
-from hydrapicker.picking.picker import Picker, PickSettings, Prepared
-from hydrapicker.picking.size import estimate_size_correction
-from hydrapicker.picking.inference import head_outputs, tile_margin, tile_spans
-from hydrapicker.io.run_folder import output_paths
-from hydrapicker.picking.runner import pick_files
 from hydrapicker.picking.decode import picks_from_outputs
-from hydrapicker.checkpoint import ModelMeta, save_checkpoint
+from hydrapicker.picking.inference import head_outputs, tile_margin, tile_spans
+from hydrapicker.picking.inference import size_map as real_size_map
+from hydrapicker.picking.overlay import OVERLAY_COLOUR
+from hydrapicker.picking.picker import Picker, PickSettings, Prepared, pick_micrograph
+from hydrapicker.picking.runner import pick_files
+from hydrapicker.picking.size import (
+    confident_log_sizes,
+    estimate_diameter,
+    estimate_size_correction,
+    size_corrected_outputs,
+)
+from hydrapicker.preprocess import prepare_micrograph
 from hydrapicker.training.config import TrainConfig
-from _synthetic import checkpoint_dict
 
 FORMATS = ("star", "box", "cbox", "topaz", "cs", "csv")
 
@@ -41,7 +43,9 @@ def _tiny_model(seed: int = 0) -> HydraPicker:
 
 
 def _meta(model: HydraPicker) -> ModelMeta:
-    return ModelMeta(preset=model.preset, head_names=model.head_names, target_diameter_px=40.0, anchor_stride=model.stride)
+    return ModelMeta(
+        preset=model.preset, head_names=model.head_names, target_diameter_px=40.0, anchor_stride=model.stride
+    )
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +86,7 @@ def test_tile_spans_partition_the_anchor_grid_on_stride_aligned_tiles():
         spans = tile_spans(length, 160, 48, 16)
         covered = [a for _, _, first, last in spans for a in range(first, last)]
         assert covered == list(range(-(-length // 16)))
-        assert len(spans) == -(-(-(-length // 16)) // 4)  # as few tiles as hold 4 trusted anchors each
+        assert len(spans) == -(-(-(-length // 16)) // 4)  # noqa: B002  # as few tiles as hold 4 trusted anchors each
         for start, stop, first, last in spans:
             assert start % 16 == 0 and stop - start <= 160
             assert first * 16 - start >= 48 or start == 0  # receptive field inside the tile ...
@@ -102,7 +106,10 @@ def whole_image():
 def test_tiled_picks_equal_whole_image_picks(whole_image):
     model, image, whole = whole_image
     tile = 160
-    assert len(tile_spans(200, tile, tile_margin(model), 16)) > 2 and len(tile_spans(170, tile, tile_margin(model), 16)) > 2
+    assert (
+        len(tile_spans(200, tile, tile_margin(model), 16)) > 2
+        and len(tile_spans(170, tile, tile_margin(model), 16)) > 2
+    )
     tiled = head_outputs(model, image, tile_size=tile, stats_size=1024)
     assert whole.shape == tiled.shape == (3, 13, 11)
     meta = _meta(model)
@@ -207,22 +214,35 @@ def test_a_size_head_corrects_the_given_diameter_within_its_range(looks, box):
     image = _blobs((160, 160), np.array([[50.0, 50.0], [110.0, 100.0]]), 20)
     picks = pick_micrograph(model, _meta(model), image, PickSettings(ParticleSize(diameter_px=40.0), threshold=0.0))
     assert picks.box_size == pytest.approx(box, rel=1e-6)
-    fixed = pick_micrograph(model, _meta(model), image, PickSettings(ParticleSize(diameter_px=40.0), threshold=0.0, correct_size=False))
+    fixed = pick_micrograph(
+        model, _meta(model), image, PickSettings(ParticleSize(diameter_px=40.0), threshold=0.0, correct_size=False)
+    )
     assert fixed.box_size == pytest.approx(40.0)
     for passes in (0, 1):  # one pass at the diameter given (0 used to fall through every pass)
         _, scale = size_corrected_outputs(model, _meta(model), image, 1.0, passes=passes)
         assert scale == 1.0
     model.add_head("sample")  # a dataset's own head picks at the labelled size: never corrected
-    named = pick_micrograph(model, _meta(model), image, PickSettings(ParticleSize(diameter_px=40.0), head="sample", threshold=0.0))
+    named = pick_micrograph(
+        model, _meta(model), image, PickSettings(ParticleSize(diameter_px=40.0), head="sample", threshold=0.0)
+    )
     assert named.box_size == pytest.approx(40.0)
 
 
 def test_a_set_of_micrographs_gets_one_correction_pooled_over_all_their_confident_cells(monkeypatch):
     model = _constant_size_model(0.0)
-    images = [_blobs(shape, np.array([[50.0, 50.0], [110.0, 100.0]]), 20, seed=i) for i, shape in enumerate([(160, 160), (160, 224)])]
+    images = [
+        _blobs(shape, np.array([[50.0, 50.0], [110.0, 100.0]]), 20, seed=i)
+        for i, shape in enumerate([(160, 160), (160, 224)])
+    ]
     looks = {(5, 5): 1.3, (5, 7): 1.0}  # by size-map shape: the first micrograph's particles look larger
-    monkeypatch.setattr(size_module, "size_map", lambda model, image, device="cpu": torch.full(
-        (-(-image.shape[0] // 32), -(-image.shape[1] // 32)), float(np.log(looks[(-(-image.shape[0] // 32), -(-image.shape[1] // 32))]))))
+    monkeypatch.setattr(
+        size_module,
+        "size_map",
+        lambda model, image, device="cpu": torch.full(
+            (-(-image.shape[0] // 32), -(-image.shape[1] // 32)),
+            float(np.log(looks[(-(-image.shape[0] // 32), -(-image.shape[1] // 32))])),
+        ),
+    )
     cells = []
     for image in images:
         outputs = head_outputs(model, prepare_micrograph(image, 1.0, 40.0), GENERIC)
@@ -298,15 +318,44 @@ def test_star_files_have_relion_column_names(checkpoint, micrographs, tmp_path):
     import starfile
 
     out = tmp_path / "out"
-    assert _run(micrographs[0], "--out", out, "--model", checkpoint, "--diameter-px", 40, "--threshold", 0.0, "--format", "star") == 0
+    assert (
+        _run(
+            micrographs[0],
+            "--out",
+            out,
+            "--model",
+            checkpoint,
+            "--diameter-px",
+            40,
+            "--threshold",
+            0.0,
+            "--format",
+            "star",
+        )
+        == 0
+    )
     table = starfile.read(out / "star" / f"{micrographs[0].stem}.star")
     assert {"rlnCoordinateX", "rlnCoordinateY", "rlnAutopickFigureOfMerit"} <= set(table.columns)
     assert len(table) > 0
 
 
-def test_rerun_skips_complete_outputs_and_redoes_a_micrograph_whose_output_is_missing(checkpoint, micrographs, tmp_path):
+def test_rerun_skips_complete_outputs_and_redoes_a_micrograph_whose_output_is_missing(
+    checkpoint, micrographs, tmp_path
+):
     out = tmp_path / "out"
-    args = (*micrographs, "--out", out, "--model", checkpoint, "--diameter-px", 40, "--threshold", 0.0, "--format", "star,box")
+    args = (
+        *micrographs,
+        "--out",
+        out,
+        "--model",
+        checkpoint,
+        "--diameter-px",
+        40,
+        "--threshold",
+        0.0,
+        "--format",
+        "star,box",
+    )
     assert _run(*args) == 0
     first, second = (output_paths(out, p.stem, ("star", "box")) for p in micrographs)
     before = {p: p.stat().st_mtime_ns for p in [*first.values(), *second.values()]}
@@ -326,7 +375,9 @@ def test_rerun_skips_complete_outputs_and_redoes_a_micrograph_whose_output_is_mi
         np.testing.assert_array_equal(every[path.stem].x, single.x)
 
 
-def test_corrupt_micrograph_is_reported_and_skipped_while_the_others_are_picked(checkpoint, micrographs, tmp_path, capsys):
+def test_corrupt_micrograph_is_reported_and_skipped_while_the_others_are_picked(
+    checkpoint, micrographs, tmp_path, capsys
+):
     bad = micrographs[0].parent / "broken.mrc"
     bad.write_bytes(micrographs[0].read_bytes()[:1500])  # truncated
     out = tmp_path / "out"
@@ -425,7 +476,9 @@ def test_box_files_and_overlays_draw_boxes_on_the_labelled_particles(bgal_dir, t
 
     green = np.column_stack([xs, ys]).astype(float)
     near = cKDTree(np.column_stack([t.x, t.y])).query_ball_point(green, r=15.0, p=np.inf)
-    on_outline = [[j for j in js if abs(np.abs(green[i] - (t.x[j], t.y[j])).max() - 13.5) <= 1.5] for i, js in enumerate(near)]
+    on_outline = [
+        [j for j in js if abs(np.abs(green[i] - (t.x[j], t.y[j])).max() - 13.5) <= 1.5] for i, js in enumerate(near)
+    ]
     assert all(on_outline)
     # ... and every particle's outline is drawn (most of its 4 x 27 perimeter pixels are green)
     drawn = np.bincount([j for js in on_outline for j in js], minlength=len(t))

@@ -11,19 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _synthetic import checkpoint_dict, gaussian_spots
 
-from _synthetic import gaussian_spots
-from hydrapicker.particle_size import ParticleSize
+from hydrapicker.checkpoint import ModelMeta, save_checkpoint
 from hydrapicker.cli import main as cli_main
 from hydrapicker.io import read_picks, write_mrc
-from hydrapicker.model import HydraPicker
-from hydrapicker.presets import get_preset
-from hydrapicker.picking.picker import Picker, PickSettings
 from hydrapicker.io.run_folder import expected_outputs
-from hydrapicker.checkpoint import ModelMeta, save_checkpoint
+from hydrapicker.model import HydraPicker
+from hydrapicker.particle_size import ParticleSize
+from hydrapicker.picking.picker import Picker, PickSettings
+from hydrapicker.picking.watch import FolderWatch, _InterruptToStop, watch_folder
+from hydrapicker.presets import get_preset
 from hydrapicker.training.config import TrainConfig
-from _synthetic import checkpoint_dict
-from hydrapicker.picking.watch import _InterruptToStop, FolderWatch, watch_folder
 
 N_MICROGRAPHS = 20
 HALF_WRITTEN = 5  # this one first appears truncated and stays so for many looks
@@ -36,7 +35,9 @@ def picker() -> Picker:
     """An untrained tiny model: these tests are about files, not accuracy."""
     torch.manual_seed(0)
     model = HydraPicker(get_preset("tiny")).eval()
-    meta = ModelMeta(preset=model.preset, head_names=model.head_names, target_diameter_px=40.0, anchor_stride=model.stride)
+    meta = ModelMeta(
+        preset=model.preset, head_names=model.head_names, target_diameter_px=40.0, anchor_stride=model.stride
+    )
     # An 80-px particle: the network sees the 256² micrographs at 128², which keeps the test fast.
     return Picker(model, meta, PickSettings(ParticleSize(diameter_px=80), threshold=0.0))
 
@@ -49,7 +50,11 @@ def mrc_bytes(tmp_path_factory) -> list[bytes]:
     out = []
     for i in range(N_MICROGRAPHS):
         path = folder / f"{i}.mrc"
-        write_mrc(path, gaussian_spots((256, 256), rng.uniform(20, 236, size=(6, 2)), 8, contrast=-1.0, noise=0.3, seed=i), pixel_size=2.0)
+        write_mrc(
+            path,
+            gaussian_spots((256, 256), rng.uniform(20, 236, size=(6, 2)), 8, contrast=-1.0, noise=0.3, seed=i),
+            pixel_size=2.0,
+        )
         out.append(path.read_bytes())
     return out
 
@@ -90,7 +95,9 @@ def _slow_writer(
     return thread
 
 
-def test_twenty_micrographs_dropped_slowly_are_each_picked_once_complete_and_a_restart_picks_nothing_new(picker, mrc_bytes, tmp_path):
+def test_twenty_micrographs_dropped_slowly_are_each_picked_once_complete_and_a_restart_picks_nothing_new(
+    picker, mrc_bytes, tmp_path
+):
     folder, out = tmp_path / "incoming", tmp_path / "out"
     folder.mkdir()
     lines: list[str] = []
@@ -182,14 +189,18 @@ class _InterruptedPicker(Picker):
         return super().candidates(prepared)
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signal handlers need the main thread")
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="signal handlers need the main thread"
+)
 def test_ctrl_c_ends_the_watch_after_the_micrograph_being_picked_and_a_restart_goes_on(picker, mrc_bytes, tmp_path):
     folder, out = tmp_path / "incoming", tmp_path / "out"
     folder.mkdir()
     for i in range(3):
         (folder / f"m{i}.mrc").write_bytes(mrc_bytes[i])
     before = signal.getsignal(signal.SIGINT)
-    report = watch_folder([folder], out, _InterruptedPicker(picker), FORMATS, poll=POLL, idle=None, log=lambda line: None)
+    report = watch_folder(
+        [folder], out, _InterruptedPicker(picker), FORMATS, poll=POLL, idle=None, log=lambda line: None
+    )
     assert report.stopped_by == "interrupt" and report.picked == ["m0"]
     assert all(p.is_file() for p in expected_outputs(out, "m0", FORMATS))
     assert not any(p.exists() for p in expected_outputs(out, "m1", FORMATS))
@@ -215,8 +226,22 @@ def test_pick_watch_from_the_command_line_picks_what_is_there_and_ends_when_idle
         (folder / f"m{i}.mrc").write_bytes(mrc_bytes[i])
     torch.manual_seed(0)
     checkpoint = tmp_path / "tiny.pt"
-    save_checkpoint(checkpoint, checkpoint_dict(HydraPicker(get_preset("tiny")), TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None))
-    argv = ["pick", str(folder), "--out", str(out), "--model", str(checkpoint), "--diameter-px", "80", "--threshold", "0"]
+    save_checkpoint(
+        checkpoint,
+        checkpoint_dict(HydraPicker(get_preset("tiny")), TrainConfig(preset="tiny"), stage=1, epoch=0, val_loss=None),
+    )
+    argv = [
+        "pick",
+        str(folder),
+        "--out",
+        str(out),
+        "--model",
+        str(checkpoint),
+        "--diameter-px",
+        "80",
+        "--threshold",
+        "0",
+    ]
     assert cli_main([*argv, "--format", "star", "--watch", "--poll", str(POLL), "--idle", "0.5"]) == 0
     assert all(all(p.is_file() for p in expected_outputs(out, f"m{i}", ["star"])) for i in range(2))
     assert (out / "command.json").is_file()
@@ -229,7 +254,10 @@ def test_picks_csv_joins_the_per_micrograph_files_and_leaves_out_a_temporary_one
     from hydrapicker.io.run_folder import rebuild_picks_csv
 
     rng = np.random.default_rng(0)
-    every = [Picks(f"m{i}", rng.uniform(0, 99, n), rng.uniform(0, 99, n), rng.uniform(0, 1, n)) for i, n in enumerate([5, 0, 3])]
+    every = [
+        Picks(f"m{i}", rng.uniform(0, 99, n), rng.uniform(0, 99, n), rng.uniform(0, 1, n))
+        for i, n in enumerate([5, 0, 3])
+    ]
     for picks in every:
         write_picks(tmp_path / "csv" / f"{picks.micrograph}.csv", picks, "csv")
     (tmp_path / "csv" / ".m9.abc.tmp.csv").write_text("micrograph,x,y,score\nm9,1.0,")  # another writer, mid-way
@@ -264,7 +292,9 @@ def test_a_threshold_set_during_the_watch_applies_to_the_micrographs_picked_afte
 
     thread = threading.Thread(target=set_threshold_between, daemon=True)
     thread.start()
-    report = watch_folder([folder], out, own, FORMATS, poll=POLL, idle=1.0, log=lambda line: line.startswith("picked") and picked.set())
+    report = watch_folder(
+        [folder], out, own, FORMATS, poll=POLL, idle=1.0, log=lambda line: line.startswith("picked") and picked.set()
+    )
     thread.join()
     assert sorted(report.picked) == ["m0", "m1"] and own.settings.threshold == chosen[0]
     every = read_picks(candidate_paths(out, "m1")[0], "csv")["m1"]

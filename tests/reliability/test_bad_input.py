@@ -13,17 +13,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _bad_inputs import (
+    CASES,
+    CENTRES,
+    _checkpoint,
+    _constant,
+    _mrc,
+    _nan_pixels,
+    _truncated_mrc,
+    partial_outputs,
+    run_case,
+)
 
-from _bad_inputs import CASES, CENTRES, _checkpoint, _constant, _mrc, _nan_pixels, _truncated_mrc, partial_outputs, run_case
 from hydrapicker.cli import main as cli_main
 from hydrapicker.io import Picks, read_picks, write_picks
 
 VERBS = ("pick", "train", "finetune", "evaluate", "simulate", "demo")
 
 
-@pytest.mark.parametrize(
-    "case", [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow else []) for c in CASES]
-)  # fmt: skip
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow else []) for c in CASES])
 def test_bad_input_gives_one_line_naming_it_and_leaves_no_partial_output(case, tmp_path):
     outcome = run_case(case, tmp_path)
     assert not outcome.partial, outcome.partial
@@ -50,7 +58,9 @@ def test_every_verb_meets_every_kind_of_bad_input_it_reads():
     by_verb = {verb: {c.item for c in CASES if c.verb == verb} for verb in VERBS}
     assert all(by_verb.values()), by_verb
     for verb in ("pick", "train", "finetune"):
-        assert any("NaN/Inf" in item for item in by_verb[verb]) and any("truncated MRC" in item for item in by_verb[verb])
+        assert any("NaN/Inf" in item for item in by_verb[verb]) and any(
+            "truncated MRC" in item for item in by_verb[verb]
+        )
     for verb in ("train", "finetune", "evaluate"):
         assert any("malformed coordinate" in item for item in by_verb[verb])
         assert any("empty coordinate" in item for item in by_verb[verb])
@@ -68,8 +78,25 @@ def test_a_folder_with_three_corrupt_micrographs_picks_the_others_and_lists_the_
         make(mics / f"{stem}.mrc")
     _checkpoint(tmp_path / "model.pt")
     out = tmp_path / "out"
-    assert cli_main(["pick", str(mics), "--out", str(out), "--model", str(tmp_path / "model.pt"), "--diameter-px", "40",
-                     "--threshold", "0.0", "--format", "star"]) == 0  # fmt: skip
+    assert (
+        cli_main(
+            [
+                "pick",
+                str(mics),
+                "--out",
+                str(out),
+                "--model",
+                str(tmp_path / "model.pt"),
+                "--diameter-px",
+                "40",
+                "--threshold",
+                "0.0",
+                "--format",
+                "star",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "picked 9 micrographs" in captured.out and "3 failed" in captured.out
     listing = captured.err[captured.err.index("3 micrograph(s) could not be picked:") :].splitlines()[1:]
@@ -98,8 +125,13 @@ def tiny_disk(tmp_path):
     """A 64 KiB tmpfs mounted for the test (needs root; skipped where mounting is not allowed)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:  # fmt: skip
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     yield mount
     subprocess.run(["umount", str(mount)], check=True)
@@ -111,8 +143,22 @@ def test_picking_onto_a_disk_that_fills_up_fails_clearly_and_leaves_only_complet
         _mrc(mics / f"mic_{i:02d}.mrc", seed=i)
     _checkpoint(tmp_path / "model.pt")
     out = tiny_disk / "out"
-    code = cli_main(["pick", str(mics), "--out", str(out), "--model", str(tmp_path / "model.pt"), "--diameter-px", "40",
-                     "--threshold", "0.0", "--overlay", str(out / "overlays")])  # fmt: skip
+    code = cli_main(
+        [
+            "pick",
+            str(mics),
+            "--out",
+            str(out),
+            "--model",
+            str(tmp_path / "model.pt"),
+            "--diameter-px",
+            "40",
+            "--threshold",
+            "0.0",
+            "--overlay",
+            str(out / "overlays"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "No space left on device" in err and "Traceback" not in err
@@ -126,14 +172,36 @@ def test_picking_onto_a_disk_that_fills_up_fails_clearly_and_leaves_only_complet
 def test_training_onto_a_disk_that_fills_up_fails_clearly_and_leaves_only_complete_files(tmp_path, tiny_disk, capsys):
     for stem, seed in (("m0", 0), ("m1", 1)):
         _mrc(tmp_path / f"{stem}.mrc", seed=seed)
-        (tmp_path / f"{stem}.csv").write_text("micrograph,x,y,score\n" + "".join(f"{stem},{x:g},{y:g},1\n" for x, y in CENTRES))
+        (tmp_path / f"{stem}.csv").write_text(
+            "micrograph,x,y,score\n" + "".join(f"{stem},{x:g},{y:g},1\n" for x, y in CENTRES)
+        )
     (tmp_path / "project.toml").write_text(
         '[[dataset]]\nname = "toy"\nmicrographs = "m*.mrc"\ncoordinates = "*.csv"\npixel_size = 1.0\ndiameter = 40.0\n'
     )
     out = tiny_disk / "out"
-    code = cli_main(["train", str(tmp_path / "project.toml"), "--out", str(out), "--preset", "tiny", "--stage", "1",
-                     "--epochs", "1", "--batches-per-epoch", "1", "--val-batches", "1", "--threads", "1"])  # fmt: skip
+    code = cli_main(
+        [
+            "train",
+            str(tmp_path / "project.toml"),
+            "--out",
+            str(out),
+            "--preset",
+            "tiny",
+            "--stage",
+            "1",
+            "--epochs",
+            "1",
+            "--batches-per-epoch",
+            "1",
+            "--val-batches",
+            "1",
+            "--threads",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 1
-    assert err.startswith("hydrapicker train: error: ") and "No space left on device" in err and len(err.splitlines()) == 1
+    assert (
+        err.startswith("hydrapicker train: error: ") and "No space left on device" in err and len(err.splitlines()) == 1
+    )
     assert not partial_outputs([out])

@@ -20,14 +20,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hydrapicker.defaults import COORDINATE_FORMATS
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc, write_picks
-from hydrapicker.defaults import COORDINATE_FORMATS
 
 #: Examples per test; HP_FUZZ_EXAMPLES=5000 runs a long campaign with fresh random examples.
 _BUDGET = int(os.environ.get("HP_FUZZ_EXAMPLES", "0"))
 _FUZZ = settings(
-    max_examples=_BUDGET or 120, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=not _BUDGET, database=None
+    max_examples=_BUDGET or 120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=not _BUDGET,
+    database=None,
 )
 pytestmark = pytest.mark.filterwarnings("ignore:MRC file is .* than expected:RuntimeWarning")
 
@@ -54,7 +58,12 @@ def _valid_image(fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-VALID_MICROGRAPHS = {".mrc": _valid_mrc(), ".tif": _valid_image("TIFF"), ".png": _valid_image("PNG"), ".jpg": _valid_image("JPEG")}
+VALID_MICROGRAPHS = {
+    ".mrc": _valid_mrc(),
+    ".tif": _valid_image("TIFF"),
+    ".png": _valid_image("PNG"),
+    ".jpg": _valid_image("JPEG"),
+}
 
 
 def _valid_coordinates(fmt: str) -> bytes:
@@ -84,7 +93,9 @@ def _damaged(draw, valid: bytes, header: int | None = None) -> bytes:
         elif kind == "byte":
             data[i] = draw(st.integers(0, 255))
         elif kind == "int32" and i + 4 <= len(data):
-            value = draw(st.one_of(st.integers(-(2**31), 2**31 - 1), st.sampled_from([0, 1, -1, 2, 3, 4, 6, 12, 1 << 20])))
+            value = draw(
+                st.one_of(st.integers(-(2**31), 2**31 - 1), st.sampled_from([0, 1, -1, 2, 3, 4, 6, 12, 1 << 20]))
+            )
             data[i : i + 4] = struct.pack("<i", value)
         elif kind == "cut":
             del data[draw(st.integers(0, len(data))) :]
@@ -151,10 +162,18 @@ def test_damaged_coordinate_files_give_only_our_error_or_finite_picks(fmt, data)
 @pytest.mark.parametrize("suffix, label", [(".star", "_rlnCoordinateY"), (".cbox", "_CoordinateX")])
 def test_a_star_table_naming_a_column_twice_gives_our_error(suffix, label, tmp_path):
     # found by the damaged-file fuzzing: pandas then hands back a table where a column was expected
-    columns = ["_rlnCoordinateX", "_rlnCoordinateY"] if suffix == ".star" else ["_CoordinateX", "_CoordinateY", "_Width", "_Height"]
+    columns = (
+        ["_rlnCoordinateX", "_rlnCoordinateY"]
+        if suffix == ".star"
+        else ["_CoordinateX", "_CoordinateY", "_Width", "_Height"]
+    )
     loop = "\n".join(f"{c} #{i + 1}" for i, c in enumerate([*columns, label]))
     path = tmp_path / f"mic{suffix}"
-    path.write_text(f"data_{'cryolo' if suffix == '.cbox' else ''}\n\nloop_\n{loop}\n" + " ".join(["10"] * (len(columns) + 1)) + "\n")
+    path.write_text(
+        f"data_{'cryolo' if suffix == '.cbox' else ''}\n\nloop_\n{loop}\n"
+        + " ".join(["10"] * (len(columns) + 1))
+        + "\n"
+    )
     with pytest.raises(HydraPickerError, match=f"column {label} appears twice"):
         read_picks(path)
 
@@ -162,7 +181,13 @@ def test_a_star_table_naming_a_column_twice_gives_our_error(suffix, label, tmp_p
 def test_a_cs_micrograph_path_of_nul_bytes_is_read_like_any_name(tmp_path):
     # found by fuzzing: numpy compared the name '\x00\x00\x00' with itself as unequal, and the reader crashed
     path = tmp_path / "p.cs"
-    write_picks(path, [Picks("mic", [10.0], [20.0], [0.5], shape=(64, 48)), Picks("a\x00\x00\x00", [5.0], [6.0], [0.4], shape=(64, 48))])
+    write_picks(
+        path,
+        [
+            Picks("mic", [10.0], [20.0], [0.5], shape=(64, 48)),
+            Picks("a\x00\x00\x00", [5.0], [6.0], [0.4], shape=(64, 48)),
+        ],
+    )
     raw = path.read_bytes().replace(b"a\x00\x00\x00.mrc", b"\x00\x00\x00\x00.mrc")
     path.write_bytes(raw)
     picks = read_picks(path)

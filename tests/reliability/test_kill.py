@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _synthetic import gaussian_spots, write_checkpoint
 from _zygote import Zygote
+
+from hydrapicker.checkpoint import load_checkpoint
 from hydrapicker.io import write_mrc
 from hydrapicker.model import HydraPicker
 from hydrapicker.presets import get_preset
 from hydrapicker.training.config import TrainConfig
-from hydrapicker.checkpoint import load_checkpoint
 
 N_MICROGRAPHS = 30
 KILL_POINTS = 20
@@ -125,8 +125,22 @@ class _Watcher(threading.Thread):
 
 def _pick_argv(model: Path, mics: Path) -> list[str]:
     # Relative --out, so that command.json is the same in every folder (but for its time).
-    return ["pick", str(mics), "--out", "out", "--overlay", "out/overlays", "--model", str(model), "--diameter-px", "20",
-            "--threshold", "0.0", "--workers", "2"]  # fmt: skip
+    return [
+        "pick",
+        str(mics),
+        "--out",
+        "out",
+        "--overlay",
+        "out/overlays",
+        "--model",
+        str(model),
+        "--diameter-px",
+        "20",
+        "--threshold",
+        "0.0",
+        "--workers",
+        "2",
+    ]
 
 
 def test_pick_killed_at_twenty_random_points_and_rerun_gives_the_uninterrupted_outputs(zygote, pick_inputs, tmp_path):
@@ -152,21 +166,29 @@ def test_pick_killed_at_twenty_random_points_and_rerun_gives_the_uninterrupted_o
             killed = zygote.run(argv, folder, kill_after=rng.uniform(0.0, 1.1) * whole.seconds)
             if killed.killed:
                 kills += 1
-                progress.append(len(list((folder / "out" / "csv").glob("*.csv"))) if (folder / "out" / "csv").is_dir() else 0)
+                progress.append(
+                    len(list((folder / "out" / "csv").glob("*.csv"))) if (folder / "out" / "csv").is_dir() else 0
+                )
                 leftovers += sum(1 for p in (folder / "out").rglob(".*") if p.is_file())
             rerun = zygote.run(argv, folder)
         finally:
             watcher.stop.set()
             watcher.join()
         assert rerun.code == 0, rerun.output
-        assert not watcher.bad, f"partial or wrong files seen during the run killed at attempt {attempts}: {watcher.bad[:5]}"
+        assert not watcher.bad, (
+            f"partial or wrong files seen during the run killed at attempt {attempts}: {watcher.bad[:5]}"
+        )
         final = _visible_files(folder / "out")
         assert sorted(final) == sorted(reference)
         different = [name for name, content in final.items() if not _same_as_reference(name, content, reference)]
-        assert not different, f"after kill {attempts} and a rerun these differ from the uninterrupted run: {different[:5]}"
+        assert not different, (
+            f"after kill {attempts} and a rerun these differ from the uninterrupted run: {different[:5]}"
+        )
     # Kills landed mid-run (some micrographs written, some not), not only before or after the work.
     assert sum(0 < done < N_MICROGRAPHS for done in progress) >= KILL_POINTS // 4, progress
-    print(f"{kills} kills in {attempts} runs; micrographs done at each kill: {progress}; leftover temporaries: {leftovers}")
+    print(
+        f"{kills} kills in {attempts} runs; micrographs done at each kill: {progress}; leftover temporaries: {leftovers}"
+    )
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -179,7 +201,11 @@ def train_project(tmp_path_factory) -> Path:
     rng = np.random.default_rng(5)
     for i in range(2):
         centres = rng.uniform(30, 370, size=(12, 2))
-        write_mrc(root / f"m{i}.mrc", gaussian_spots((400, 400), centres, 10, contrast=-1.0, noise=0.3, seed=i), pixel_size=1.0)
+        write_mrc(
+            root / f"m{i}.mrc",
+            gaussian_spots((400, 400), centres, 10, contrast=-1.0, noise=0.3, seed=i),
+            pixel_size=1.0,
+        )
         lines = ["micrograph,x,y,score", *(f"m{i},{x:.2f},{y:.2f},1" for x, y in centres)]
         (root / f"m{i}.csv").write_text("\n".join(lines) + "\n")
     project = root / "project.toml"
@@ -191,8 +217,27 @@ def train_project(tmp_path_factory) -> Path:
 
 
 def _train_argv(project: Path, *extra: str) -> list[str]:
-    return ["train", str(project), "--out", "out", "--preset", "tiny", "--stage", "1", "--epochs", "3",
-            "--batches-per-epoch", "2", "--val-batches", "1", "--threads", "1", "--seed", "4", *extra]  # fmt: skip
+    return [
+        "train",
+        str(project),
+        "--out",
+        "out",
+        "--preset",
+        "tiny",
+        "--stage",
+        "1",
+        "--epochs",
+        "3",
+        "--batches-per-epoch",
+        "2",
+        "--val-batches",
+        "1",
+        "--threads",
+        "1",
+        "--seed",
+        "4",
+        *extra,
+    ]
 
 
 @pytest.mark.slow  # tests/test_train.py resumes after an interruption at each stage's epoch ends, faster
@@ -217,7 +262,10 @@ def test_train_killed_at_random_points_and_resumed_gives_the_uninterrupted_model
         resumed = load_checkpoint(folder / "out" / "model.pt")[0].state_dict()
         for key, value in reference.items():
             assert torch.equal(resumed[key], value), (attempt, key)
-        with open(folder / "out" / "stage1" / "log.csv") as log, open(tmp_path / "ref" / "out" / "stage1" / "log.csv") as ref:
+        with (
+            open(folder / "out" / "stage1" / "log.csv") as log,
+            open(tmp_path / "ref" / "out" / "stage1" / "log.csv") as ref,
+        ):
             assert [r.split(",")[:6] for r in log] == [r.split(",")[:6] for r in ref]
     assert kills >= 3
     print(f"train: {kills} kills of 6 runs; epochs finished at each: {epochs_done}")
@@ -228,8 +276,19 @@ def test_a_kill_between_the_last_checkpoint_and_its_logs_is_healed_by_resume(tra
     from hydrapicker import train as train_module
     from hydrapicker.data.project import load_project
 
-    config = TrainConfig(preset="tiny", stage="1", epochs=2, batches_per_epoch=1, val_batches=1, batch_size=2, crop_size=96,
-                         pad_to=128, target_diameter_px=20.0, threads=1, seed=3)  # fmt: skip
+    config = TrainConfig(
+        preset="tiny",
+        stage="1",
+        epochs=2,
+        batches_per_epoch=1,
+        val_batches=1,
+        batch_size=2,
+        crop_size=96,
+        pad_to=128,
+        target_diameter_px=20.0,
+        threads=1,
+        seed=3,
+    )
     datasets = load_project(train_project)
     write_logs = train_module._write_logs
 
@@ -249,12 +308,38 @@ def test_a_kill_between_the_last_checkpoint_and_its_logs_is_healed_by_resume(tra
 
 
 @pytest.mark.slow  # tests/test_finetune.py and the training test above cover resume faster
-def test_finetune_killed_at_random_points_and_resumed_gives_the_uninterrupted_head(zygote, train_project, pick_inputs, tmp_path):
+def test_finetune_killed_at_random_points_and_resumed_gives_the_uninterrupted_head(
+    zygote, train_project, pick_inputs, tmp_path
+):
     base, _ = pick_inputs
     folder = train_project.parent
-    argv = ["finetune", "--model", str(base), "--name", "toy", "--micrographs", str(folder / "m0.mrc"), str(folder / "m1.mrc"),
-            "--coords", str(folder / "m0.csv"), str(folder / "m1.csv"), "--diameter-px", "40", "--out", "toy.pt",
-            "--epochs", "3", "--batches-per-epoch", "2", "--val-batches", "1", "--threads", "1", "--seed", "4"]  # fmt: skip
+    argv = [
+        "finetune",
+        "--model",
+        str(base),
+        "--name",
+        "toy",
+        "--micrographs",
+        str(folder / "m0.mrc"),
+        str(folder / "m1.mrc"),
+        "--coords",
+        str(folder / "m0.csv"),
+        str(folder / "m1.csv"),
+        "--diameter-px",
+        "40",
+        "--out",
+        "toy.pt",
+        "--epochs",
+        "3",
+        "--batches-per-epoch",
+        "2",
+        "--val-batches",
+        "1",
+        "--threads",
+        "1",
+        "--seed",
+        "4",
+    ]
     (tmp_path / "ref").mkdir()
     whole = zygote.run(argv, tmp_path / "ref")
     assert whole.code == 0, whole.output

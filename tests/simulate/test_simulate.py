@@ -15,7 +15,13 @@ from hydrapicker.simulate import SimulationConfig, load_model, particle_diameter
 from hydrapicker.simulate.config import Rendering
 from hydrapicker.simulate.micrograph import draw_params, relion_euler
 from hydrapicker.simulate.optics import interaction_constant
-from hydrapicker.simulate.potential import POTENTIAL_CONSTANT, FineGrid, Particle, particle_spectrum, phase_from_spectrum
+from hydrapicker.simulate.potential import (
+    POTENTIAL_CONSTANT,
+    FineGrid,
+    Particle,
+    particle_spectrum,
+    phase_from_spectrum,
+)
 from hydrapicker.simulate.render import binned_coordinate, render_image
 
 STRUCTURES = Path(__file__).resolve().parents[2] / "data" / "structures"
@@ -31,10 +37,25 @@ def hvr():
 def quiet_config(**changes) -> SimulationConfig:
     """A 256^2 field in vacuum: no ice, junk, motion, MTF or shot noise, unless asked."""
     base = dict(
-        shape=(256, 256), pixel_size=1.5, margin_px=32, ice_thickness=(0.0, 0.0), carbon_probability=0.0,
-        contamination_probability=0.0, aggregate_probability=0.0, broken_fraction=(0.0, 0.0), motion=(0.0, 0.0),
-        mtf=False, shot_noise=False, particles_per_micrograph=(0, 0), defocus_um=(2.0, 2.0), astigmatism=(0.0, 0.0),
-        dose=(40.0, 40.0), b_factor=(50.0, 50.0), fragment_fraction=(0.0, 0.0), ice_texture=(0.0, 0.0), dqe=(1.0, 1.0),
+        shape=(256, 256),
+        pixel_size=1.5,
+        margin_px=32,
+        ice_thickness=(0.0, 0.0),
+        carbon_probability=0.0,
+        contamination_probability=0.0,
+        aggregate_probability=0.0,
+        broken_fraction=(0.0, 0.0),
+        motion=(0.0, 0.0),
+        mtf=False,
+        shot_noise=False,
+        particles_per_micrograph=(0, 0),
+        defocus_um=(2.0, 2.0),
+        astigmatism=(0.0, 0.0),
+        dose=(40.0, 40.0),
+        b_factor=(50.0, 50.0),
+        fragment_fraction=(0.0, 0.0),
+        ice_texture=(0.0, 0.0),
+        dqe=(1.0, 1.0),
         hot_pixels=(0.0, 0.0),
     )
     base.update(changes)
@@ -66,9 +87,10 @@ def test_drawn_positions_hit_their_particles(hvr):
     radius = particle_diameter(hvr) / sim.pixel_size
     rows, cols = np.indices(signal.shape)
     inner = [
-        (x, y) for x, y in zip(sim.particles["x"], sim.particles["y"])
+        (x, y)
+        for x, y in zip(sim.particles["x"], sim.particles["y"])
         if radius < x < signal.shape[1] - radius and radius < y < signal.shape[0] - radius
-    ]  # fmt: skip
+    ]
     assert inner, "no particle away from the border to check"
     for x, y in inner:
         disc = (cols - x) ** 2 + (rows - y) ** 2 < radius**2
@@ -102,8 +124,10 @@ def test_integrated_phase_scales_with_atom_count_and_form_factors():
         spectrum = particle_spectrum(model, [Particle(np.eye(3), (128.0, 128.0))], grid, **kwargs)
         sums.append(phase_from_spectrum(spectrum, grid, sigma).astype(np.float64).sum() * grid.pixel_area)
         # Independent: the q = 0 form factor of an atom is the sum of its five Peng amplitudes.
-        expected = sigma * POTENTIAL_CONSTANT * sum(
-            len(c) * sum(gemmi.Element(el).c4322.get_coefs()[:5]) for el, c in model.coords.items()
+        expected = (
+            sigma
+            * POTENTIAL_CONSTANT
+            * sum(len(c) * sum(gemmi.Element(el).c4322.get_coefs()[:5]) for el, c in model.coords.items())
         )
         assert sums[-1] == pytest.approx(expected, rel=1e-3)
     assert sums[1] / sums[0] == pytest.approx(two_chains.n_atoms / one_chain.n_atoms, rel=1e-3)
@@ -111,8 +135,13 @@ def test_integrated_phase_scales_with_atom_count_and_form_factors():
 
 def test_same_seed_gives_the_same_micrograph_and_another_seed_does_not(hvr):
     config = quiet_config(
-        shot_noise=True, ice_thickness=(200.0, 400.0), particles_per_micrograph=(3, 8), carbon_probability=0.5,
-        contamination_probability=0.5, aggregate_probability=0.5, motion=(0.0, 2.0),
+        shot_noise=True,
+        ice_thickness=(200.0, 400.0),
+        particles_per_micrograph=(3, 8),
+        carbon_probability=0.5,
+        contamination_probability=0.5,
+        aggregate_probability=0.5,
+        motion=(0.0, 2.0),
     )
     a = simulate_micrograph(hvr, config, 7)
     b = simulate_micrograph(hvr, config, 7)
@@ -152,11 +181,13 @@ def test_relion_euler_angles_rebuild_the_rotation():
         a, b, g = np.deg2rad([rot, tilt, psi])
         ca, sa, cb, sb, cg, sg = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(g), np.sin(g)
         cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
-        return np.array([
-            [cg * cc - sg * sa, cg * cs + sg * ca, -cg * sb],
-            [-sg * cc - cg * sa, -sg * cs + cg * ca, sg * sb],
-            [sc, ss, cb],
-        ])  # fmt: skip
+        return np.array(
+            [
+                [cg * cc - sg * sa, cg * cs + sg * ca, -cg * sb],
+                [-sg * cc - cg * sa, -sg * cs + cg * ca, sg * sb],
+                [sc, ss, cb],
+            ]
+        )
 
     for matrix in Rotation.random(5, random_state=1).as_matrix():
         np.testing.assert_allclose(relion_matrix(*relion_euler(matrix)), matrix, atol=1e-9)
@@ -175,7 +206,9 @@ def test_binned_coordinates_follow_the_binned_image():
 
 def test_eight_bit_rendering_uses_the_full_range():
     image = np.random.default_rng(0).normal(100, 10, (64, 64))
-    out = render_image(image, image, 1.0, Rendering("png", eight_bit="png", stretch=(1.0, 99.0)), np.random.default_rng(0))
+    out = render_image(
+        image, image, 1.0, Rendering("png", eight_bit="png", stretch=(1.0, 99.0)), np.random.default_rng(0)
+    )
     assert out.data.dtype == np.uint8 and out.data.min() == 0 and out.data.max() == 255
 
 
@@ -277,16 +310,44 @@ def test_cli_writes_a_dataset_that_reads_back(tmp_path):
 
     out = tmp_path / "sim"
     argv = [
-        "simulate", str(HVR), "--out", str(out), "--n-micrographs", "2", "--size", "128", "--pixel-size", "2.0",
-        "--particles-per-micrograph", "4", "6", "--seed", "11", "--carbon-probability", "1", "--quiet",
-    ]  # fmt: skip
+        "simulate",
+        str(HVR),
+        "--out",
+        str(out),
+        "--n-micrographs",
+        "2",
+        "--size",
+        "128",
+        "--pixel-size",
+        "2.0",
+        "--particles-per-micrograph",
+        "4",
+        "6",
+        "--seed",
+        "11",
+        "--carbon-probability",
+        "1",
+        "--quiet",
+    ]
     assert main(argv) == 0
     stars = sorted((out / "coordinates").glob("*.star"))
     assert [p.name for p in stars] == [
-        "sim-1hvr_0000.star", "sim-1hvr_0000_decoys.star", "sim-1hvr_0001.star", "sim-1hvr_0001_decoys.star",
-    ]  # fmt: skip
+        "sim-1hvr_0000.star",
+        "sim-1hvr_0000_decoys.star",
+        "sim-1hvr_0001.star",
+        "sim-1hvr_0001_decoys.star",
+    ]
     table = starfile.read(stars[0])
-    for column in ("rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnDefocusU", "rlnDefocusV"):
+    for column in (
+        "rlnMicrographName",
+        "rlnCoordinateX",
+        "rlnCoordinateY",
+        "rlnAngleRot",
+        "rlnAngleTilt",
+        "rlnAnglePsi",
+        "rlnDefocusU",
+        "rlnDefocusV",
+    ):
         assert column in table.columns
     assert ((table.rlnCoordinateX >= -0.5) & (table.rlnCoordinateX < 127.5)).all()
     decoys = starfile.read(stars[1])
@@ -303,7 +364,10 @@ def test_cli_writes_a_dataset_that_reads_back(tmp_path):
     # Same seed, same files.
     again = tmp_path / "again"
     assert main([*argv[:3], str(again), *argv[4:]]) == 0
-    with mrcfile.open(out / "micrographs" / "sim-1hvr_0001.mrc") as a, mrcfile.open(again / "micrographs" / "sim-1hvr_0001.mrc") as b:
+    with (
+        mrcfile.open(out / "micrographs" / "sim-1hvr_0001.mrc") as a,
+        mrcfile.open(again / "micrographs" / "sim-1hvr_0001.mrc") as b,
+    ):
         np.testing.assert_array_equal(a.data, b.data)
 
 
@@ -313,7 +377,19 @@ def test_cli_png_rendering_writes_eight_bit_micrographs(tmp_path):
     from hydrapicker.io import read_micrograph
 
     out = tmp_path / "png"
-    argv = ["simulate", str(HVR), "--out", str(out), "--n-micrographs", "1", "--size", "96", "--rendering", "denoised-png", "--quiet"]
+    argv = [
+        "simulate",
+        str(HVR),
+        "--out",
+        str(out),
+        "--n-micrographs",
+        "1",
+        "--size",
+        "96",
+        "--rendering",
+        "denoised-png",
+        "--quiet",
+    ]
     assert main(argv) == 0
     (spec,) = load_project(out / "dataset.toml")
     (path,) = spec.micrographs
@@ -353,7 +429,10 @@ def test_random_renderings_mix_plain_and_rendered_reproducibly():
 
 def test_particles_keep_off_carbon_and_contamination_which_are_recorded_as_decoys(hvr):
     config = quiet_config(
-        shape=(384, 384), particles_per_micrograph=(60, 60), carbon_probability=1.0, contamination_probability=1.0,
+        shape=(384, 384),
+        particles_per_micrograph=(60, 60),
+        carbon_probability=1.0,
+        contamination_probability=1.0,
         ice_thickness=(300.0, 300.0),
     )
     sim = simulate_micrograph(hvr, config, 12)

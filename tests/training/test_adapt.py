@@ -17,19 +17,25 @@ import torch
 from _synthetic import gaussian_spots
 from scipy import ndimage
 
-from hydrapicker.particle_size import ParticleSize
-from hydrapicker.training.config import AdaptConfig
-from hydrapicker.training.adapt import adapt, run_folder, turned_outputs
-from hydrapicker.loss import distillation_loss
+from hydrapicker.checkpoint import load_checkpoint, load_model
 from hydrapicker.cli import main as cli_main
+from hydrapicker.defaults import GENERIC
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import read_picks, write_mrc
-from hydrapicker.defaults import GENERIC
-from hydrapicker.checkpoint import load_model
-from hydrapicker.checkpoint import load_checkpoint
+from hydrapicker.loss import distillation_loss
+from hydrapicker.particle_size import ParticleSize
+from hydrapicker.training.adapt import adapt, run_folder, turned_outputs
+from hydrapicker.training.config import AdaptConfig
 
 DIAMETER = 24.0  # px, stored (rescaled 40 / 24: micrographs of 320² as the model sees them)
-FAST = {"rounds": 2, "steps": 2, "batch_size": 2, "crop_size": 96, "turns": 2, "threads": 1}  # 2 threads ran 3-4x slower on a busy 2-core machine
+FAST = {
+    "rounds": 2,
+    "steps": 2,
+    "batch_size": 2,
+    "crop_size": 96,
+    "turns": 2,
+    "threads": 1,
+}  # 2 threads ran 3-4x slower on a busy 2-core machine
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +82,9 @@ def test_turn_averaged_outputs_reuse_given_features_of_the_unturned_micrograph()
     image = torch.from_numpy(np.random.default_rng(2).normal(size=(96, 112)).astype(np.float32))
     with torch.inference_mode():
         features = model.features(image[None, None])[0]
-    torch.testing.assert_close(turned_outputs(model, image, GENERIC, features=features), turned_outputs(model, image, GENERIC))
+    torch.testing.assert_close(
+        turned_outputs(model, image, GENERIC, features=features), turned_outputs(model, image, GENERIC)
+    )
 
 
 def test_distillation_loss_is_smallest_where_the_head_agrees_with_the_teacher():
@@ -113,7 +121,13 @@ def test_distillation_offsets_count_only_where_the_teacher_sees_a_particle():
 def adapted(blobs, tmp_path_factory):
     out = tmp_path_factory.mktemp("adapted") / "blobs.pt"
     lines = []
-    report = adapt([blobs], out, AdaptConfig(name="blobs", teacher_threshold=0.05, **FAST), say=lines.append, size=ParticleSize(diameter_px=DIAMETER))
+    report = adapt(
+        [blobs],
+        out,
+        AdaptConfig(name="blobs", teacher_threshold=0.05, **FAST),
+        say=lines.append,
+        size=ParticleSize(diameter_px=DIAMETER),
+    )
     return out, report, lines
 
 
@@ -125,7 +139,11 @@ def test_adapt_adds_one_head_and_leaves_trunk_and_generic_head_bit_identical(ada
     state = model.state_dict()
     for key, value in base.items():
         assert torch.equal(state[key], value), key
-    assert any(not torch.equal(state[f"heads.blobs.{k[len('generic.'):]}"], v) for k, v in base.items() if k.startswith("generic."))
+    assert any(
+        not torch.equal(state[f"heads.blobs.{k[len('generic.') :]}"], v)
+        for k, v in base.items()
+        if k.startswith("generic.")
+    )
 
 
 def test_adapt_reports_what_it_taught_and_how_the_picks_changed_for_every_round(adapted):
@@ -147,7 +165,9 @@ def test_adapted_head_gives_in_one_pass_what_the_turn_averaged_generic_head_give
     from hydrapicker.picking.picker import Picker, PickSettings
 
     out = tmp_path / "taught.pt"
-    config = AdaptConfig(name="taught", rounds=1, steps=60, batch_size=2, crop_size=256, threads=1, teacher_threshold=0.05)
+    config = AdaptConfig(
+        name="taught", rounds=1, steps=60, batch_size=2, crop_size=256, threads=1, teacher_threshold=0.05
+    )
     adapt([blobs], out, config, say=lambda _: None, size=ParticleSize(diameter_px=DIAMETER))
     model, meta = load_checkpoint(out)
     picker = Picker(model, meta, PickSettings(ParticleSize(diameter_px=DIAMETER)))
@@ -162,14 +182,50 @@ def test_adapted_head_gives_in_one_pass_what_the_turn_averaged_generic_head_give
 
 def test_cli_adapt_then_pick_with_the_new_head(blobs, tmp_path, capsys):
     out = tmp_path / "cli.pt"
-    status = cli_main(["adapt", str(blobs / "*.mrc"), "--name", "mine", "--diameter-px", str(DIAMETER), "--out", str(out),
-                       "--rounds", "1", "--steps", "1", "--teacher-threshold", "0.05", "--turns", "1", "--threads", "1"])  # fmt: skip
+    status = cli_main(
+        [
+            "adapt",
+            str(blobs / "*.mrc"),
+            "--name",
+            "mine",
+            "--diameter-px",
+            str(DIAMETER),
+            "--out",
+            str(out),
+            "--rounds",
+            "1",
+            "--steps",
+            "1",
+            "--teacher-threshold",
+            "0.05",
+            "--turns",
+            "1",
+            "--threads",
+            "1",
+        ]
+    )
     assert status == 0 and out.is_file()
     assert "round 1:" in capsys.readouterr().out
     assert (run_folder(out) / "command.json").is_file()
     picked = tmp_path / "picked"
-    status = cli_main(["pick", str(blobs / "mic_0.mrc"), "--model", str(out), "--head", "mine", "--diameter-px", str(DIAMETER),
-                       "--threshold", "0.0", "--format", "csv", "--out", str(picked)])  # fmt: skip
+    status = cli_main(
+        [
+            "pick",
+            str(blobs / "mic_0.mrc"),
+            "--model",
+            str(out),
+            "--head",
+            "mine",
+            "--diameter-px",
+            str(DIAMETER),
+            "--threshold",
+            "0.0",
+            "--format",
+            "csv",
+            "--out",
+            str(picked),
+        ]
+    )
     assert status == 0 and len(read_picks(picked / "csv" / "mic_0.csv", "csv")["mic_0"]) > 0
 
 
@@ -177,7 +233,13 @@ def test_adapt_refuses_the_generic_name_and_micrographs_with_no_confident_pick(b
     with pytest.raises(HydraPickerError, match="generic"):
         AdaptConfig(name=GENERIC)
     with pytest.raises(HydraPickerError, match="scores no pick"):
-        adapt([blobs], tmp_path / "x.pt", AdaptConfig(name="x", teacher_threshold=1.0, **FAST), say=lambda _: None, size=ParticleSize(diameter_px=DIAMETER))
+        adapt(
+            [blobs],
+            tmp_path / "x.pt",
+            AdaptConfig(name="x", teacher_threshold=1.0, **FAST),
+            say=lambda _: None,
+            size=ParticleSize(diameter_px=DIAMETER),
+        )
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -194,7 +256,9 @@ def _ap(checkpoint: Path | None, head: str, paths: list[Path], coordinates: Path
     picks, truth = {}, {}
     for path in paths:
         stem, mic = micrograph_stem(path), read_micrograph(path)
-        picks[stem] = pick_micrograph(model, meta, mic.data, None, diameter_px=box, head=head, threshold=0.001, name=stem)
+        picks[stem] = pick_micrograph(
+            model, meta, mic.data, None, diameter_px=box, head=head, threshold=0.001, name=stem
+        )
         truth.update(read_picks(coordinates / f"{stem}.star", "star", micrograph=stem, shape=mic.shape))
     return evaluate(picks, truth, box).ap
 
@@ -208,8 +272,31 @@ def test_adapted_head_beats_generic_head_on_a_shifted_rendering(tmp_path):
     if not structure.is_file():
         pytest.skip(f"{structure} not here")
     sim = tmp_path / "sim"
-    assert cli_main(["simulate", str(structure), "--out", str(sim), "--n-micrographs", "16", "--size", "512", "--pixel-size", "5",
-                     "--defocus", "4", "6", "--rendering", "float", "--seed", "3", "--quiet"]) == 0  # fmt: skip
+    assert (
+        cli_main(
+            [
+                "simulate",
+                str(structure),
+                "--out",
+                str(sim),
+                "--n-micrographs",
+                "16",
+                "--size",
+                "512",
+                "--pixel-size",
+                "5",
+                "--defocus",
+                "4",
+                "6",
+                "--rendering",
+                "float",
+                "--seed",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     shifted = tmp_path / "shifted"
     shifted.mkdir()
     from hydrapicker.io import read_micrograph
@@ -219,7 +306,13 @@ def test_adapted_head_beats_generic_head_on_a_shifted_rendering(tmp_path):
     paths = sorted(shifted.glob("*.mrc"))
     diameter = json.loads((sim / "config.json").read_text())["diameter_A"] / 5.0
     out = tmp_path / "shifted.pt"
-    adapt(paths[:8], out, AdaptConfig(name="shifted", steps=600, threads=1), say=lambda _: None, size=ParticleSize(diameter_px=diameter))
+    adapt(
+        paths[:8],
+        out,
+        AdaptConfig(name="shifted", steps=600, threads=1),
+        say=lambda _: None,
+        size=ParticleSize(diameter_px=diameter),
+    )
     generic = _ap(None, GENERIC, paths[8:], sim / "coordinates", diameter)
     adapted_ap = _ap(out, "shifted", paths[8:], sim / "coordinates", diameter)
     assert adapted_ap > generic + 0.01, (generic, adapted_ap)

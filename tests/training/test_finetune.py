@@ -12,20 +12,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _synthetic import gaussian_spots
-from hydrapicker.particle_size import ParticleSize
+
 from hydrapicker import checkpoint as checkpoint_module
-from hydrapicker.training import finetune as finetune_module
 from hydrapicker.boxes import anchor_centres
+from hydrapicker.checkpoint import load_checkpoint
 from hydrapicker.cli import main as cli_main
 from hydrapicker.errors import HydraPickerError
-from hydrapicker.training.config import FinetuneConfig
-from hydrapicker.training.finetune import add_frozen_head, expected_particle_counts, finetune, labelled_micrographs, run_folder
 from hydrapicker.io import Picks, read_picks, write_mrc
 from hydrapicker.loss import detection_loss, pu_focal_loss
-from hydrapicker.training.config import TrainConfig
-from hydrapicker.checkpoint import load_checkpoint
+from hydrapicker.particle_size import ParticleSize
+from hydrapicker.training import finetune as finetune_module
+from hydrapicker.training.config import FinetuneConfig, TrainConfig
+from hydrapicker.training.finetune import (
+    add_frozen_head,
+    expected_particle_counts,
+    finetune,
+    labelled_micrographs,
+    run_folder,
+)
 from hydrapicker.training.stages import train
 
 DIAMETER = 16.0  # px, stored
@@ -54,11 +59,23 @@ def labelled(tmp_path_factory) -> list[tuple[Path, Path]]:
 @pytest.fixture(scope="module")
 def base(labelled, tmp_path_factory) -> Path:
     """A tiny two-stage model (generic head + dataset head 'sim') trained for a few steps."""
-    data = labelled_micrographs("sim", [m for m, _ in labelled[:2]], [c for _, c in labelled[:2]], size=ParticleSize(diameter_px=DIAMETER))
+    data = labelled_micrographs(
+        "sim", [m for m, _ in labelled[:2]], [c for _, c in labelled[:2]], size=ParticleSize(diameter_px=DIAMETER)
+    )
     config = TrainConfig(
-        preset="tiny", stage="both", epochs=1, stage2_epochs=1, batches_per_epoch=2, val_batches=1, batch_size=2,
-        crop_size=96, pad_to=128, target_diameter_px=20.0, threads=2, seed=1,
-    )  # fmt: skip
+        preset="tiny",
+        stage="both",
+        epochs=1,
+        stage2_epochs=1,
+        batches_per_epoch=2,
+        val_batches=1,
+        batch_size=2,
+        crop_size=96,
+        pad_to=128,
+        target_diameter_px=20.0,
+        threads=2,
+        seed=1,
+    )
     return train([data.spec], tmp_path_factory.mktemp("base"), config)
 
 
@@ -66,8 +83,13 @@ def base(labelled, tmp_path_factory) -> Path:
 def tuned(labelled, base, tmp_path_factory) -> Path:
     """Head 'new' fine-tuned on two micrographs, validated on the third."""
     data = labelled_micrographs(
-        "new", [m for m, _ in labelled[:2]], [c for _, c in labelled[:2]],
-        val_micrographs=[labelled[2][0]], val_coordinates=[labelled[2][1]], size=ParticleSize(diameter_px=DIAMETER))  # fmt: skip
+        "new",
+        [m for m, _ in labelled[:2]],
+        [c for _, c in labelled[:2]],
+        val_micrographs=[labelled[2][0]],
+        val_coordinates=[labelled[2][1]],
+        size=ParticleSize(diameter_px=DIAMETER),
+    )
     out = tmp_path_factory.mktemp("tuned") / "new.pt"
     return finetune(data, out, FinetuneConfig(name="new", **SMALL), model_path=base, say=lambda _: None)
 
@@ -79,7 +101,11 @@ def test_trunk_generic_and_other_heads_are_bit_identical_after_finetuning(base, 
     for key, value in before.items():
         assert torch.equal(after[key], value), key
     # ... while the new head did train
-    assert any(not torch.equal(after[f"heads.new.{k[len('generic.'):]}"], v) for k, v in before.items() if k.startswith("generic."))
+    assert any(
+        not torch.equal(after[f"heads.new.{k[len('generic.') :]}"], v)
+        for k, v in before.items()
+        if k.startswith("generic.")
+    )
 
 
 def test_new_head_starts_as_a_copy_of_the_generic_head_and_alone_is_trainable(base):
@@ -104,15 +130,54 @@ def test_best_validation_epoch_is_the_checkpoint_written(tuned):
 def test_one_micrograph_finetune_then_pick_with_the_new_head_through_the_cli(labelled, base, tmp_path, capsys):
     (mic, coords), (other, _) = labelled[0], labelled[2]
     out = tmp_path / "one.pt"
-    argv = ["finetune", "--model", str(base), "--name", "one", "--micrographs", str(mic), "--coords", str(coords),
-            "--diameter-px", str(DIAMETER), "--out", str(out), "--epochs", "1", "--batches-per-epoch", "2",
-            "--val-batches", "1", "--threads", "2"]  # fmt: skip
+    argv = [
+        "finetune",
+        "--model",
+        str(base),
+        "--name",
+        "one",
+        "--micrographs",
+        str(mic),
+        "--coords",
+        str(coords),
+        "--diameter-px",
+        str(DIAMETER),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batches-per-epoch",
+        "2",
+        "--val-batches",
+        "1",
+        "--threads",
+        "2",
+    ]
     assert cli_main(argv) == 0
     assert "held back" in (run_folder(out) / "finetune.json").read_text()  # no val micrographs: said so
     assert load_checkpoint(out)[1].head_names == ("sim", "one")
     picks_dir = tmp_path / "picks"
-    assert cli_main(["pick", str(other), "--out", str(picks_dir), "--model", str(out), "--head", "one",
-                     "--diameter-px", str(DIAMETER), "--threshold", "0.001", "--format", "star"]) == 0  # fmt: skip
+    assert (
+        cli_main(
+            [
+                "pick",
+                str(other),
+                "--out",
+                str(picks_dir),
+                "--model",
+                str(out),
+                "--head",
+                "one",
+                "--diameter-px",
+                str(DIAMETER),
+                "--threshold",
+                "0.001",
+                "--format",
+                "star",
+            ]
+        )
+        == 0
+    )
     picks = read_picks(picks_dir / "csv" / f"{other.stem}.csv")[other.stem]
     assert len(picks) > 0 and np.all(np.diff(picks.score) <= 0)
 
@@ -136,17 +201,49 @@ def test_bad_inputs_give_one_line_and_no_outputs(labelled, base, tmp_path, capsy
     mics = [str(m) for m, _ in labelled[:2]]
     coords = [str(labelled[0][1])] + ([str(labelled[1][1])] if pairs == "ok" else [str(labelled[2][1])])
     out = tmp_path / "bad.pt"
-    err = _cli_error(["finetune", "--model", str(base), "--name", name, "--micrographs", *mics, "--coords", *coords,
-                      "--diameter-px", str(DIAMETER), "--out", str(out)], capsys)  # fmt: skip
+    err = _cli_error(
+        [
+            "finetune",
+            "--model",
+            str(base),
+            "--name",
+            name,
+            "--micrographs",
+            *mics,
+            "--coords",
+            *coords,
+            "--diameter-px",
+            str(DIAMETER),
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert message in err
     assert not out.exists() and not run_folder(out).exists()
 
 
-def test_without_model_the_missing_pretrained_model_is_the_same_clear_error_as_pick(labelled, tmp_path, capsys, monkeypatch):
+def test_without_model_the_missing_pretrained_model_is_the_same_clear_error_as_pick(
+    labelled, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setattr(checkpoint_module, "pretrained_model_path", lambda: tmp_path / "nowhere" / "generic.pt")
     mic, coords = labelled[0]
-    err = _cli_error(["finetune", "--name", "x", "--micrographs", str(mic), "--coords", str(coords),
-                      "--diameter-px", str(DIAMETER), "--out", str(tmp_path / "x.pt")], capsys)  # fmt: skip
+    err = _cli_error(
+        [
+            "finetune",
+            "--name",
+            "x",
+            "--micrographs",
+            str(mic),
+            "--coords",
+            str(coords),
+            "--diameter-px",
+            str(DIAMETER),
+            "--out",
+            str(tmp_path / "x.pt"),
+        ],
+        capsys,
+    )
     assert "pretrained generic model" in err and "--model" in err
 
 
@@ -214,7 +311,9 @@ def test_pu_background_term_never_goes_negative():
     assert torch.allclose(loss, positive_only)
 
 
-def test_particle_count_is_twice_the_generic_picks_above_the_median_score_at_the_labels(labelled, tmp_path, monkeypatch):
+def test_particle_count_is_twice_the_generic_picks_above_the_median_score_at_the_labels(
+    labelled, tmp_path, monkeypatch
+):
     # 20 particles scored 0.05 ... 1.0 by the generic head, every other one labelled, plus 5
     # low-scored picks on background: half the particles score above the labels' median.
     mic, _ = labelled[0]
@@ -224,8 +323,13 @@ def test_particle_count_is_twice_the_generic_picks_above_the_median_score_at_the
     coords.write_text("x,y\n" + "".join(f"{x},{y}\n" for x, y in xy[1::2]))
     data = labelled_micrographs("x", [mic], [coords], size=ParticleSize(diameter_px=6.0))
     background = np.column_stack([np.arange(5) * 20.0 + 10, np.full(5, 120.0)])
-    fake = Picks(mic.stem, np.r_[xy[:, 0], background[:, 0]], np.r_[xy[:, 1], background[:, 1]],
-                 np.r_[scores, np.full(5, 0.3)], box_size=6.0)  # fmt: skip
+    fake = Picks(
+        mic.stem,
+        np.r_[xy[:, 0], background[:, 0]],
+        np.r_[xy[:, 1], background[:, 1]],
+        np.r_[scores, np.full(5, 0.3)],
+        box_size=6.0,
+    )
     monkeypatch.setattr(finetune_module, "pick_micrograph", lambda *args, **kwargs: fake)
     assert expected_particle_counts(None, None, data) == {mic.stem: 20.0}
     assert expected_particle_counts(None, None, data, per_micrograph=5.0) == {mic.stem: 10.0}  # never below the labels

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hydrapicker.checkpoint import load_checkpoint
 from hydrapicker.data.project import load_project
 from hydrapicker.evaluate import evaluate
 from hydrapicker.io.coordinates import read_picks
@@ -30,7 +31,6 @@ from hydrapicker.io.micrograph import read_micrograph
 from hydrapicker.io.picks import Picks
 from hydrapicker.picking.picker import pick_micrograph
 from hydrapicker.training.config import TrainConfig
-from hydrapicker.checkpoint import load_checkpoint
 from hydrapicker.training.stages import train
 
 # Particles upsampled to 54 px (2x the stored 27 px): on the 16-px anchor grid the stored scale
@@ -41,9 +41,19 @@ from hydrapicker.training.stages import train
 # 691 CPU-seconds (14.5 min at load 4-6), over the issue's "a couple of minutes"; AP gains little
 # after 150 steps.
 OVERFIT_CONFIG = TrainConfig(
-    preset="tiny", stage="1", epochs=12, batches_per_epoch=10, val_batches=1, t0_epochs=12,
-    target_diameter_px=54.0, crop_size=368, pad_to=520, rotate=False, seed=0, threads=2,
-)  # fmt: skip
+    preset="tiny",
+    stage="1",
+    epochs=12,
+    batches_per_epoch=10,
+    val_batches=1,
+    t0_epochs=12,
+    target_diameter_px=54.0,
+    crop_size=368,
+    pad_to=520,
+    rotate=False,
+    seed=0,
+    threads=2,
+)
 
 BOX_PX = 27.0  # the labels' particle diameter in stored pixels (README of the dataset)
 PIXEL_SIZE = 7.08
@@ -97,7 +107,9 @@ diameter = {BOX_PX * PIXEL_SIZE}
     picks, truth = {}, {}
     for stem in stems:
         image = read_micrograph(bgal_dir / f"{stem}.png").data
-        picked = pick_micrograph(model, meta, image, PIXEL_SIZE, diameter_A=BOX_PX * PIXEL_SIZE, threshold=0.01, name=stem)
+        picked = pick_micrograph(
+            model, meta, image, PIXEL_SIZE, diameter_A=BOX_PX * PIXEL_SIZE, threshold=0.01, name=stem
+        )
         picks[stem] = inside_labelled_window(picked)
         truth.update(read_picks(bgal_dir / f"{stem}.csv", micrograph=stem))
     assert np.isclose(picked.box_size, BOX_PX)

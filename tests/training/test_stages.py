@@ -14,20 +14,30 @@ from pathlib import Path
 import pytest
 import torch
 
+from hydrapicker.checkpoint import load_checkpoint
 from hydrapicker.cli import main as cli_main
 from hydrapicker.data.project import load_project
-from hydrapicker.errors import HydraPickerError
 from hydrapicker.defaults import GENERIC
+from hydrapicker.errors import HydraPickerError
 from hydrapicker.training.config import TrainConfig
-from hydrapicker.checkpoint import load_checkpoint
 from hydrapicker.training.stages import train
 
 BGAL_VAL = "empiar10017_Falcon_2012_06_12-16_51_03_0_bin4"
 
 CONFIG = TrainConfig(
-    preset="tiny", stage="both", epochs=2, stage2_epochs=2, batches_per_epoch=2, val_batches=1,
-    batch_size=2, crop_size=96, pad_to=128, target_diameter_px=20.0, threads=2, seed=3,
-)  # fmt: skip
+    preset="tiny",
+    stage="both",
+    epochs=2,
+    stage2_epochs=2,
+    batches_per_epoch=2,
+    val_batches=1,
+    batch_size=2,
+    crop_size=96,
+    pad_to=128,
+    target_diameter_px=20.0,
+    threads=2,
+    seed=3,
+)
 
 
 class Interrupt(Exception):
@@ -35,7 +45,9 @@ class Interrupt(Exception):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, ) -> Path:
+def project(
+    tmp_path_factory,
+) -> Path:
     from conftest import REAL_BGAL, REAL_T20S
 
     path = tmp_path_factory.mktemp("project") / "project.toml"
@@ -116,7 +128,9 @@ def test_stage2_starts_every_head_and_the_generic_head_from_the_stage1_head(proj
         assert torch.equal(value, single.trunk.state_dict()[key]), key
 
 
-def test_size_head_learns_the_scale_jitter_in_both_stages_and_stays_frozen_in_finetuning(project, finished_run, tmp_path):
+def test_size_head_learns_the_scale_jitter_in_both_stages_and_stays_frozen_in_finetuning(
+    project, finished_run, tmp_path
+):
     from hydrapicker.training.finetune import add_frozen_head
 
     config = replace(CONFIG, size_head=True, scale_jitter=(0.6, 1.6), stage2_lr=0.0)
@@ -156,7 +170,10 @@ def test_resume_after_a_kill_in_each_stage_gives_the_uninterrupted_weights(proje
         resumed, uninterrupted = _state(tmp_path / stage), _state(finished_run / stage)
         for key in uninterrupted:
             assert torch.equal(resumed[key], uninterrupted[key]), (stage, key)
-    assert _rows(tmp_path / "stage2" / "log.csv")[1]["val_loss"] == _rows(finished_run / "stage2" / "log.csv")[1]["val_loss"]
+    assert (
+        _rows(tmp_path / "stage2" / "log.csv")[1]["val_loss"]
+        == _rows(finished_run / "stage2" / "log.csv")[1]["val_loss"]
+    )
 
 
 def test_a_second_run_into_the_same_folder_needs_resume(project, finished_run):
@@ -176,8 +193,24 @@ def test_load_checkpoint_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
 
 def test_cli_train_runs_stage1_and_writes_the_run_record(project, tmp_path, capsys):
     out = tmp_path / "cli"
-    argv = ["train", str(project), "--out", str(out), "--preset", "tiny", "--stage", "1", "--epochs", "1",
-            "--batches-per-epoch", "1", "--val-batches", "1", "--threads", "2"]  # fmt: skip
+    argv = [
+        "train",
+        str(project),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--stage",
+        "1",
+        "--epochs",
+        "1",
+        "--batches-per-epoch",
+        "1",
+        "--val-batches",
+        "1",
+        "--threads",
+        "2",
+    ]
     assert cli_main(argv) == 0
     assert (out / "model.pt").is_file() and (out / "command.json").is_file()
     assert json.loads((out / "command.json").read_text())["options"]["preset"] == "tiny"

@@ -20,16 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from hydrapicker.particle_size import ParticleSize
+from hydrapicker.bundled import BundledDataset, bundled_datasets
+from hydrapicker.checkpoint import load_model
 from hydrapicker.defaults import PICK_THRESHOLD
 from hydrapicker.evaluate import Evaluation, evaluate, write_curves
-from hydrapicker.bundled import BundledDataset, bundled_datasets
 from hydrapicker.io import Picks, atomic_write_text, write_picks
-from hydrapicker.picking.picker import Picker, PickSettings
+from hydrapicker.particle_size import ParticleSize
 from hydrapicker.picking.overlay import write_overlay
+from hydrapicker.picking.picker import Picker, PickSettings
 from hydrapicker.training.config import FinetuneConfig
 from hydrapicker.training.finetune import finetune, labelled_micrographs
-from hydrapicker.checkpoint import load_model
 
 __all__ = ["DemoResult", "format_figure", "run_demo"]
 
@@ -58,7 +58,11 @@ def _pick_and_write(
     model, meta, dataset: BundledDataset, paths: list[Path], head: str, out_dir: Path, say: Callable[[str], None]
 ) -> dict[str, Picks]:
     """Pick ``paths`` as ``hydrapicker pick`` does (the size read once over them); write STAR files and overlays of the picks above the default threshold."""
-    settings = PickSettings(ParticleSize(diameter_px=dataset.box_size, pixel_size=dataset.pixel_size), head=head, threshold=RANKING_THRESHOLD)
+    settings = PickSettings(
+        ParticleSize(diameter_px=dataset.box_size, pixel_size=dataset.pixel_size),
+        head=head,
+        threshold=RANKING_THRESHOLD,
+    )
     picker = Picker(model, meta, settings)
     if picker.calibrate(paths) is not None:
         say(f"  {picker.describe_size()}")
@@ -106,15 +110,19 @@ def run_demo(
     *few_shot, held_out = bgal.micrographs()
     say(f"few-shot: fine-tuning head {FEW_SHOT_HEAD!r} on {len(few_shot)} labelled micrographs")
     data = labelled_micrographs(
-        FEW_SHOT_HEAD, few_shot, [p.with_suffix(".csv") for p in few_shot], size=ParticleSize(diameter_px=bgal.box_size))
+        FEW_SHOT_HEAD, few_shot, [p.with_suffix(".csv") for p in few_shot], size=ParticleSize(diameter_px=bgal.box_size)
+    )
     overrides = {k: v for k, v in (("epochs", epochs), ("batches_per_epoch", batches_per_epoch)) if v is not None}
     # Each demo fine-tunes afresh: an earlier or interrupted demo's run in the same folder would
     # otherwise stop this one ("a training run is already there"); the folder is the demo's own.
     shutil.rmtree(out_dir / "few_shot", ignore_errors=True)
     checkpoint = finetune(
-        data, out_dir / "few_shot" / "model.pt", FinetuneConfig(name=FEW_SHOT_HEAD, seed=seed, **overrides),
-        model_path=model_path, say=say,
-    )  # fmt: skip
+        data,
+        out_dir / "few_shot" / "model.pt",
+        FinetuneConfig(name=FEW_SHOT_HEAD, seed=seed, **overrides),
+        model_path=model_path,
+        say=say,
+    )
     tuned, tuned_meta = load_model(checkpoint)
     say(f"few-shot: picking the held-out micrograph {held_out.stem} with head {FEW_SHOT_HEAD!r}")
     held_dir = out_dir / "few_shot" / "held_out"
@@ -122,7 +130,10 @@ def run_demo(
     truth = bgal.labels()
     held_out_finetuned = _score(tuned_picks, truth, bgal.box_size, held_dir)
     held_out_generic = _score(
-        {held_out.stem: zero_shot_picks[bgal.name][held_out.stem]}, truth, bgal.box_size, out_dir / "few_shot" / "held_out_generic"
+        {held_out.stem: zero_shot_picks[bgal.name][held_out.stem]},
+        truth,
+        bgal.box_size,
+        out_dir / "few_shot" / "held_out_generic",
     )
     report = _write_report(out_dir, zero_shot, held_out.stem, held_out_generic, held_out_finetuned, few_shot)
     return DemoResult(zero_shot, held_out.stem, held_out_generic, held_out_finetuned, report)

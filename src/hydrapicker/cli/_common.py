@@ -49,14 +49,26 @@ def add_particle_size_arguments(parser: argparse.ArgumentParser, pixel_size_help
 
 def add_pick_placing_arguments(picking: argparse._ArgumentGroup) -> None:
     """How candidates become picks (verbs that pick: ``pick``, ``relion``): duplicates, centre refinement, edges."""
-    picking.add_argument("--nms-iou", type=float, default=NMS_IOU, metavar="IOU", help="duplicate suppression IoU (default: %(default)s)")
-    picking.add_argument("--refine-radius", type=float, default=REFINE_RADIUS, metavar="R",
-                         help="move each pick to the consensus of the anchors' centres within R box sizes; 0: off (default: %(default)s)")
-    picking.add_argument("--whole-boxes", action="store_true", help="drop picks whose box reaches past the micrograph edge")
-    picking.add_argument("--fixed-diameter", action="store_true",
-                         help="use the diameter exactly as given; by default, picking with the generic head of a model with a size head "
-                              "reads the particle size once over up to 8 of the micrographs and picks them all at the corrected "
-                              "diameter when the particles look another size (within x0.6-1.6); give this when you know the diameter")  # fmt: skip
+    picking.add_argument(
+        "--nms-iou", type=float, default=NMS_IOU, metavar="IOU", help="duplicate suppression IoU (default: %(default)s)"
+    )
+    picking.add_argument(
+        "--refine-radius",
+        type=float,
+        default=REFINE_RADIUS,
+        metavar="R",
+        help="move each pick to the consensus of the anchors' centres within R box sizes; 0: off (default: %(default)s)",
+    )
+    picking.add_argument(
+        "--whole-boxes", action="store_true", help="drop picks whose box reaches past the micrograph edge"
+    )
+    picking.add_argument(
+        "--fixed-diameter",
+        action="store_true",
+        help="use the diameter exactly as given; by default, picking with the generic head of a model with a size head "
+        "reads the particle size once over up to 8 of the micrographs and picks them all at the corrected "
+        "diameter when the particles look another size (within x0.6-1.6); give this when you know the diameter",
+    )
 
 
 def pick_settings(args: argparse.Namespace) -> PickSettings:
@@ -64,8 +76,16 @@ def pick_settings(args: argparse.Namespace) -> PickSettings:
     from hydrapicker.picking.picker import PickSettings
 
     return PickSettings(
-        particle_size(args), head=args.head, threshold=args.threshold, nms_iou=args.nms_iou, refine_radius=args.refine_radius,
-        tile_size=args.tile, whole_boxes=args.whole_boxes, correct_size=not args.fixed_diameter, device=args.device, bf16=args.bf16,
+        particle_size(args),
+        head=args.head,
+        threshold=args.threshold,
+        nms_iou=args.nms_iou,
+        refine_radius=args.refine_radius,
+        tile_size=args.tile,
+        whole_boxes=args.whole_boxes,
+        correct_size=not args.fixed_diameter,
+        device=args.device,
+        bf16=args.bf16,
     )
 
 

@@ -27,21 +27,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     defaults = AdaptConfig(name="x")
     inputs = parser.add_argument_group("inputs")
-    inputs.add_argument("micrographs", nargs="+", metavar="MICROGRAPHS", help="unlabelled micrographs: files, folders or globs")
-    inputs.add_argument("--model", type=Path, metavar="CKPT", help="base checkpoint (default: the shipped generic model)")
+    inputs.add_argument(
+        "micrographs", nargs="+", metavar="MICROGRAPHS", help="unlabelled micrographs: files, folders or globs"
+    )
+    inputs.add_argument(
+        "--model", type=Path, metavar="CKPT", help="base checkpoint (default: the shipped generic model)"
+    )
     inputs.add_argument("--name", required=True, help="name of the new head (the dataset)")
     inputs.add_argument("--out", type=Path, required=True, metavar="CKPT", help="the checkpoint to write (.pt)")
     add_particle_size_arguments(parser, "Å per pixel (default: from the MRC header)")
     teacher = parser.add_argument_group("teacher")
-    teacher.add_argument("--rounds", type=int, default=defaults.rounds, help="teach / train rounds (default: %(default)s)")
-    teacher.add_argument("--turns", type=int, default=defaults.turns, choices=(1, 2, 3, 4),
-                         help="quarter turns the teacher's scores are averaged over; each costs a trunk pass (default: %(default)s)")  # fmt: skip
-    teacher.add_argument("--teacher-threshold", type=float, default=defaults.teacher_threshold,
-                         help="teacher picks scoring at least this are the particles it teaches, as reported (default: %(default)s)")  # fmt: skip
-    teacher.add_argument("--max-micrographs", type=int, default=defaults.max_micrographs,
-                         help="adapt on at most this many micrographs, evenly spaced (default: %(default)s)")  # fmt: skip
+    teacher.add_argument(
+        "--rounds", type=int, default=defaults.rounds, help="teach / train rounds (default: %(default)s)"
+    )
+    teacher.add_argument(
+        "--turns",
+        type=int,
+        default=defaults.turns,
+        choices=(1, 2, 3, 4),
+        help="quarter turns the teacher's scores are averaged over; each costs a trunk pass (default: %(default)s)",
+    )
+    teacher.add_argument(
+        "--teacher-threshold",
+        type=float,
+        default=defaults.teacher_threshold,
+        help="teacher picks scoring at least this are the particles it teaches, as reported (default: %(default)s)",
+    )
+    teacher.add_argument(
+        "--max-micrographs",
+        type=int,
+        default=defaults.max_micrographs,
+        help="adapt on at most this many micrographs, evenly spaced (default: %(default)s)",
+    )
     schedule = parser.add_argument_group("schedule")
-    schedule.add_argument("--steps", type=int, default=defaults.steps, help="mini-batches per round (default: %(default)s)")
+    schedule.add_argument(
+        "--steps", type=int, default=defaults.steps, help="mini-batches per round (default: %(default)s)"
+    )
     schedule.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate (default: %(default)s)")
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
@@ -49,16 +70,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from hydrapicker.training.config import AdaptConfig
-    from hydrapicker.training.adapt import adapt, run_folder
     from hydrapicker.cli._common import particle_size, write_run_record
+    from hydrapicker.training.adapt import adapt, run_folder
+    from hydrapicker.training.config import AdaptConfig
 
     config = AdaptConfig(
-        name=args.name, rounds=args.rounds, turns=args.turns, teacher_threshold=args.teacher_threshold,
-        max_micrographs=args.max_micrographs, steps=args.steps, lr=args.lr, seed=args.seed, threads=args.threads,
-    )  # fmt: skip
-    report = adapt(args.micrographs, args.out, config, model_path=args.model, size=particle_size(args))  # fmt: skip
+        name=args.name,
+        rounds=args.rounds,
+        turns=args.turns,
+        teacher_threshold=args.teacher_threshold,
+        max_micrographs=args.max_micrographs,
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    report = adapt(args.micrographs, args.out, config, model_path=args.model, size=particle_size(args))
     write_run_record(run_folder(args.out), args)
-    print(f"Model: {Path(report.checkpoint).resolve()} (pick with --model {args.out} --head {args.name}); "
-          f"{report.seconds:.0f} s; record in {run_folder(args.out)}")  # fmt: skip
+    print(
+        f"Model: {Path(report.checkpoint).resolve()} (pick with --model {args.out} --head {args.name}); "
+        f"{report.seconds:.0f} s; record in {run_folder(args.out)}"
+    )
     return 0

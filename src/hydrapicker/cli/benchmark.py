@@ -26,9 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", type=Path, metavar="CONFIG", help="benchmark TOML (e.g. benchmarks/protocol.toml)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (a rerun continues it)")
     parser.add_argument("--quick", action="store_true", help="the config's [quick] subset: same code, minutes")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="where the networks run (default: the config's, else cpu)")
-    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: the config's, else torch's choice)")
-    parser.add_argument("--processes", type=int, metavar="N", help="simulation processes (default: the config's, else 2)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), help="where the networks run (default: the config's, else cpu)"
+    )
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="torch CPU threads (default: the config's, else torch's choice)"
+    )
+    parser.add_argument(
+        "--processes", type=int, metavar="N", help="simulation processes (default: the config's, else 2)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -39,7 +45,9 @@ def main(args: argparse.Namespace) -> int:
 
     if args.out.is_file():
         raise HydraPickerError(f"--out {args.out}: is a file, not a folder")
-    config = load_config(args.config, quick=args.quick, device=args.device, threads=args.threads, processes=args.processes)
+    config = load_config(
+        args.config, quick=args.quick, device=args.device, threads=args.threads, processes=args.processes
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     write_run_record(args.out, args)
     report = run_benchmark(config, args.out, config_path=str(args.config) + (" --quick" if args.quick else ""))

@@ -18,13 +18,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default: %(default)s)")
     parser.add_argument("--model", type=Path, default=None, help="base checkpoint (default: the shipped generic model)")
     parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: finetune's)")
-    parser.add_argument("--batches-per-epoch", type=int, default=None, help="fine-tuning batches per epoch (default: finetune's)")
+    parser.add_argument(
+        "--batches-per-epoch", type=int, default=None, help="fine-tuning batches per epoch (default: finetune's)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
 
 
 def main(args: argparse.Namespace) -> int:
-    from hydrapicker.cli._common import write_run_record
     from hydrapicker.apps.demo import format_figure, run_demo
+    from hydrapicker.cli._common import write_run_record
     from hydrapicker.errors import HydraPickerError
 
     if args.out.is_file():  # before minutes of picking and fine-tuning, not after

@@ -24,19 +24,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     formats = sorted(COORDINATE_FORMATS)
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("picks", nargs="+", type=Path, metavar="PICKS", help="coordinate files with the picks to score")
-    inputs.add_argument("--truth", nargs="+", type=Path, required=True, metavar="TRUTH", help="coordinate files with the true particles")
+    inputs.add_argument(
+        "--truth", nargs="+", type=Path, required=True, metavar="TRUTH", help="coordinate files with the true particles"
+    )
     inputs.add_argument("--picks-format", choices=formats, help="format of the picks files (default: from the suffix)")
     inputs.add_argument("--truth-format", choices=formats, help="format of the truth files (default: from the suffix)")
     matching = parser.add_argument_group("matching")
-    matching.add_argument("--box", type=float, required=True, metavar="PX", help="box edge in pixels for picks and true particles")
     matching.add_argument(
-        "--threshold", type=float, default=MATCH_IOU, metavar="IOU", help="IoU at or above which a pick matches (default: %(default)s)"
+        "--box", type=float, required=True, metavar="PX", help="box edge in pixels for picks and true particles"
     )
     matching.add_argument(
-        "--ignore-unlabelled", action="store_true", help="drop picks on micrographs that have no truth (default: an error)"
+        "--threshold",
+        type=float,
+        default=MATCH_IOU,
+        metavar="IOU",
+        help="IoU at or above which a pick matches (default: %(default)s)",
+    )
+    matching.add_argument(
+        "--ignore-unlabelled",
+        action="store_true",
+        help="drop picks on micrographs that have no truth (default: an error)",
     )
     outputs = parser.add_argument_group("outputs")
-    outputs.add_argument("--json", type=Path, metavar="FILE", help="write the scores (pooled and per micrograph) as JSON")
+    outputs.add_argument(
+        "--json", type=Path, metavar="FILE", help="write the scores (pooled and per micrograph) as JSON"
+    )
     outputs.add_argument("--plots", type=Path, metavar="DIR", help="write pr.png, roc.png and the run record into DIR")
 
 

@@ -32,32 +32,58 @@ __all__ = ["add_arguments", "main"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hydrapicker.defaults import COORDINATE_FORMATS
-    from hydrapicker.training.config import FinetuneConfig, LABELS
+    from hydrapicker.training.config import LABELS, FinetuneConfig
 
     defaults = FinetuneConfig(name="x")
     inputs = parser.add_argument_group("inputs")
-    inputs.add_argument("--model", type=Path, metavar="CKPT", help="base checkpoint (default: the shipped generic model)")
+    inputs.add_argument(
+        "--model", type=Path, metavar="CKPT", help="base checkpoint (default: the shipped generic model)"
+    )
     inputs.add_argument("--name", required=True, help="name of the new head (the dataset)")
-    inputs.add_argument("--micrographs", nargs="+", required=True, metavar="MIC", help="labelled micrographs: files, folders or globs")
+    inputs.add_argument(
+        "--micrographs", nargs="+", required=True, metavar="MIC", help="labelled micrographs: files, folders or globs"
+    )
     inputs.add_argument("--coords", nargs="+", required=True, metavar="FILE", help="their coordinate files (or globs)")
-    inputs.add_argument("--coords-format", choices=sorted(COORDINATE_FORMATS), metavar="F",
-                        help=f"coordinate format, one of {', '.join(COORDINATE_FORMATS)} (default: from the suffix)")  # fmt: skip
-    inputs.add_argument("--val-micrographs", nargs="+", default=[], metavar="MIC", help="labelled micrographs to validate on")
+    inputs.add_argument(
+        "--coords-format",
+        choices=sorted(COORDINATE_FORMATS),
+        metavar="F",
+        help=f"coordinate format, one of {', '.join(COORDINATE_FORMATS)} (default: from the suffix)",
+    )
+    inputs.add_argument(
+        "--val-micrographs", nargs="+", default=[], metavar="MIC", help="labelled micrographs to validate on"
+    )
     inputs.add_argument("--val-coords", nargs="+", default=[], metavar="FILE", help="their coordinate files")
     inputs.add_argument("--out", type=Path, required=True, metavar="CKPT", help="the checkpoint to write (.pt)")
     add_particle_size_arguments(parser, "Å per pixel of the micrographs")
     labels = parser.add_argument_group("labels")
-    labels.add_argument("--labels", choices=LABELS, default=defaults.labels,
-                        help="partial: unlabelled particles may remain (positive-unlabelled loss); "
-                             "complete: every unlabelled place is background (default: %(default)s)")  # fmt: skip
-    labels.add_argument("--expected-particles", type=float, metavar="N",
-                        help="particles per micrograph, labelled or not (default: estimated from the generic head's picks)")  # fmt: skip
+    labels.add_argument(
+        "--labels",
+        choices=LABELS,
+        default=defaults.labels,
+        help="partial: unlabelled particles may remain (positive-unlabelled loss); "
+        "complete: every unlabelled place is background (default: %(default)s)",
+    )
+    labels.add_argument(
+        "--expected-particles",
+        type=float,
+        metavar="N",
+        help="particles per micrograph, labelled or not (default: estimated from the generic head's picks)",
+    )
     schedule = parser.add_argument_group("schedule")
     schedule.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs (default: %(default)s)")
-    schedule.add_argument("--batches-per-epoch", type=int, default=defaults.batches_per_epoch,
-                          help="mini-batches per epoch (default: %(default)s)")  # fmt: skip
-    schedule.add_argument("--val-batches", type=int, default=defaults.val_batches,
-                          help="validation mini-batches after each epoch (default: %(default)s)")  # fmt: skip
+    schedule.add_argument(
+        "--batches-per-epoch",
+        type=int,
+        default=defaults.batches_per_epoch,
+        help="mini-batches per epoch (default: %(default)s)",
+    )
+    schedule.add_argument(
+        "--val-batches",
+        type=int,
+        default=defaults.val_batches,
+        help="validation mini-batches after each epoch (default: %(default)s)",
+    )
     schedule.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate (default: %(default)s)")
     run = parser.add_argument_group("run")
     run.add_argument("--resume", action="store_true", help="continue a killed run from its last finished epoch")
@@ -71,12 +97,25 @@ def main(args: argparse.Namespace) -> int:
     from hydrapicker.training.finetune import finetune, labelled_micrographs, run_folder
 
     config = FinetuneConfig(
-        name=args.name, epochs=args.epochs, batches_per_epoch=args.batches_per_epoch, val_batches=args.val_batches,
-        lr=args.lr, labels=args.labels, expected_particles=args.expected_particles, seed=args.seed, threads=args.threads,
-    )  # fmt: skip
+        name=args.name,
+        epochs=args.epochs,
+        batches_per_epoch=args.batches_per_epoch,
+        val_batches=args.val_batches,
+        lr=args.lr,
+        labels=args.labels,
+        expected_particles=args.expected_particles,
+        seed=args.seed,
+        threads=args.threads,
+    )
     data = labelled_micrographs(
-        args.name, args.micrographs, args.coords, coords_format=args.coords_format, val_micrographs=args.val_micrographs,
-        val_coordinates=args.val_coords, size=particle_size(args))  # fmt: skip
+        args.name,
+        args.micrographs,
+        args.coords,
+        coords_format=args.coords_format,
+        val_micrographs=args.val_micrographs,
+        val_coordinates=args.val_coords,
+        size=particle_size(args),
+    )
     out = finetune(data, args.out, config, model_path=args.model, resume=args.resume)
     write_run_record(run_folder(args.out), args)
     print(f"Model: {out.resolve()} (pick with --model {out} --head {args.name}); logs in {run_folder(args.out)}")

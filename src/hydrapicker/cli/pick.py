@@ -44,34 +44,68 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("micrographs", nargs="+", metavar="MICROGRAPHS", help="micrograph files, folders or globs")
     inputs.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    inputs.add_argument("--model", type=Path, metavar="CKPT", help="checkpoint from `hydrapicker train` (default: the shipped generic model)")
-    inputs.add_argument("--head", default="generic", metavar="NAME", help="head to pick with (default: %(default)s, zero-shot)")
+    inputs.add_argument(
+        "--model",
+        type=Path,
+        metavar="CKPT",
+        help="checkpoint from `hydrapicker train` (default: the shipped generic model)",
+    )
+    inputs.add_argument(
+        "--head", default="generic", metavar="NAME", help="head to pick with (default: %(default)s, zero-shot)"
+    )
     add_particle_size_arguments(parser, "Å per pixel (default: from the MRC header)")
     picking = parser.add_argument_group("picking")
     picking.add_argument(
-        "--threshold", type=float, metavar="T",
+        "--threshold",
+        type=float,
+        metavar="T",
         help=f"lowest score written (default: the one set with `hydrapicker threshold OUT --set`, else {PICK_THRESHOLD}; "
         "a very low one, e.g. 0.001, keeps the ranking for AP)",
-    )  # fmt: skip
+    )
     add_pick_placing_arguments(picking)
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument(
-        "--format", type=_formats, default=list(COORDINATE_FORMATS), metavar="LIST",
+        "--format",
+        type=_formats,
+        default=list(COORDINATE_FORMATS),
+        metavar="LIST",
         help=f"comma-separated coordinate formats (default: all of {','.join(COORDINATE_FORMATS)}; csv is always written)",
-    )  # fmt: skip
-    outputs.add_argument("--overlay", type=Path, metavar="DIR", help="also write PNGs of the micrographs with the picks drawn")
+    )
+    outputs.add_argument(
+        "--overlay", type=Path, metavar="DIR", help="also write PNGs of the micrographs with the picks drawn"
+    )
     outputs.add_argument("--overwrite", action="store_true", help="pick again micrographs whose outputs exist")
     run = parser.add_argument_group("running")
-    run.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the network runs (default: %(default)s)")
-    run.add_argument("--workers", type=int, default=2, metavar="N", help="threads reading micrographs ahead (default: %(default)s)")
-    run.add_argument("--tile", type=int, default=PICK_TILE_SIZE, metavar="PX", help="tile edge in rescaled px (default: %(default)s)")
-    run.add_argument("--bf16", action="store_true", help="bfloat16 convolutions (faster on recent CPUs; scores change slightly)")
-    watching = parser.add_argument_group("watching a folder during collection")
-    watching.add_argument("--watch", action="store_true", help="keep following MICROGRAPHS and pick each new one once it is complete")
-    watching.add_argument(
-        "--idle", type=float, default=WATCH_IDLE_S, metavar="S", help="with --watch: stop after S seconds with nothing new (default: only on Ctrl-C)"
+    run.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda"), help="where the network runs (default: %(default)s)"
     )
-    watching.add_argument("--poll", type=float, default=WATCH_POLL_S, metavar="S", help="with --watch: seconds between looks (default: %(default)s)")
+    run.add_argument(
+        "--workers", type=int, default=2, metavar="N", help="threads reading micrographs ahead (default: %(default)s)"
+    )
+    run.add_argument(
+        "--tile", type=int, default=PICK_TILE_SIZE, metavar="PX", help="tile edge in rescaled px (default: %(default)s)"
+    )
+    run.add_argument(
+        "--bf16", action="store_true", help="bfloat16 convolutions (faster on recent CPUs; scores change slightly)"
+    )
+    watching = parser.add_argument_group("watching a folder during collection")
+    watching.add_argument(
+        "--watch", action="store_true", help="keep following MICROGRAPHS and pick each new one once it is complete"
+    )
+    watching.add_argument(
+        "--idle",
+        type=float,
+        default=WATCH_IDLE_S,
+        metavar="S",
+        help="with --watch: stop after S seconds with nothing new (default: only on Ctrl-C)",
+    )
+    watching.add_argument(
+        "--poll",
+        type=float,
+        default=WATCH_POLL_S,
+        metavar="S",
+        help="with --watch: seconds between looks (default: %(default)s)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -110,15 +144,30 @@ def _pick(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if distributed.is_main():
         options = pick_record_options(
-            settings, micrographs=args.micrographs, format=formats, overlay=args.overlay, model=args.model, workers=args.workers,
-            overwrite=args.overwrite, watch=args.watch, idle=args.idle, poll=args.poll,
-        )  # fmt: skip
+            settings,
+            micrographs=args.micrographs,
+            format=formats,
+            overlay=args.overlay,
+            model=args.model,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            watch=args.watch,
+            idle=args.idle,
+            poll=args.poll,
+        )
         write_run_record(args.out, args, options)
     if args.watch:
         report = watch_folder(
-            args.micrographs, args.out, picker, formats, poll=args.poll, idle=args.idle,
-            overlay_dir=args.overlay, workers=args.workers, overwrite=args.overwrite,
-        )  # fmt: skip
+            args.micrographs,
+            args.out,
+            picker,
+            formats,
+            poll=args.poll,
+            idle=args.idle,
+            overlay_dir=args.overlay,
+            workers=args.workers,
+            overwrite=args.overwrite,
+        )
     else:
         report = pick_files_sharded(
             paths, args.out, picker, formats, overlay_dir=args.overlay, workers=args.workers, overwrite=args.overwrite

@@ -31,18 +31,38 @@ __all__ = ["add_arguments", "main", "entry_point"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     relion = parser.add_argument_group("what RELION passes")
-    relion.add_argument("--o", dest="job_dir", type=Path, required=True, metavar="DIR", help="the job folder (External/jobNNN/)")
-    relion.add_argument("--in_mics", type=Path, required=True, metavar="STAR", help="micrographs STAR file (data_optics + data_micrographs)")
+    relion.add_argument(
+        "--o", dest="job_dir", type=Path, required=True, metavar="DIR", help="the job folder (External/jobNNN/)"
+    )
+    relion.add_argument(
+        "--in_mics",
+        type=Path,
+        required=True,
+        metavar="STAR",
+        help="micrographs STAR file (data_optics + data_micrographs)",
+    )
     relion.add_argument("--j", dest="threads", type=int, default=None, metavar="N", help="CPU threads for the network")
-    relion.add_argument("--pipeline_control", metavar="DIR", help=argparse.SUPPRESS)  # passed by some RELION versions; unused
+    relion.add_argument(
+        "--pipeline_control", metavar="DIR", help=argparse.SUPPRESS
+    )  # passed by some RELION versions; unused
     add_particle_size_arguments(parser, "Å per pixel (default: _rlnMicrographPixelSize of each optics group)")
     picking = parser.add_argument_group("picking (RELION Params tab: label without the dashes)")
     picking.add_argument("--model", type=Path, metavar="CKPT", help="checkpoint (default: the shipped generic model)")
     picking.add_argument("--head", default="generic", metavar="NAME", help="head to pick with (default: %(default)s)")
-    picking.add_argument("--threshold", type=float, default=PICK_THRESHOLD, metavar="T", help="lowest score written (default: %(default)s)")
+    picking.add_argument(
+        "--threshold",
+        type=float,
+        default=PICK_THRESHOLD,
+        metavar="T",
+        help="lowest score written (default: %(default)s)",
+    )
     add_pick_placing_arguments(picking)
-    picking.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the network runs (default: %(default)s)")
-    picking.add_argument("--tile", type=int, default=PICK_TILE_SIZE, metavar="PX", help="tile edge in rescaled px (default: %(default)s)")
+    picking.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda"), help="where the network runs (default: %(default)s)"
+    )
+    picking.add_argument(
+        "--tile", type=int, default=PICK_TILE_SIZE, metavar="PX", help="tile edge in rescaled px (default: %(default)s)"
+    )
     picking.add_argument("--bf16", action="store_true", help="bfloat16 convolutions")
     picking.add_argument("--overwrite", action="store_true", help="pick again micrographs whose outputs exist")
 
@@ -64,14 +84,25 @@ def main(args: argparse.Namespace) -> int:
         micrographs = [str(m.path.resolve()) for m in read_micrographs_star(args.in_mics)]
         args.job_dir.mkdir(parents=True, exist_ok=True)
         options = pick_record_options(
-            settings, micrographs=micrographs, format=["star"], in_mics=args.in_mics, job_dir=args.job_dir, model=args.model,
-            threads=args.threads, overwrite=args.overwrite,
-        )  # fmt: skip
+            settings,
+            micrographs=micrographs,
+            format=["star"],
+            in_mics=args.in_mics,
+            job_dir=args.job_dir,
+            model=args.model,
+            threads=args.threads,
+            overwrite=args.overwrite,
+        )
         write_run_record(args.job_dir, args, options)
         report = run_external_job(
-            args.in_mics, args.job_dir, lambda s: Picker(model, meta, s), settings,
-            workers=2, overwrite=args.overwrite, log=lambda line: print(line, file=sys.stderr),
-        )  # fmt: skip
+            args.in_mics,
+            args.job_dir,
+            lambda s: Picker(model, meta, s),
+            settings,
+            workers=2,
+            overwrite=args.overwrite,
+            log=lambda line: print(line, file=sys.stderr),
+        )
     except JobAborted:
         mark_job_finished(args.job_dir, "aborted")
         raise

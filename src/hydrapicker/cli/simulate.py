@@ -28,32 +28,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("model", type=Path, metavar="MODEL", help="atomic model: .pdb, .cif, optionally .gz")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--n-micrographs", type=int, default=10, metavar="N", help="micrographs to write (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same dataset (default: %(default)s)")
+    parser.add_argument(
+        "--n-micrographs", type=int, default=10, metavar="N", help="micrographs to write (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed: same seed, same dataset (default: %(default)s)"
+    )
     parser.add_argument("--name", help="dataset name (default: sim-<structure id>)")
 
     geometry = parser.add_argument_group("micrograph")
-    geometry.add_argument("--size", type=int, nargs="+", metavar="PX", help="stored size: PX (square) or ROWS COLS (default: 1024)")
+    geometry.add_argument(
+        "--size", type=int, nargs="+", metavar="PX", help="stored size: PX (square) or ROWS COLS (default: 1024)"
+    )
     geometry.add_argument("--pixel-size", type=float, metavar="A", help="Å per stored pixel (default: 1.5)")
     geometry.add_argument(
-        "--rendering", default="float", choices=[*sorted(RENDERINGS), "random"],
+        "--rendering",
+        default="float",
+        choices=[*sorted(RENDERINGS), "random"],
         help="how micrographs are stored: float sums, binned, low-pass, denoised, 8-bit PNG/JPEG, or one drawn "
         "from --seed as the training collection does (default: %(default)s)",
     )
 
     imaging = parser.add_argument_group("imaging")
-    imaging.add_argument("--defocus", type=float, nargs=2, metavar=("MIN", "MAX"), help="defocus range in µm, underfocus positive (default: 1 3)")
-    imaging.add_argument("--dose", type=float, nargs="+", metavar="E_PER_A2", help="electron dose, e/Å² (default: 30 60)")
-    imaging.add_argument("--b-factor", type=float, nargs="+", metavar="A2", help="image envelope B, Å² (default: 40 150)")
+    imaging.add_argument(
+        "--defocus",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="defocus range in µm, underfocus positive (default: 1 3)",
+    )
+    imaging.add_argument(
+        "--dose", type=float, nargs="+", metavar="E_PER_A2", help="electron dose, e/Å² (default: 30 60)"
+    )
+    imaging.add_argument(
+        "--b-factor", type=float, nargs="+", metavar="A2", help="image envelope B, Å² (default: 40 150)"
+    )
     imaging.add_argument("--no-ctf", action="store_true", help="in focus without aberrations (geometry checks)")
 
     specimen = parser.add_argument_group("specimen")
-    specimen.add_argument("--particles-per-micrograph", type=int, nargs=2, metavar=("MIN", "MAX"), help="particle count range (default: from 3-40 %% area coverage)")
-    specimen.add_argument("--ice-thickness", type=float, nargs="+", metavar="NM", help="ice thickness in nm (default: 25 60)")
-    specimen.add_argument("--carbon-probability", type=float, metavar="P", help="share of micrographs with a carbon hole edge (default: 0.3)")
-    specimen.add_argument("--contamination-probability", type=float, metavar="P", help="share with ice contamination blobs (default: 0.4)")
-    specimen.add_argument("--aggregate-probability", type=float, metavar="P", help="share with aggregates (default: 0.4)")
-    specimen.add_argument("--chains", help="chains to keep, e.g. ABCDEF (default: all, or one copy of known two-copy asymmetric units)")
+    specimen.add_argument(
+        "--particles-per-micrograph",
+        type=int,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="particle count range (default: from 3-40 %% area coverage)",
+    )
+    specimen.add_argument(
+        "--ice-thickness", type=float, nargs="+", metavar="NM", help="ice thickness in nm (default: 25 60)"
+    )
+    specimen.add_argument(
+        "--carbon-probability",
+        type=float,
+        metavar="P",
+        help="share of micrographs with a carbon hole edge (default: 0.3)",
+    )
+    specimen.add_argument(
+        "--contamination-probability", type=float, metavar="P", help="share with ice contamination blobs (default: 0.4)"
+    )
+    specimen.add_argument(
+        "--aggregate-probability", type=float, metavar="P", help="share with aggregates (default: 0.4)"
+    )
+    specimen.add_argument(
+        "--chains", help="chains to keep, e.g. ABCDEF (default: all, or one copy of known two-copy asymmetric units)"
+    )
 
     parser.add_argument("--overwrite", action="store_true", help="replace the micrographs of an earlier run in DIR")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -97,7 +134,13 @@ def main(args: argparse.Namespace) -> int:
             changes[name] = getattr(args, name)
     config = SimulationConfig(**changes)
     toml = simulate_dataset(
-        args.model, args.out, config, args.n_micrographs, args.seed, name=args.name, progress=not args.quiet,
+        args.model,
+        args.out,
+        config,
+        args.n_micrographs,
+        args.seed,
+        name=args.name,
+        progress=not args.quiet,
         overwrite=args.overwrite,
     )
     write_run_record(args.out, args)

@@ -32,29 +32,70 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("project", type=Path, help="project TOML listing the labelled datasets")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     group = parser.add_argument_group("model and schedule")
-    group.add_argument("--preset", choices=sorted(PRESETS), default=defaults.preset, help="network size (default: %(default)s)")
-    group.add_argument("--stage", choices=STAGES, default=defaults.stage, help="which stage(s) to run (default: %(default)s)")
+    group.add_argument(
+        "--preset", choices=sorted(PRESETS), default=defaults.preset, help="network size (default: %(default)s)"
+    )
+    group.add_argument(
+        "--stage", choices=STAGES, default=defaults.stage, help="which stage(s) to run (default: %(default)s)"
+    )
     group.add_argument("--epochs", type=int, default=defaults.epochs, help="stage-1 epochs (default: %(default)s)")
-    group.add_argument("--stage2-epochs", type=int, default=defaults.stage2_epochs, help="stage-2 epochs (default: %(default)s)")
-    group.add_argument("--batches-per-epoch", type=int, default=defaults.batches_per_epoch,
-                       help="mini-batches per epoch (default: %(default)s)")  # fmt: skip
-    group.add_argument("--val-batches", type=int, default=defaults.val_batches,
-                       help="validation mini-batches measured after each epoch (default: %(default)s)")  # fmt: skip
-    group.add_argument("--t0-epochs", type=int, default=defaults.t0_epochs,
-                       help="stage-1 epochs between warm restarts of the learning rate (default: %(default)s)")  # fmt: skip
-    group.add_argument("--accumulate", type=int, default=defaults.accumulate, metavar="N",
-                       help="batches averaged per optimiser step, per process (default: %(default)s)")  # fmt: skip
-    group.add_argument("--scale-jitter", type=float, nargs=2, default=defaults.scale_jitter, metavar=("LO", "HI"),
-                       help="extra rescale of each training crop, log-uniform in [LO, HI] (default: %(default)s)")  # fmt: skip
-    group.add_argument("--size-head", action="store_true",
-                       help="also train a size head, which lets `pick` correct a wrong particle diameter (wants a wide --scale-jitter)")  # fmt: skip
+    group.add_argument(
+        "--stage2-epochs", type=int, default=defaults.stage2_epochs, help="stage-2 epochs (default: %(default)s)"
+    )
+    group.add_argument(
+        "--batches-per-epoch",
+        type=int,
+        default=defaults.batches_per_epoch,
+        help="mini-batches per epoch (default: %(default)s)",
+    )
+    group.add_argument(
+        "--val-batches",
+        type=int,
+        default=defaults.val_batches,
+        help="validation mini-batches measured after each epoch (default: %(default)s)",
+    )
+    group.add_argument(
+        "--t0-epochs",
+        type=int,
+        default=defaults.t0_epochs,
+        help="stage-1 epochs between warm restarts of the learning rate (default: %(default)s)",
+    )
+    group.add_argument(
+        "--accumulate",
+        type=int,
+        default=defaults.accumulate,
+        metavar="N",
+        help="batches averaged per optimiser step, per process (default: %(default)s)",
+    )
+    group.add_argument(
+        "--scale-jitter",
+        type=float,
+        nargs=2,
+        default=defaults.scale_jitter,
+        metavar=("LO", "HI"),
+        help="extra rescale of each training crop, log-uniform in [LO, HI] (default: %(default)s)",
+    )
+    group.add_argument(
+        "--size-head",
+        action="store_true",
+        help="also train a size head, which lets `pick` correct a wrong particle diameter (wants a wide --scale-jitter)",
+    )
     group = parser.add_argument_group("run")
     group.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     group.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
     group.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    group.add_argument("--device", default=defaults.device, choices=("cpu", "cuda"), help="where the network trains (default: %(default)s)")
-    group.add_argument("--cache-dir", type=Path, default=None,
-                       help="keep prepared micrographs here on disk between epochs and runs (default: none)")  # fmt: skip
+    group.add_argument(
+        "--device",
+        default=defaults.device,
+        choices=("cpu", "cuda"),
+        help="where the network trains (default: %(default)s)",
+    )
+    group.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="keep prepared micrographs here on disk between epochs and runs (default: none)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import OrderedDict
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -301,7 +301,9 @@ class CropBatches:
         rows, cols = prep.image.shape
         canvas = np.array([max(math.ceil(cols * jitter), self.pad_to), max(math.ceil(rows * jitter), self.pad_to)])
         pad = np.floor((canvas - np.array([cols, rows]) * jitter) / 2)
-        origin = np.array([rng.integers(0, canvas[0] - self.crop_size + 1), rng.integers(0, canvas[1] - self.crop_size + 1)])
+        origin = np.array(
+            [rng.integers(0, canvas[0] - self.crop_size + 1), rng.integers(0, canvas[1] - self.crop_size + 1)]
+        )
         forward, offset = _crop_transform(jitter, angle, pad, (canvas - 1) / 2, origin)
 
         inverse = np.linalg.inv(forward)
@@ -334,7 +336,9 @@ class CropBatches:
         )
         grid = np.indices(crop.shape, dtype=np.float64)[::-1].reshape(2, -1)  # (x, y) of every crop pixel
         src = inverse @ grid + shift[:, None]
-        outside = ((src[0] < -0.5) | (src[0] >= cols - 0.5) | (src[1] < -0.5) | (src[1] >= rows - 0.5)).reshape(crop.shape)
+        outside = ((src[0] < -0.5) | (src[0] >= cols - 0.5) | (src[1] < -0.5) | (src[1] >= rows - 0.5)).reshape(
+            crop.shape
+        )
 
         xy = prep.centres @ forward.T + offset if len(prep.centres) else np.zeros((0, 2))
         inside = np.all((xy >= -0.5) & (xy < self.crop_size - 0.5), axis=1)

@@ -30,7 +30,6 @@ __all__ = ["SPLITS", "DatasetSpec", "load_project", "split_stems"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
-
 @dataclass(frozen=True)
 class DatasetSpec:
     """One ``[[dataset]]`` of a project TOML, with its globs resolved.
@@ -89,8 +88,16 @@ def split_stems(spec: DatasetSpec, split: str) -> tuple[str, ...]:
 
 
 _DATASET_FIELDS = {
-    "name", "micrographs", "coordinates", "format", "pixel_size", "diameter", "split", "meta", *SPLITS,
-}  # fmt: skip
+    "name",
+    "micrographs",
+    "coordinates",
+    "format",
+    "pixel_size",
+    "diameter",
+    "split",
+    "meta",
+    *SPLITS,
+}
 
 
 def load_project(path: str | os.PathLike) -> list[DatasetSpec]:
@@ -202,9 +209,10 @@ def _parse_dataset(project: Path, index: int, entry: dict[str, Any]) -> DatasetS
 
     coord_glob = text("coordinates")
     coord_files = [
-        p for p in _glob(folder, coord_glob)
+        p
+        for p in _glob(folder, coord_glob)
         if p.is_file() and not is_micrograph_path(p) and not p.name[: -len(p.suffix) or None].endswith("_decoys")
-    ]  # fmt: skip
+    ]
     if not coord_files:
         raise fail("coordinates", f"{coord_glob!r} matches no coordinate files in {folder}")
 
@@ -321,4 +329,3 @@ def _listed_splits(lists: dict[str, Any], labelled: list[str], fail: Any) -> dic
     if "train" not in out:
         out["train"] = tuple(s for s in labelled if s not in owner)
     return {k: tuple(out.get(k, ())) for k in SPLITS}
-

@@ -13,7 +13,20 @@ from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.micrograph import micrograph_stem
 from hydrapicker.io.picks import Picks
 
-__all__ = ["check_inside", "check_sizes", "file_key", "finish", "flip", "format_number", "mic_name", "number", "one_box_size", "one_line", "read_text", "single_picks"]
+__all__ = [
+    "check_inside",
+    "check_sizes",
+    "file_key",
+    "finish",
+    "flip",
+    "format_number",
+    "mic_name",
+    "number",
+    "one_box_size",
+    "one_line",
+    "read_text",
+    "single_picks",
+]
 
 
 def file_key(path: Path) -> str:
@@ -23,6 +36,7 @@ def file_key(path: Path) -> str:
 
 def mic_name(value: object) -> str:
     return micrograph_stem(Path(str(value).strip()).name)
+
 
 def flip(y: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray:
     # Topaz's convention (topaz/utils/conversions.py): pixel centres at integers, so the
@@ -106,6 +120,7 @@ def format_number(value: float) -> str:
     text = f"{value:.4f}".rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
 
+
 def one_box_size(path: Path, sizes: np.ndarray, rows: np.ndarray) -> float:
     """The box edge of one micrograph from per-row sizes: all positive; the most common one."""
     bad = ~(np.isfinite(sizes) & (sizes > 0))
@@ -114,6 +129,7 @@ def one_box_size(path: Path, sizes: np.ndarray, rows: np.ndarray) -> float:
         raise HydraPickerError(f"{path}: row {rows[i]}: box size must be a positive number of pixels, got {sizes[i]:g}")
     values, counts = np.unique(sizes, return_counts=True)
     return float(values[np.argmax(counts)])
+
 
 def check_sizes(path: Path, sizes: np.ndarray, rows: np.ndarray, label: str) -> None:
     bad = ~(np.isfinite(sizes) & (sizes > 0))
@@ -124,7 +140,9 @@ def check_sizes(path: Path, sizes: np.ndarray, rows: np.ndarray, label: str) -> 
 
 def single_picks(path: Path, many: list[Picks], fmt: str) -> Picks:
     if len(many) != 1:
-        raise HydraPickerError(f"{path}: a {fmt} file holds one micrograph, got {len(many)}; write one file per micrograph")
+        raise HydraPickerError(
+            f"{path}: a {fmt} file holds one micrograph, got {len(many)}; write one file per micrograph"
+        )
     if many[0].box_size is None:
         raise HydraPickerError(f"{path}: a {fmt} file needs the box size of micrograph {many[0].micrograph!r}")
     if not (np.isfinite(many[0].box_size) and many[0].box_size > 0):
@@ -151,7 +169,9 @@ def read_corner_rows(
         if not fields:
             continue
         if len(fields) < min_fields:
-            raise HydraPickerError(f"{path}: row {row_no}: {len(fields)} fields, expected at least {min_fields} (x y w h)")
+            raise HydraPickerError(
+                f"{path}: row {row_no}: {len(fields)} fields, expected at least {min_fields} (x y w h)"
+            )
         labels = ("x", "y", "width", "height")
         values = [number(path, row_no, labels[i], fields[i]) for i in range(4)]
         values.append(number(path, row_no, "score", fields[score_field]) if score_field is not None else 1.0)

@@ -18,13 +18,22 @@ import numpy as np
 
 from hydrapicker.defaults import COORDINATE_FORMATS
 from hydrapicker.errors import HydraPickerError
-from hydrapicker.io.files import atomic_write_text
-from hydrapicker.io.picks import Picks
 from hydrapicker.io.checks import (
-    file_key, finish, flip, format_number, mic_name, number, one_box_size, one_line, read_corner_rows, read_text,
+    file_key,
+    finish,
+    flip,
+    format_number,
+    mic_name,
+    number,
+    one_box_size,
+    one_line,
+    read_corner_rows,
+    read_text,
     single_picks,
 )
 from hydrapicker.io.cryosparc import read_cs, write_cs
+from hydrapicker.io.files import atomic_write_text
+from hydrapicker.io.picks import Picks
 from hydrapicker.io.star import read_cbox, read_star, write_cbox, write_star_picks
 
 __all__ = ["FORMATS", "check_formats", "guess_format", "read_picks", "read_picks_files", "write_picks"]
@@ -33,8 +42,14 @@ __all__ = ["FORMATS", "check_formats", "guess_format", "read_picks", "read_picks
 FORMATS: tuple[str, ...] = tuple(COORDINATE_FORMATS)
 
 _SUFFIX_FORMATS = {
-    ".star": "star", ".box": "box", ".cbox": "cbox", ".txt": "topaz", ".tsv": "topaz", ".cs": "cs", ".csv": "csv",
-}  # fmt: skip
+    ".star": "star",
+    ".box": "box",
+    ".cbox": "cbox",
+    ".txt": "topaz",
+    ".tsv": "topaz",
+    ".cs": "cs",
+    ".csv": "csv",
+}
 
 
 def check_formats(formats: Sequence[str]) -> list[str]:
@@ -228,7 +243,9 @@ def _write_table(path: Path, delimiter: str, header: Sequence[str], many: list[P
     writer.writerow(header)
     for p in many:
         y = flip(p.y, p.shape) if invert_y else p.y
-        writer.writerows((p.micrograph, format_number(a), format_number(b), repr(s)) for a, b, s in zip(p.x, y, p.score.tolist()))
+        writer.writerows(
+            (p.micrograph, format_number(a), format_number(b), repr(s)) for a, b, s in zip(p.x, y, p.score.tolist())
+        )
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -271,9 +288,26 @@ def _write_box(path: Path, many: list[Picks], *, single: bool, invert_y: bool) -
     p = single_picks(path, many, "BOX")
     y = flip(p.y, p.shape) if invert_y else p.y
     w = float(p.box_size)
-    lines = (f"{format_number(a - w / 2)}\t{format_number(b - w / 2)}\t{format_number(w)}\t{format_number(w)}\n" for a, b in zip(p.x, y))
+    lines = (
+        f"{format_number(a - w / 2)}\t{format_number(b - w / 2)}\t{format_number(w)}\t{format_number(w)}\n"
+        for a, b in zip(p.x, y)
+    )
     atomic_write_text(path, "".join(lines))
 
 
-_READERS = {"csv": _read_csv, "topaz": _read_topaz, "star": read_star, "cbox": read_cbox, "box": _read_box, "cs": read_cs}
-_WRITERS = {"csv": _write_csv, "topaz": _write_topaz, "star": write_star_picks, "cbox": write_cbox, "box": _write_box, "cs": write_cs}
+_READERS = {
+    "csv": _read_csv,
+    "topaz": _read_topaz,
+    "star": read_star,
+    "cbox": read_cbox,
+    "box": _read_box,
+    "cs": read_cs,
+}
+_WRITERS = {
+    "csv": _write_csv,
+    "topaz": _write_topaz,
+    "star": write_star_picks,
+    "cbox": write_cbox,
+    "box": _write_box,
+    "cs": write_cs,
+}

@@ -53,7 +53,9 @@ def read_cs(path: Path, *, micrograph, box_size, shape, invert_y) -> dict[str, P
         raise HydraPickerError(f"{path}: malformed cryoSPARC fields ({one_line(exc)})") from exc
     for label, values in ((_CS_X, xf), (_CS_Y, yf), (_CS_SCORE, score)):
         if values.ndim != 1:
-            raise HydraPickerError(f"{path}: field {label!r} holds arrays of shape {values.shape[1:]}, expected numbers")
+            raise HydraPickerError(
+                f"{path}: field {label!r} holds arrays of shape {values.shape[1:]}, expected numbers"
+            )
     rows = np.arange(1, len(table) + 1)
     for label, values in ((_CS_X, xf), (_CS_Y, yf)):
         bad = ~((values >= 0) & (values <= 1))

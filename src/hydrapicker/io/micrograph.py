@@ -19,7 +19,15 @@ from hydrapicker.defaults import MICROGRAPH_SUFFIXES
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.files import atomic_path
 
-__all__ = ["Micrograph", "expand_micrographs", "is_micrograph_path", "list_micrographs", "micrograph_stem", "read_micrograph", "write_mrc"]
+__all__ = [
+    "Micrograph",
+    "expand_micrographs",
+    "is_micrograph_path",
+    "list_micrographs",
+    "micrograph_stem",
+    "read_micrograph",
+    "write_mrc",
+]
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,9 @@ def read_micrograph(path: str | os.PathLike) -> Micrograph:
         bad = int((~np.isfinite(data)).sum())
         raise HydraPickerError(f"{path}: {bad} pixel(s) are NaN or Inf")
     if data.size == 0 or float(data.max()) == float(data.min()):
-        raise HydraPickerError(f"{path}: the image is constant (every pixel is {float(data.flat[0]) if data.size else 'absent'})")
+        raise HydraPickerError(
+            f"{path}: the image is constant (every pixel is {float(data.flat[0]) if data.size else 'absent'})"
+        )
     return Micrograph(data=data, pixel_size=pixel_size, path=path)
 
 
@@ -184,7 +194,9 @@ def expand_micrographs(patterns: Sequence[str | os.PathLike]) -> list[Path]:
         else:
             matches = [Path(text)]
             if not is_micrograph_path(text):
-                raise HydraPickerError(f"{text}: not a micrograph file name (expected one of {', '.join(MICROGRAPH_SUFFIXES)})")
+                raise HydraPickerError(
+                    f"{text}: not a micrograph file name (expected one of {', '.join(MICROGRAPH_SUFFIXES)})"
+                )
         if not matches:
             raise HydraPickerError(f"{text}: matches no micrograph files")
         found.extend(matches)
@@ -193,7 +205,9 @@ def expand_micrographs(patterns: Sequence[str | os.PathLike]) -> list[Path]:
     for path in unique:
         stem = micrograph_stem(path)
         if stem in stems:
-            raise HydraPickerError(f"{stems[stem]} and {path} have the same name {stem!r}: their picks would overwrite each other")
+            raise HydraPickerError(
+                f"{stems[stem]} and {path} have the same name {stem!r}: their picks would overwrite each other"
+            )
         stems[stem] = path
     return unique
 

@@ -53,10 +53,10 @@ class Picks:
         return len(self.x)
 
     @classmethod
-    def empty(cls, micrograph: str, box_size: float | None = None, shape: tuple[int, int] | None = None) -> "Picks":
+    def empty(cls, micrograph: str, box_size: float | None = None, shape: tuple[int, int] | None = None) -> Picks:
         return cls(micrograph, np.zeros(0), np.zeros(0), np.zeros(0), box_size, shape)
 
-    def select(self, mask_or_index: np.ndarray) -> "Picks":
+    def select(self, mask_or_index: np.ndarray) -> Picks:
         """A new Picks holding the rows chosen by a boolean mask or an index array."""
         return Picks(
             self.micrograph,
@@ -67,10 +67,10 @@ class Picks:
             self.shape,
         )
 
-    def above(self, threshold: float) -> "Picks":
+    def above(self, threshold: float) -> Picks:
         """Picks whose score is at least ``threshold``."""
         return self.select(self.score >= threshold)
 
-    def sorted_by_score(self) -> "Picks":
+    def sorted_by_score(self) -> Picks:
         """Picks in descending score (stable for ties)."""
         return self.select(np.argsort(-self.score, kind="stable"))

@@ -63,7 +63,7 @@ def json_float(value: float) -> float | None:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _plain(value: Any) -> Any:
@@ -191,7 +191,6 @@ def expected_outputs(
     """Every file :func:`pick_files` writes for one micrograph: all there means it is done."""
     files = [*output_paths(out_dir, stem, formats).values(), *candidate_paths(out_dir, stem)]
     return files + ([Path(overlay_dir) / f"{stem}.png"] if overlay_dir is not None else [])
-
 
 
 def rebuild_picks_csv(out_dir: str | os.PathLike) -> Path:

@@ -4,15 +4,26 @@ and the coordinate readers and writers of the two STAR flavours, RELION's and cr
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import starfile
 
 from hydrapicker.errors import HydraPickerError
-from hydrapicker.io.checks import check_sizes, file_key, finish, flip, mic_name, one_box_size, one_line, read_corner_rows, read_text, single_picks
+from hydrapicker.io.checks import (
+    check_sizes,
+    file_key,
+    finish,
+    flip,
+    mic_name,
+    one_box_size,
+    one_line,
+    read_corner_rows,
+    read_text,
+    single_picks,
+)
 from hydrapicker.io.files import atomic_path
 from hydrapicker.io.picks import Picks
 
@@ -150,8 +161,12 @@ def write_star_picks(path: Path, many: list[Picks], *, single: bool, invert_y: b
         write_star(path, {"": pd.DataFrame(frame(many[0]))})
         return
     parts = [pd.DataFrame({"rlnMicrographName": f"{p.micrograph}.mrc", **frame(p)}) for p in many]
-    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        {c: [] for c in ("rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnAutopickFigureOfMerit")}
+    table = (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame(
+            {c: [] for c in ("rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnAutopickFigureOfMerit")}
+        )
     )
     table["rlnMicrographName"] = table["rlnMicrographName"].astype(object)
     write_star(path, {"particles": table})
@@ -159,9 +174,18 @@ def write_star_picks(path: Path, many: list[Picks], *, single: bool, invert_y: b
 
 #: crYOLO CBOX 1.0 columns, in crYOLO's order (CoordsIO.py); X/Y are the lower-left box corner.
 _CBOX_COLUMNS = (
-    "CoordinateX", "CoordinateY", "CoordinateZ", "Width", "Height", "Depth",
-    "EstWidth", "EstHeight", "Confidence", "NumBoxes", "Angle",
-)  # fmt: skip
+    "CoordinateX",
+    "CoordinateY",
+    "CoordinateZ",
+    "Width",
+    "Height",
+    "Depth",
+    "EstWidth",
+    "EstHeight",
+    "Confidence",
+    "NumBoxes",
+    "Angle",
+)
 
 
 def read_cbox(path: Path, *, micrograph, box_size, shape, invert_y) -> dict[str, Picks]:
@@ -193,11 +217,18 @@ def write_cbox(path: Path, many: list[Picks], *, single: bool, invert_y: bool) -
     w = float(p.box_size)
     missing = np.full(len(p), np.nan)
     columns = {
-        "CoordinateX": p.x - w / 2, "CoordinateY": y - w / 2, "CoordinateZ": missing,
-        "Width": np.full(len(p), w), "Height": np.full(len(p), w), "Depth": missing,
-        "EstWidth": np.full(len(p), w), "EstHeight": np.full(len(p), w),
-        "Confidence": p.score, "NumBoxes": missing, "Angle": missing,
-    }  # fmt: skip
+        "CoordinateX": p.x - w / 2,
+        "CoordinateY": y - w / 2,
+        "CoordinateZ": missing,
+        "Width": np.full(len(p), w),
+        "Height": np.full(len(p), w),
+        "Depth": missing,
+        "EstWidth": np.full(len(p), w),
+        "EstHeight": np.full(len(p), w),
+        "Confidence": p.score,
+        "NumBoxes": missing,
+        "Angle": missing,
+    }
     blocks = {
         "global": {"cbox_format_version": "1.0"},
         "cryolo": pd.DataFrame(columns)[list(_CBOX_COLUMNS)],

@@ -48,6 +48,9 @@ def picks_from_outputs(
     rows, cols = shape
     edge = box_size / 2 if whole_boxes else 0.0
     inside = (
-        (xy[:, 0] - edge >= -0.5) & (xy[:, 0] + edge < cols - 0.5) & (xy[:, 1] - edge >= -0.5) & (xy[:, 1] + edge < rows - 0.5)
+        (xy[:, 0] - edge >= -0.5)
+        & (xy[:, 0] + edge < cols - 0.5)
+        & (xy[:, 1] - edge >= -0.5)
+        & (xy[:, 1] + edge < rows - 0.5)
     )
     return Picks(name, xy[inside, 0], xy[inside, 1], scores[keep][inside], box_size=box_size, shape=(rows, cols))

@@ -22,9 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hydrapicker.defaults import PICK_TILE_SIZE
+from hydrapicker.defaults import GENERIC, PICK_TILE_SIZE
 from hydrapicker.errors import HydraPickerError
-from hydrapicker.defaults import GENERIC
 from hydrapicker.model import HydraPicker
 
 __all__ = ["head_outputs", "receptive_radius", "size_map", "tile_margin", "tile_spans"]
@@ -62,7 +61,9 @@ def tile_spans(length: int, tile_size: int, margin: int, stride: int) -> list[tu
     """
     most = (tile_size - 2 * margin) // stride  # anchors a tile can be trusted for
     if most < 1:
-        raise HydraPickerError(f"tile size {tile_size} px is too small: it must exceed twice the overlap of {margin} px")
+        raise HydraPickerError(
+            f"tile size {tile_size} px is too small: it must exceed twice the overlap of {margin} px"
+        )
     n_anchors = -(-length // stride)
     # As few tiles as fit, sharing the anchors evenly: 4096 px in tiles of at most 2048 is three
     # tiles of ~1470 px, not two full ones and a sliver.
@@ -92,8 +93,12 @@ class _GroupNorm(nn.Module):
         super().__init__()
         self.groups, self.eps = norm.num_groups, norm.eps
         channels = norm.num_channels
-        self.weight = nn.Parameter(norm.weight.detach().clone() if norm.affine else torch.ones(channels), requires_grad=False)
-        self.bias = nn.Parameter(norm.bias.detach().clone() if norm.affine else torch.zeros(channels), requires_grad=False)
+        self.weight = nn.Parameter(
+            norm.weight.detach().clone() if norm.affine else torch.ones(channels), requires_grad=False
+        )
+        self.bias = nn.Parameter(
+            norm.bias.detach().clone() if norm.affine else torch.zeros(channels), requires_grad=False
+        )
         self.frozen = False
         self.scale: torch.Tensor | None = None  # [1, C, 1, 1]
         self.shift: torch.Tensor | None = None  # [1, C, 1, 1]
@@ -192,7 +197,6 @@ def head_outputs(
                 i0, j0 = r_first - r_start // stride, c_first - c_start // stride
                 out[:, r_first:r_last, c_first:c_last] = tile[:, i0 : i0 + r_last - r_first, j0 : j0 + c_last - c_first]
         return out
-
 
 
 def size_map(model: HydraPicker, image: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:

@@ -18,19 +18,27 @@ from pathlib import Path
 import numpy as np
 
 from hydrapicker.checkpoint import ModelMeta
-from hydrapicker.defaults import CANDIDATE_FLOOR, NMS_IOU, PICK_THRESHOLD, PICK_TILE_SIZE, REFINE_RADIUS, SIZE_PASSES, SIZE_SAMPLE_MICROGRAPHS
+from hydrapicker.defaults import (
+    CANDIDATE_FLOOR,
+    GENERIC,
+    NMS_IOU,
+    PICK_THRESHOLD,
+    PICK_TILE_SIZE,
+    REFINE_RADIUS,
+    SIZE_PASSES,
+    SIZE_SAMPLE_MICROGRAPHS,
+)
 from hydrapicker.device import check_device
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.micrograph import Micrograph, read_micrograph
 from hydrapicker.io.picks import Picks
 from hydrapicker.memory import keep_large_blocks
-from hydrapicker.defaults import GENERIC
 from hydrapicker.model import HydraPicker
+from hydrapicker.particle_size import ParticleSize
 from hydrapicker.picking.decode import picks_from_outputs
 from hydrapicker.picking.inference import tile_margin
 from hydrapicker.picking.size import SizeEstimate, corrects_size, estimate_diameter, size_corrected_outputs
 from hydrapicker.preprocess import prepare_micrograph
-from hydrapicker.particle_size import ParticleSize
 
 __all__ = ["PickSettings", "Picker", "Prepared", "evenly_spaced", "pick_micrograph"]
 
@@ -92,14 +100,18 @@ class Picker:
         if not (0 <= settings.threshold <= 1):
             raise HydraPickerError(f"threshold must be a score between 0 and 1, got {settings.threshold}")
         if not settings.refine_radius >= 0:
-            raise HydraPickerError(f"refine radius must be 0 (off) or a positive fraction of the box size, got {settings.refine_radius}")
+            raise HydraPickerError(
+                f"refine radius must be 0 (off) or a positive fraction of the box size, got {settings.refine_radius}"
+            )
         model.head(settings.head)
         if settings.size is None:
             raise HydraPickerError("picking needs the particle diameter")
         # Check the numbers now, not once per micrograph (a stand-in pixel size when the files give it).
         settings.size.scale(meta.target_diameter_px, 1.0)
         if settings.tile_size < 2 * tile_margin(model) + model.stride:
-            raise HydraPickerError(f"tile size {settings.tile_size} px is too small (at least {2 * tile_margin(model) + model.stride})")
+            raise HydraPickerError(
+                f"tile size {settings.tile_size} px is too small (at least {2 * tile_margin(model) + model.stride})"
+            )
         self.model = model.to(settings.device).eval()
         self.meta = meta
         self.settings = settings
@@ -122,7 +134,9 @@ class Picker:
         assert size is not None, "checked in __init__"
         micrograph = read_micrograph(path)
         if size.needs_pixel_size and micrograph.pixel_size is None:
-            raise HydraPickerError(f"{path}: no pixel size in the file header: give --pixel-size (Å/px) or --diameter-px")
+            raise HydraPickerError(
+                f"{path}: no pixel size in the file header: give --pixel-size (Å/px) or --diameter-px"
+            )
         return micrograph, size.scale(self.meta.target_diameter_px, micrograph.pixel_size)
 
     def prepare(self, path: Path) -> Prepared:
@@ -172,8 +186,10 @@ class Picker:
             return f"particle diameter: {given} as given (the size head found no confident pick in {estimate.micrographs} micrograph(s))"
         if estimate.factor == 1.0:
             return f"particle diameter: {given} as given (the size head agrees, {estimate.micrographs} micrograph(s))"
-        return (f"particle diameter: picking at {value * estimate.factor:.4g} {unit}, {estimate.factor:.2f}x the {given} given "
-                f"(size head, {estimate.micrographs} micrograph(s)); --fixed-diameter picks at {given}")  # fmt: skip
+        return (
+            f"particle diameter: picking at {value * estimate.factor:.4g} {unit}, {estimate.factor:.2f}x the {given} given "
+            f"(size head, {estimate.micrographs} micrograph(s)); --fixed-diameter picks at {given}"
+        )
 
     def candidates(self, prepared: Prepared) -> Picks:
         """Every pick of one prepared micrograph down to ``CANDIDATE_FLOOR`` (or the threshold, if lower), in its stored frame.
@@ -185,13 +201,29 @@ class Picker:
         s = self.settings
         per_micrograph = s.correct_size and self.size_estimate is None  # calibrated: prepared at the run's diameter
         outputs, scale = size_corrected_outputs(
-            self.model, self.meta, prepared.data, prepared.scale, s.head, prepared=prepared.image, name=str(prepared.path),
-            passes=SIZE_PASSES if per_micrograph else 1, tile_size=s.tile_size, device=s.device, bf16=s.bf16,
-        )  # fmt: skip
+            self.model,
+            self.meta,
+            prepared.data,
+            prepared.scale,
+            s.head,
+            prepared=prepared.image,
+            name=str(prepared.path),
+            passes=SIZE_PASSES if per_micrograph else 1,
+            tile_size=s.tile_size,
+            device=s.device,
+            bf16=s.bf16,
+        )
         return picks_from_outputs(
-            outputs, self.meta, scale, prepared.data.shape, min(CANDIDATE_FLOOR, s.threshold),
-            name=prepared.name, nms_iou=s.nms_iou, whole_boxes=s.whole_boxes, refine_radius=s.refine_radius,
-        )  # fmt: skip
+            outputs,
+            self.meta,
+            scale,
+            prepared.data.shape,
+            min(CANDIDATE_FLOOR, s.threshold),
+            name=prepared.name,
+            nms_iou=s.nms_iou,
+            whole_boxes=s.whole_boxes,
+            refine_radius=s.refine_radius,
+        )
 
     def pick(self, prepared: Prepared) -> Picks:
         """The picks of one prepared micrograph at the threshold, in its stored frame."""
@@ -199,7 +231,13 @@ class Picker:
 
 
 def pick_micrograph(
-    model: HydraPicker, meta: ModelMeta, image: np.ndarray, settings: PickSettings, *, pixel_size: float | None = None, name: str = ""
+    model: HydraPicker,
+    meta: ModelMeta,
+    image: np.ndarray,
+    settings: PickSettings,
+    *,
+    pixel_size: float | None = None,
+    name: str = "",
 ) -> Picks:
     """Pick the particles of one micrograph held in memory.
 
@@ -218,10 +256,25 @@ def pick_micrograph(
         raise HydraPickerError("picking needs the particle diameter")
     scale = settings.size.scale(meta.target_diameter_px, pixel_size)
     outputs, scale = size_corrected_outputs(
-        model, meta, np.asarray(image), scale, settings.head, name=name, passes=SIZE_PASSES if settings.correct_size else 1,
-        tile_size=settings.tile_size, device=settings.device, bf16=settings.bf16,
-    )  # fmt: skip
+        model,
+        meta,
+        np.asarray(image),
+        scale,
+        settings.head,
+        name=name,
+        passes=SIZE_PASSES if settings.correct_size else 1,
+        tile_size=settings.tile_size,
+        device=settings.device,
+        bf16=settings.bf16,
+    )
     return picks_from_outputs(
-        outputs, meta, scale, (int(np.shape(image)[0]), int(np.shape(image)[1])), settings.threshold, name=name,
-        nms_iou=settings.nms_iou, whole_boxes=settings.whole_boxes, refine_radius=settings.refine_radius,
-    )  # fmt: skip
+        outputs,
+        meta,
+        scale,
+        (int(np.shape(image)[0]), int(np.shape(image)[1])),
+        settings.threshold,
+        name=name,
+        nms_iou=settings.nms_iou,
+        whole_boxes=settings.whole_boxes,
+        refine_radius=settings.refine_radius,
+    )

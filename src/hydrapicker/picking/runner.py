@@ -94,7 +94,9 @@ def pick_files(
 
     todo = []
     for path in paths:
-        if not overwrite and all(p.is_file() for p in expected_outputs(out_dir, micrograph_stem(path), formats, overlay)):
+        if not overwrite and all(
+            p.is_file() for p in expected_outputs(out_dir, micrograph_stem(path), formats, overlay)
+        ):
             report.skipped.append(micrograph_stem(path))
         else:
             todo.append(path)
@@ -105,15 +107,20 @@ def pick_files(
     def write(picks: Picks, candidates: Picks, prepared: Prepared) -> None:
         # Candidates first: a micrograph whose outputs exist then always has its candidates too.
         table, sidecar = candidate_paths(out_dir, picks.micrograph)
-        atomic_write_text(sidecar, json.dumps({"micrograph": picks.micrograph, "box_size": picks.box_size, "shape": picks.shape}) + "\n")
+        atomic_write_text(
+            sidecar,
+            json.dumps({"micrograph": picks.micrograph, "box_size": picks.box_size, "shape": picks.shape}) + "\n",
+        )
         write_picks(table, candidates, "csv")
         for fmt, target in output_paths(out_dir, picks.micrograph, formats).items():
             write_picks(target, picks, fmt)
         if overlay is not None:
             write_overlay(overlay / f"{picks.micrograph}.png", prepared.data, picks)
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="pick-read") as readers, \
-            ThreadPoolExecutor(1, thread_name_prefix="pick-write") as writer:
+    with (
+        ThreadPoolExecutor(workers, thread_name_prefix="pick-read") as readers,
+        ThreadPoolExecutor(1, thread_name_prefix="pick-write") as writer,
+    ):
         ahead = workers + 1  # micrographs in flight: enough to keep the network fed, memory bounded
         reads = {i: readers.submit(picker.prepare, todo[i]) for i in range(min(ahead, len(todo)))}
         writes = []
@@ -166,7 +173,9 @@ def _finish_write(item: tuple[Path, Picks, Future], report: PickReport, say: Cal
     report.n_picks += len(picks)
 
 
-def pick_files_sharded(paths: Sequence[Path], out_dir: str | os.PathLike, picker: Picker, formats: Sequence[str], **options: Any) -> PickReport:
+def pick_files_sharded(
+    paths: Sequence[Path], out_dir: str | os.PathLike, picker: Picker, formats: Sequence[str], **options: Any
+) -> PickReport:
     """:func:`pick_files` over this rank's share of ``paths``, then one merged ``OUT/picks.csv``.
 
     Each rank picks ``paths[rank::world_size]`` into the shared ``out_dir`` (so a rerun, with any

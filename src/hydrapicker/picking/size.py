@@ -16,8 +16,14 @@ import numpy as np
 import torch
 
 from hydrapicker.checkpoint import ModelMeta
-from hydrapicker.defaults import PICK_TILE_SIZE, SIZE_CORRECTION_RANGE, SIZE_MIN_SCORE, SIZE_PASSES, SIZE_TOLERANCE
-from hydrapicker.defaults import GENERIC
+from hydrapicker.defaults import (
+    GENERIC,
+    PICK_TILE_SIZE,
+    SIZE_CORRECTION_RANGE,
+    SIZE_MIN_SCORE,
+    SIZE_PASSES,
+    SIZE_TOLERANCE,
+)
 from hydrapicker.model import HydraPicker
 from hydrapicker.picking.inference import head_outputs, size_map
 from hydrapicker.preprocess import prepare_micrograph
@@ -45,7 +51,9 @@ def confident_log_sizes(outputs: torch.Tensor, sizes: torch.Tensor, min_score: f
     return sizes[scores >= min_score].double()
 
 
-def estimate_size_correction(outputs: torch.Tensor, sizes: torch.Tensor, min_score: float = SIZE_MIN_SCORE) -> float | None:
+def estimate_size_correction(
+    outputs: torch.Tensor, sizes: torch.Tensor, min_score: float = SIZE_MIN_SCORE
+) -> float | None:
     """How much larger than the trained diameter the particles look: ``exp`` of the size head's
     mean over the cells whose best anchor scores at least ``min_score``
     (:func:`confident_log_sizes`; the mean is what training calibrates, :func:`hydrapicker.loss.size_loss`).
@@ -90,7 +98,11 @@ def _size_passes(
     for _ in range(max(1, passes) - 1):
         outputs, logs = [], []
         for i, (image, scale) in enumerate(micrographs):
-            image_in = prepared[i] if prepared[i] is not None else prepare_micrograph(image, scale / factor, meta.target_diameter_px, names[i])
+            image_in = (
+                prepared[i]
+                if prepared[i] is not None
+                else prepare_micrograph(image, scale / factor, meta.target_diameter_px, names[i])
+            )
             prepared[i] = None  # only valid at the diameter given
             outputs.append(head_outputs(model, image_in, head, tile_size=tile_size, device=device, bf16=bf16))
             logs.append(confident_log_sizes(outputs[-1], size_map(model, image_in, device)))
@@ -147,7 +159,9 @@ def estimate_diameter(
     """
     if not corrects_size(model, head) or not micrographs:
         return SizeEstimate(1.0, 0, 0)
-    estimate, _ = _size_passes(model, meta, micrographs, head, passes, names=names, tile_size=tile_size, device=device, bf16=bf16)
+    estimate, _ = _size_passes(
+        model, meta, micrographs, head, passes, names=names, tile_size=tile_size, device=device, bf16=bf16
+    )
     return estimate
 
 
@@ -183,8 +197,17 @@ def size_corrected_outputs(
     estimate, outputs = SizeEstimate(1.0, 0, 0), None
     if corrects_size(model, head) and passes > 1:
         estimate, outputs = _size_passes(
-            model, meta, [(image, scale)], head, passes, prepared=[prepared], names=[name], tile_size=tile_size, device=device, bf16=bf16,
-        )  # fmt: skip
+            model,
+            meta,
+            [(image, scale)],
+            head,
+            passes,
+            prepared=[prepared],
+            names=[name],
+            tile_size=tile_size,
+            device=device,
+            bf16=bf16,
+        )
     scale = scale / estimate.factor
     if outputs is not None:
         return outputs[0], scale

@@ -61,7 +61,9 @@ class FolderWatch:
     complete files need no reading at all (their outputs exist).
     """
 
-    def __init__(self, patterns: Sequence[str | os.PathLike], is_done: Callable[[Path], bool] = lambda path: False) -> None:
+    def __init__(
+        self, patterns: Sequence[str | os.PathLike], is_done: Callable[[Path], bool] = lambda path: False
+    ) -> None:
         self.patterns = list(patterns)
         self.is_done = is_done
         self._last: dict[Path, tuple[int, int]] = {}  # signature at the previous look
@@ -167,7 +169,9 @@ def watch_folder(
     start = last_news = time.monotonic()
 
     def is_done(path: Path) -> bool:
-        return not overwrite and all(p.is_file() for p in expected_outputs(out_dir, micrograph_stem(path), formats, overlay_dir))
+        return not overwrite and all(
+            p.is_file() for p in expected_outputs(out_dir, micrograph_stem(path), formats, overlay_dir)
+        )
 
     watcher = FolderWatch(patterns, is_done)
     recorded = recorded_threshold(out_dir)
@@ -195,13 +199,23 @@ def watch_folder(
                 say(f"threshold {recorded:g} from {out_dir / THRESHOLD_RECORD} (set during the watch) from now on")
             if batch:
                 done = pick_files(
-                    batch, out_dir, picker, formats, overlay_dir=overlay_dir, workers=workers,
-                    overwrite=overwrite, progress=False, log=say, stop=stop.is_set,
-                )  # fmt: skip
+                    batch,
+                    out_dir,
+                    picker,
+                    formats,
+                    overlay_dir=overlay_dir,
+                    workers=workers,
+                    overwrite=overwrite,
+                    progress=False,
+                    log=say,
+                    stop=stop.is_set,
+                )
                 for path in batch:
                     report.failed.pop(str(path), None)  # an earlier, incomplete version of it
                 report.add(done)
-                say(f"picked {len(done.picked)} new micrograph(s), {report.n_picks} particles in {len(report.picked)} so far")
+                say(
+                    f"picked {len(done.picked)} new micrograph(s), {report.n_picks} particles in {len(report.picked)} so far"
+                )
             if batch or found.changed:
                 last_news = time.monotonic()
             if idle is not None and time.monotonic() - last_news >= idle:

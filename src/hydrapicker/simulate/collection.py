@@ -77,7 +77,17 @@ def plan_collection(
             name = f"sim-{structure_id(path)}-c{k}"
             plan, _model = plan_dataset(path, Path(out_dir) / name, SimulationConfig(), seed, name)
             config = condition_config(plan.diameter, rng, size)
-            plans.append(DatasetPlan(plan.name, plan.model_path, plan.chains, config, int(rng.integers(2**31)), plan.diameter, plan.out_dir))
+            plans.append(
+                DatasetPlan(
+                    plan.name,
+                    plan.model_path,
+                    plan.chains,
+                    config,
+                    int(rng.integers(2**31)),
+                    plan.diameter,
+                    plan.out_dir,
+                )
+            )
     return plans
 
 

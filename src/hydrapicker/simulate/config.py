@@ -154,7 +154,7 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         self.validate()
 
-    def replace(self, **changes) -> "SimulationConfig":
+    def replace(self, **changes) -> SimulationConfig:
         return dataclasses.replace(self, **changes)
 
     @property
@@ -163,11 +163,17 @@ class SimulationConfig:
 
     def validate(self) -> None:
         """Raise a one-line :class:`HydraPickerError` naming the first impossible setting."""
+
         def bad(name: str, value: object, why: str) -> None:
             raise HydraPickerError(f"simulation setting {name} = {value!r}: {why}")
 
         def positive(name: str, value: float, allow_zero: bool = False) -> None:
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            if (
+                not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+                or (value == 0 and not allow_zero)
+            ):
                 bad(name, value, "must be " + ("zero or positive" if allow_zero else "positive"))
 
         def ordered(name: str, rng: Range, allow_zero: bool = True, upper: float | None = None) -> None:

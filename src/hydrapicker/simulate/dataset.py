@@ -123,7 +123,10 @@ def write_micrograph(plan: DatasetPlan, model: AtomicModel, index: int, workers:
             "hpDecoyDiameterPx": decoys["diameter"],
         }
     )
-    for path, frame in ((out / "coordinates" / f"{name}.star", table), (out / "coordinates" / f"{name}_decoys.star", decoy_table)):
+    for path, frame in (
+        (out / "coordinates" / f"{name}.star", table),
+        (out / "coordinates" / f"{name}_decoys.star", decoy_table),
+    ):
         write_star(path, {"": frame}, float_format="%.3f")
     return {"name": name, "particles": n, "decoys": m, **p.as_dict()}
 
@@ -173,7 +176,7 @@ def _config_record(plan: DatasetPlan, n_micrographs: int, summaries: list[dict])
     return {
         "hydrapicker_version": __version__,
         "gemmi_version": gemmi.__version__,
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command_line": sys.argv,
         "dataset": plan.name,
         "model": plan.model_path,
@@ -213,7 +216,9 @@ def simulate_dataset(
     plan, model = plan_dataset(model_path, out_dir, config, seed, name)
     old = [p for sub in ("micrographs", "coordinates") for p in sorted((Path(out_dir) / sub).glob("*")) if p.is_file()]
     if old and not overwrite:
-        raise HydraPickerError(f"{out_dir}: already holds {len(old)} micrograph/coordinate file(s) (use --overwrite to replace them)")
+        raise HydraPickerError(
+            f"{out_dir}: already holds {len(old)} micrograph/coordinate file(s) (use --overwrite to replace them)"
+        )
     for path in old:
         path.unlink()
     if workers == -1:

@@ -26,13 +26,13 @@ def fourier_crop(image: np.ndarray, factor: int, workers: int = 1) -> np.ndarray
     out_rows, out_cols = rows // factor, cols // factor
     spectrum = scipy.fft.rfft2(image, workers=workers)
     half = out_rows // 2
-    cropped = np.concatenate([spectrum[: out_rows - half, : out_cols // 2 + 1], spectrum[rows - half :, : out_cols // 2 + 1]])
+    cropped = np.concatenate(
+        [spectrum[: out_rows - half, : out_cols // 2 + 1], spectrum[rows - half :, : out_cols // 2 + 1]]
+    )
     return scipy.fft.irfft2(cropped, s=(out_rows, out_cols), workers=workers) / factor**2
 
 
-def detector_blur(
-    image: np.ndarray, motion_path_px: np.ndarray | None, mtf: bool, workers: int = 1
-) -> np.ndarray:
+def detector_blur(image: np.ndarray, motion_path_px: np.ndarray | None, mtf: bool, workers: int = 1) -> np.ndarray:
     """Apply residual motion (a path of ``[k, 2]`` (x, y) shifts in pixels, averaged) and the
     pixel MTF ``sinc(fx) sinc(fy)`` (f in cycles per detector pixel)."""
     if motion_path_px is None and not mtf:

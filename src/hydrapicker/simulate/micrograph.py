@@ -95,7 +95,9 @@ def draw_params(config: SimulationConfig, diameter: float, rng: np.random.Genera
         n = int(rng.integers(int(lo), int(hi) + 1))
         rng.random()  # keep the stream aligned with the coverage branch
     else:
-        coverage = float(np.exp(rng.uniform(np.log(max(config.coverage[0], 1e-4)), np.log(max(config.coverage[1], 1e-4)))))
+        coverage = float(
+            np.exp(rng.uniform(np.log(max(config.coverage[0], 1e-4)), np.log(max(config.coverage[1], 1e-4))))
+        )
         if config.coverage[1] == 0:
             coverage = 0.0
         area = rows * cols * config.pixel_size**2
@@ -183,24 +185,44 @@ def simulate_micrograph(
     off_r, off_c = (pad_rows - rows) // 2, (pad_cols - cols) // 2
     grid = FineGrid((pad_rows * k, pad_cols * k), pixel / k)
     extent = (pad_cols * pixel, pad_rows * pixel)
-    image_box = ((off_c - 0.5) * pixel, (off_r - 0.5) * pixel, (off_c + cols - 0.5) * pixel, (off_r + rows - 0.5) * pixel)
+    image_box = (
+        (off_c - 0.5) * pixel,
+        (off_r - 0.5) * pixel,
+        (off_c + cols - 0.5) * pixel,
+        (off_r + rows - 0.5) * pixel,
+    )
 
     n_field = int(round(params.n_particles * pad_rows * pad_cols / (rows * cols)))
     n_broken = int(round(params.broken_fraction * params.n_particles))
     layout = layout_specimen(
-        model, diameter, extent, image_box, n_field, rng,
-        min_distance=params.min_distance, clustering=params.clustering,
-        ice_thickness=params.ice_thickness, ice_gradient=params.ice_gradient, ice_roughness=params.ice_roughness,
-        carbon=params.carbon_thickness, n_contaminants=params.n_contaminants,
-        n_aggregates=params.n_aggregates, n_broken=n_broken,
-        n_fragments=int(round(params.fragment_fraction * n_field)), ice_texture=params.ice_texture,
-        positions=None if positions is None else (np.asarray(positions, dtype=np.float64).reshape(-1, 2) + (off_c, off_r)) * pixel,
+        model,
+        diameter,
+        extent,
+        image_box,
+        n_field,
+        rng,
+        min_distance=params.min_distance,
+        clustering=params.clustering,
+        ice_thickness=params.ice_thickness,
+        ice_gradient=params.ice_gradient,
+        ice_roughness=params.ice_roughness,
+        carbon=params.carbon_thickness,
+        n_contaminants=params.n_contaminants,
+        n_aggregates=params.n_aggregates,
+        n_broken=n_broken,
+        n_fragments=int(round(params.fragment_fraction * n_field)),
+        ice_texture=params.ice_texture,
+        positions=None
+        if positions is None
+        else (np.asarray(positions, dtype=np.float64).reshape(-1, 2) + (off_c, off_r)) * pixel,
     )
 
     sigma = interaction_constant(config.voltage_kv)
     particles = [Particle(p.rotation, (p.x / grid.spacing, p.y / grid.spacing), p.cut) for p in layout.particles]
     spectrum = particle_spectrum(
-        model, particles, grid,
+        model,
+        particles,
+        grid,
         hydrogens_per_atom=config.hydrogens_per_atom,
         solvent_density=config.water_density if params.ice_thickness > 0 else 0.0,
         volume_per_da=config.solvent_volume_per_da,
@@ -216,10 +238,16 @@ def simulate_micrograph(
     wave = (bg.amplitude * np.exp(-w * phase)).astype(np.complex64) * np.exp(1j * phase).astype(np.complex64)
     del phase
     optics = Optics(
-        voltage_kv=config.voltage_kv, cs_mm=config.cs_mm, amplitude_contrast=config.amplitude_contrast,
-        defocus_u=params.defocus_u, defocus_v=params.defocus_v, astigmatism_angle=params.astigmatism_angle,
-        b_factor=params.b_factor if config.ctf else 0.0, focal_spread=config.focal_spread,
-        illumination_aperture_mrad=config.illumination_aperture_mrad, aberration_free=not config.ctf,
+        voltage_kv=config.voltage_kv,
+        cs_mm=config.cs_mm,
+        amplitude_contrast=config.amplitude_contrast,
+        defocus_u=params.defocus_u,
+        defocus_v=params.defocus_v,
+        astigmatism_angle=params.astigmatism_angle,
+        b_factor=params.b_factor if config.ctf else 0.0,
+        focal_spread=config.focal_spread,
+        illumination_aperture_mrad=config.illumination_aperture_mrad,
+        aberration_free=not config.ctf,
     )
     wave = scipy.fft.fft2(wave, workers=workers, overwrite_x=True)
     wave *= wave_transfer_full(optics, grid.shape, grid.spacing)
@@ -239,7 +267,11 @@ def simulate_micrograph(
     intensity = intensity[off_r : off_r + rows, off_c : off_c + cols]
     expected = expected_counts(intensity, params.dose, pixel)
     # Counts with the noise of dose x DQE, scaled back to the dose: mean unchanged, variance / DQE.
-    counts = shot_noise(expected * params.dqe, rng) / np.float32(params.dqe) if config.shot_noise else expected.astype(np.float32)
+    counts = (
+        shot_noise(expected * params.dqe, rng) / np.float32(params.dqe)
+        if config.shot_noise
+        else expected.astype(np.float32)
+    )
     n_hot = int(rng.poisson(params.hot_pixels * counts.size)) if params.hot_pixels > 0 else 0
     if n_hot:
         # Outliers a real sum carries; they also squeeze min-max 8-bit exports as real ones are.

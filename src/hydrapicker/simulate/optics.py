@@ -117,7 +117,9 @@ def wave_transfer_full(optics: Optics, shape: tuple[int, int], spacing: float) -
     return full
 
 
-def ctf_1d(q: np.ndarray, defocus: float, *, voltage_kv: float = 300.0, cs_mm: float = 2.7, amplitude_contrast: float = 0.07) -> np.ndarray:
+def ctf_1d(
+    q: np.ndarray, defocus: float, *, voltage_kv: float = 300.0, cs_mm: float = 2.7, amplitude_contrast: float = 0.07
+) -> np.ndarray:
     """Rotationally averaged contrast transfer ``-sin(chi) + w cos(chi)`` sign-flipped so that
     particles are negative: the image's linear response is ``-2 CTF`` in this convention.
 

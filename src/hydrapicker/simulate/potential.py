@@ -15,8 +15,8 @@ particles are kept inside it (deposition clamps stray atoms onto its edge, in th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import functools
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -221,8 +221,12 @@ def particle_spectrum(
             continue
         hist = deposit(grid.shape, x, np.concatenate(ys))
         transfer = _element_transfer(
-            grid, element, float(hydrogens_per_atom.get(element, 0.0)), float(solvent_density),
-            float(volume_per_da), float(atom_b_factor),
+            grid,
+            element,
+            float(hydrogens_per_atom.get(element, 0.0)),
+            float(solvent_density),
+            float(volume_per_da),
+            float(atom_b_factor),
         )
         total += scipy.fft.rfft2(hist.astype(np.float32), workers=workers) * transfer
     return total

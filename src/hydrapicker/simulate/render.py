@@ -177,8 +177,11 @@ def random_rendering(rng: np.random.Generator, plain_probability: float = 0.5) -
     eight_bit = str(rng.choice(["png", "jpg"])) if rng.random() < 0.6 else None
     stretch = (0.0, 100.0) if rng.random() < 0.3 else (float(rng.uniform(0.1, 2.0)), float(rng.uniform(98.0, 99.9)))
     stripes = int(rng.integers(4, 24)) if (denoise is not None and rng.random() < 0.5) else 0
-    parts = [f"bin{bin_}"] + (["denoised"] if denoise is not None else []) + (["lowpass"] if lowpass else []) + (
-        [eight_bit] if eight_bit else []
+    parts = (
+        [f"bin{bin_}"]
+        + (["denoised"] if denoise is not None else [])
+        + (["lowpass"] if lowpass else [])
+        + ([eight_bit] if eight_bit else [])
     )
     return Rendering(
         name="-".join(parts),

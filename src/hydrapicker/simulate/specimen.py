@@ -221,7 +221,13 @@ def layout_specimen(
     density = smooth_field((32, 32), 6.0, int(rng.integers(2**31)))
     if positions is None:
         positions = _sequential_placement(
-            rng, n_particles + n_broken, extent, min_distance * diameter, clustering, diameter, density,
+            rng,
+            n_particles + n_broken,
+            extent,
+            min_distance * diameter,
+            clustering,
+            diameter,
+            density,
             lambda x, y: allowed(x, y, 0.5 * diameter),
         )
     else:
@@ -258,7 +264,9 @@ def layout_specimen(
         offset = float(np.quantile(all_coords @ normal, keep))
         kept = all_coords[all_coords @ normal < offset]
         shift = rot[:2] @ kept.mean(axis=0)
-        layout.particles.append(PlacedParticle(float(x - shift[0]), float(y - shift[1]), rot, "fragment", (normal, offset)))
+        layout.particles.append(
+            PlacedParticle(float(x - shift[0]), float(y - shift[1]), rot, "fragment", (normal, offset))
+        )
         layout.decoys.append(Decoy(float(x), float(y), "fragment", diameter * keep ** (1 / 3)))
     return layout
 
@@ -290,7 +298,9 @@ def _sequential_placement(
     candidates[:, 1] %= height
     # A smooth density field thins candidates, so some regions are crowded and others sparse.
     rows, cols = density.shape
-    d = density[(candidates[:, 1] / height * rows).astype(int) % rows, (candidates[:, 0] / width * cols).astype(int) % cols]
+    d = density[
+        (candidates[:, 1] / height * rows).astype(int) % rows, (candidates[:, 0] / width * cols).astype(int) % cols
+    ]
     keep_prob = np.clip(0.65 + 0.35 * d, 0.05, 1.0)
     candidates = candidates[rng.random(len(candidates)) < keep_prob]
 
@@ -322,7 +332,9 @@ def _sequential_placement(
     return accepted
 
 
-def background(layout: Layout, grid: FineGrid, config, sigma: float, rng: np.random.Generator, workers: int = 1) -> Background:
+def background(
+    layout: Layout, grid: FineGrid, config, sigma: float, rng: np.random.Generator, workers: int = 1
+) -> Background:
     """Ice (thickness map with a gradient, smooth roughness, contaminants) and carbon on the fine grid."""
     from hydrapicker.simulate.potential import POTENTIAL_CONSTANT
 
@@ -356,9 +368,13 @@ def background(layout: Layout, grid: FineGrid, config, sigma: float, rng: np.ran
             continue
         dx, dy = x[:, c0:c1] - cx, y[r0:r1] - cy
         # Signed distance to a regular hexagon: the largest projection on its three face normals.
-        inside_by = np.max(
-            [np.abs(dx * np.cos(angle + k * np.pi / 3) + dy * np.sin(angle + k * np.pi / 3)) for k in range(3)], axis=0
-        ) - apothem
+        inside_by = (
+            np.max(
+                [np.abs(dx * np.cos(angle + k * np.pi / 3) + dy * np.sin(angle + k * np.pi / 3)) for k in range(3)],
+                axis=0,
+            )
+            - apothem
+        )
         plate = (0.5 * (1 - np.tanh(inside_by / 8.0))).astype(np.float32)
         ice[r0:r1, c0:c1] += np.float32(thickness) * plate
         if bragg is None:
@@ -403,7 +419,9 @@ def background(layout: Layout, grid: FineGrid, config, sigma: float, rng: np.ran
         filt = np.exp(-2 * np.pi**2 * layout.texture_length**2 * q2)
         n = rows * cols
         norm = np.sqrt(n / max(float((filt**2).mean()), 1e-30))  # real-space rms of 1 per pixel
-        white = rng.standard_normal(filt.shape, dtype=np.float32) + 1j * rng.standard_normal(filt.shape, dtype=np.float32)
+        white = rng.standard_normal(filt.shape, dtype=np.float32) + 1j * rng.standard_normal(
+            filt.shape, dtype=np.float32
+        )
         scale = np.float32(rho_w * grid.pixel_area * layout.ice_texture * norm / np.sqrt(2))
         f_w = radial_on_grid(grid, lambda q: water_form_factor(q**2))
         noise_spectrum += white * (scale * filt.astype(np.float32) * f_w)

@@ -50,9 +50,9 @@ from hydrapicker.io.micrograph import expand_micrographs
 from hydrapicker.io.picks import Picks
 from hydrapicker.loss import distillation_loss
 from hydrapicker.model import HydraPicker
+from hydrapicker.particle_size import ParticleSize
 from hydrapicker.picking.decode import picks_from_outputs
 from hydrapicker.picking.picker import Picker, PickSettings, evenly_spaced
-from hydrapicker.particle_size import ParticleSize
 from hydrapicker.training.config import AdaptConfig
 from hydrapicker.training.finetune import add_frozen_head
 
@@ -106,7 +106,12 @@ def run_folder(out: str | os.PathLike) -> Path:
 
 
 def turned_outputs(
-    model: HydraPicker, image: torch.Tensor | np.ndarray, head: str, turns: int = 4, *, features: torch.Tensor | None = None
+    model: HydraPicker,
+    image: torch.Tensor | np.ndarray,
+    head: str,
+    turns: int = 4,
+    *,
+    features: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Head outputs ``[3, h, w]`` of a prepared image averaged over ``turns`` quarter turns of it.
 
@@ -169,11 +174,17 @@ def _nth_best(scores: np.ndarray, n: int) -> float:
 
 def _agreement(before: Sequence[Picks], after: Sequence[Picks], n: int) -> tuple[int, int]:
     """Each side's best ``n`` picks: (``before``'s that ``after`` still has at IoU >= 0.6, ``after``'s matching none of ``before``'s)."""
+
     def best(picks: Sequence[Picks]) -> dict[str, Picks]:
         score = _nth_best(np.concatenate([p.score for p in picks]), n)
         return {
             p.micrograph: Picks(
-                p.micrograph, p.x[p.score >= score], p.y[p.score >= score], p.score[p.score >= score], box_size=p.box_size, shape=p.shape
+                p.micrograph,
+                p.x[p.score >= score],
+                p.y[p.score >= score],
+                p.score[p.score >= score],
+                box_size=p.box_size,
+                shape=p.shape,
             )
             for p in picks
         }
@@ -184,9 +195,14 @@ def _agreement(before: Sequence[Picks], after: Sequence[Picks], n: int) -> tuple
 
 
 def _train_head(
-    base: HydraPicker, name: str, micrographs: list[_Micrograph], teachers: list[torch.Tensor], config: AdaptConfig,
-    rng: np.random.Generator, say: Callable[[str], None],
-) -> tuple[HydraPicker, float]:  # fmt: skip
+    base: HydraPicker,
+    name: str,
+    micrographs: list[_Micrograph],
+    teachers: list[torch.Tensor],
+    config: AdaptConfig,
+    rng: np.random.Generator,
+    say: Callable[[str], None],
+) -> tuple[HydraPicker, float]:
     """Head ``name`` (from the generic head) trained on crops of the cached features to give the teachers' outputs."""
     model = add_frozen_head(copy.deepcopy(base), name)
     head = model.heads[name]
@@ -258,19 +274,29 @@ def adapt(
     paths = expand_micrographs(micrographs)
     picker.check_paths(paths)
     chosen = evenly_spaced(paths, config.max_micrographs)
-    say(f"adapting head {config.name!r} on {len(chosen)} micrograph(s)"
-        + (f" ({len(paths) - len(chosen)} of {len(paths)} left out: --max-micrographs {config.max_micrographs})" if len(chosen) < len(paths) else ""))  # fmt: skip
+    say(
+        f"adapting head {config.name!r} on {len(chosen)} micrograph(s)"
+        + (
+            f" ({len(paths) - len(chosen)} of {len(paths)} left out: --max-micrographs {config.max_micrographs})"
+            if len(chosen) < len(paths)
+            else ""
+        )
+    )
     mics, teachers = [], []
     for path in chosen:
         prepared = picker.prepare(path)
         image = torch.from_numpy(np.ascontiguousarray(prepared.image))
         if min(image.shape) < base.stride * 4:
-            raise HydraPickerError(f"{prepared.name}: too small to adapt on after rescaling ({tuple(image.shape)}, under {base.stride * 4} px)")
+            raise HydraPickerError(
+                f"{prepared.name}: too small to adapt on after rescaling ({tuple(image.shape)}, under {base.stride * 4} px)"
+            )
         with torch.inference_mode():
             features = base.features(image[None, None])[0]
         # Round 1's teacher now, while the float32 features are at hand.
         teachers.append(turned_outputs(base, image, GENERIC, config.turns, features=features))
-        mics.append(_Micrograph(prepared.name, image, features.to(torch.float16), prepared.scale, tuple(prepared.data.shape)))
+        mics.append(
+            _Micrograph(prepared.name, image, features.to(torch.float16), prepared.scale, tuple(prepared.data.shape))
+        )
     report = AdaptReport([m.name for m in mics])
     say(f"features and {config.turns}-turn teacher of {len(mics)} micrograph(s): {time.perf_counter() - start:.0f} s")
 
@@ -294,9 +320,17 @@ def adapt(
         head = config.name
         after = [_picks(_single_pass(model, head, m), meta, m) for m in mics]
         kept, new = _agreement(taught_picks, after, taught)
-        row = RoundReport(round=r + 1, turns=config.turns, taught=taught, picks_before=_count_above(before, PICK_THRESHOLD),
-                          picks_after=_count_above(after, PICK_THRESHOLD), kept=kept, new=new, loss=round(loss, 5),
-                          seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
+        row = RoundReport(
+            round=r + 1,
+            turns=config.turns,
+            taught=taught,
+            picks_before=_count_above(before, PICK_THRESHOLD),
+            picks_after=_count_above(after, PICK_THRESHOLD),
+            kept=kept,
+            new=new,
+            loss=round(loss, 5),
+            seconds=round(time.perf_counter() - t0, 1),
+        )
         report.rounds.append(row)
         say(row.line())
 
@@ -310,9 +344,14 @@ def adapt(
         "loss": "distillation of the turn-averaged teacher (hydrapicker.loss.distillation_loss)",
     }
     payload = checkpoint_payload(
-        model, target_diameter_px=meta.target_diameter_px, config=asdict(config), stage=FINETUNED_STAGE, epoch=config.rounds - 1,
-        val_loss=None, adapt=record,
-    )  # fmt: skip
+        model,
+        target_diameter_px=meta.target_diameter_px,
+        config=asdict(config),
+        stage=FINETUNED_STAGE,
+        epoch=config.rounds - 1,
+        val_loss=None,
+        adapt=record,
+    )
     save_checkpoint(out, payload)
     report.checkpoint = str(out)
     report.seconds = round(time.perf_counter() - start, 1)

@@ -93,7 +93,15 @@ class TrainConfig:
         get_preset(self.preset)
         if self.stage not in STAGES:
             raise HydraPickerError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
-        for name in ("epochs", "stage2_epochs", "batches_per_epoch", "val_batches", "t0_epochs", "batch_size", "accumulate"):
+        for name in (
+            "epochs",
+            "stage2_epochs",
+            "batches_per_epoch",
+            "val_batches",
+            "t0_epochs",
+            "batch_size",
+            "accumulate",
+        ):
             if getattr(self, name) < 1:
                 raise HydraPickerError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.crop_size % ANCHOR_STRIDE:
@@ -104,7 +112,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         data = dict(data)
         data["scale_jitter"] = tuple(data["scale_jitter"])
         return cls(**data)
@@ -147,11 +155,17 @@ class FinetuneConfig:
         if not self.name.strip():
             raise HydraPickerError("the new head needs a non-empty --name")
         if self.name == GENERIC:
-            raise HydraPickerError(f"--name {GENERIC!r} is the generic head, which fine-tuning leaves frozen: choose another name")
+            raise HydraPickerError(
+                f"--name {GENERIC!r} is the generic head, which fine-tuning leaves frozen: choose another name"
+            )
         if self.labels not in LABELS:
             raise HydraPickerError(f"labels must be one of {', '.join(LABELS)}, got {self.labels!r}")
-        if self.expected_particles is not None and not (math.isfinite(self.expected_particles) and self.expected_particles > 0):
-            raise HydraPickerError(f"expected particles per micrograph must be positive, got {self.expected_particles!r}")
+        if self.expected_particles is not None and not (
+            math.isfinite(self.expected_particles) and self.expected_particles > 0
+        ):
+            raise HydraPickerError(
+                f"expected particles per micrograph must be positive, got {self.expected_particles!r}"
+            )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise HydraPickerError(f"learning rate must be positive, got {self.lr!r}")
 
@@ -191,7 +205,9 @@ class AdaptConfig:
         if not self.name.strip():
             raise HydraPickerError("the new head needs a non-empty --name")
         if self.name == GENERIC:
-            raise HydraPickerError(f"--name {GENERIC!r} is the generic head, which adaptation leaves frozen: choose another name")
+            raise HydraPickerError(
+                f"--name {GENERIC!r} is the generic head, which adaptation leaves frozen: choose another name"
+            )
         for label in ("rounds", "steps", "batch_size", "crop_size", "max_micrographs", "turns"):
             if getattr(self, label) < 1:
                 raise HydraPickerError(f"{label} must be at least 1, got {getattr(self, label)}")

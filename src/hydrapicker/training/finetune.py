@@ -44,8 +44,8 @@ from hydrapicker.io.files import atomic_path, atomic_write_text
 from hydrapicker.io.micrograph import expand_micrographs, micrograph_stem, read_micrograph
 from hydrapicker.memory import keep_large_blocks
 from hydrapicker.model import HydraPicker
-from hydrapicker.picking.picker import PickSettings, pick_micrograph
 from hydrapicker.particle_size import ParticleSize, rescale_factor
+from hydrapicker.picking.picker import PickSettings, pick_micrograph
 from hydrapicker.training.config import FinetuneConfig, TrainConfig
 from hydrapicker.training.loop import fit
 from hydrapicker.training.stages import finetune_plan
@@ -58,6 +58,7 @@ __all__ = [
     "labelled_micrographs",
     "run_folder",
 ]
+
 
 @dataclass(frozen=True)
 class LabelledMicrographs:
@@ -130,12 +131,16 @@ def labelled_micrographs(
     """
     if size.needs_pixel_size:
         raise HydraPickerError(f"a particle diameter of {size.diameter_A} Å needs the pixel size (--pixel-size, Å/px)")
-    pixel_size, diameter = (1.0, size.diameter_px) if size.diameter_px is not None else (size.pixel_size, size.diameter_A)
+    pixel_size, diameter = (
+        (1.0, size.diameter_px) if size.diameter_px is not None else (size.pixel_size, size.diameter_A)
+    )
     for label, value in (("particle diameter", diameter), ("pixel size", pixel_size)):
         if not (math.isfinite(value) and value > 0):
             raise HydraPickerError(f"{label} must be positive, got {value!r}")
     if bool(val_micrographs) != bool(val_coordinates):
-        raise HydraPickerError("validation micrographs need their coordinates: give both --val-micrographs and --val-coords, or neither")
+        raise HydraPickerError(
+            "validation micrographs need their coordinates: give both --val-micrographs and --val-coords, or neither"
+        )
 
     train_paths = expand_micrographs(micrographs)
     val_paths = expand_micrographs(val_micrographs) if val_micrographs else []
@@ -166,7 +171,11 @@ def labelled_micrographs(
         format=coords_format,
         pixel_size=float(pixel_size),  # type: ignore[arg-type]
         diameter=float(diameter),  # type: ignore[arg-type]
-        splits={"train": tuple(micrograph_stem(p) for p in train_paths), "val": tuple(micrograph_stem(p) for p in val_paths), "test": ()},
+        splits={
+            "train": tuple(micrograph_stem(p) for p in train_paths),
+            "val": tuple(micrograph_stem(p) for p in val_paths),
+            "test": (),
+        },
     )
     return LabelledMicrographs(spec, shapes, labelled)
 
@@ -199,7 +208,9 @@ def expected_particle_counts(
     labelled and the number of particle-sized squares the micrograph holds.
     """
     spec = data.spec
-    settings = PickSettings(ParticleSize(diameter_A=spec.diameter, pixel_size=spec.pixel_size), head=GENERIC, threshold=0.0)
+    settings = PickSettings(
+        ParticleSize(diameter_A=spec.diameter, pixel_size=spec.pixel_size), head=GENERIC, threshold=0.0
+    )
     diameter_px = spec.diameter / spec.pixel_size
     counts = {}
     for path in spec.micrographs:
@@ -278,18 +289,33 @@ def finetune(
     add_frozen_head(model, config.name)
     # The loop's data and loss settings: the base model's, with this run's schedule and crops.
     train_config = TrainConfig(
-        preset=meta.preset.name, stage="1", epochs=config.epochs, batches_per_epoch=config.batches_per_epoch,
-        val_batches=config.val_batches, lr=config.lr, t0_epochs=config.epochs, target_diameter_px=meta.target_diameter_px,
-        crop_size=config.crop_size, pad_to=config.pad_to, batch_size=config.batch_size, seed=config.seed, threads=config.threads, device=config.device,
-    )  # fmt: skip
+        preset=meta.preset.name,
+        stage="1",
+        epochs=config.epochs,
+        batches_per_epoch=config.batches_per_epoch,
+        val_batches=config.val_batches,
+        lr=config.lr,
+        t0_epochs=config.epochs,
+        target_diameter_px=meta.target_diameter_px,
+        crop_size=config.crop_size,
+        pad_to=config.pad_to,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        threads=config.threads,
+        device=config.device,
+    )
 
     density, counts = None, None
     if config.labels == "partial":
-        say("estimating particles per micrograph" + ("" if config.expected_particles else " from the generic head's picks"))
+        say(
+            "estimating particles per micrograph"
+            + ("" if config.expected_particles else " from the generic head's picks")
+        )
         counts = expected_particle_counts(model, meta, data, config.expected_particles)
         scale = rescale_factor(spec.pixel_size, spec.diameter, meta.target_diameter_px)
         density = {
-            (spec.name, stem): count / (data.shapes[stem][0] * data.shapes[stem][1] * scale**2) for stem, count in counts.items()
+            (spec.name, stem): count / (data.shapes[stem][0] * data.shapes[stem][1] * scale**2)
+            for stem, count in counts.items()
         }
     folder = run_folder(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -302,22 +328,39 @@ def finetune(
         "val_micrographs": list(spec.splits["val"]),
         "labelled_particles": data.labelled,
         "expected_particles": counts,
-        "loss": "positive-unlabelled focal (hydrapicker.loss.pu_focal_loss)" if density else "focal, unlabelled = background",
+        "loss": "positive-unlabelled focal (hydrapicker.loss.pu_focal_loss)"
+        if density
+        else "focal, unlabelled = background",
         "validation": note,
     }
     atomic_write_text(folder / "finetune.json", json.dumps(record, indent=2) + "\n")
-    say(f"fine-tuning head {config.name!r} on {len(spec.splits['train'])} micrograph(s), "
-        f"{sum(data.labelled[s] for s in spec.splits['train'])} labelled particles; {note}")  # fmt: skip
+    say(
+        f"fine-tuning head {config.name!r} on {len(spec.splits['train'])} micrograph(s), "
+        f"{sum(data.labelled[s] for s in spec.splits['train'])} labelled particles; {note}"
+    )
     if counts is not None:
-        say("particles per micrograph (labelled / expected): " + ", ".join(f"{s} {data.labelled[s]}/{counts[s]:.0f}" for s in counts))
+        say(
+            "particles per micrograph (labelled / expected): "
+            + ", ".join(f"{s} {data.labelled[s]}/{counts[s]:.0f}" for s in counts)
+        )
 
     def report(epoch: int, row: dict) -> None:
-        say(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f} ({row['seconds']:.0f} s)")
+        say(
+            f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f} ({row['seconds']:.0f} s)"
+        )
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
-    best = fit(finetune_plan(config.epochs, config.lr), model, [spec], folder, train_config, resume=resume, on_epoch_end=report,
-               particle_density=density)  # fmt: skip
+    best = fit(
+        finetune_plan(config.epochs, config.lr),
+        model,
+        [spec],
+        folder,
+        train_config,
+        resume=resume,
+        on_epoch_end=report,
+        particle_density=density,
+    )
     with atomic_path(out) as tmp:
         shutil.copyfile(best, tmp)
     return out

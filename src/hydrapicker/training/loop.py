@@ -34,8 +34,8 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -111,11 +111,18 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def _checkpoint(model: HydraPicker, config: TrainConfig, stage: int, epoch: int, val_loss: float | None, **extra: Any) -> dict:
+def _checkpoint(
+    model: HydraPicker, config: TrainConfig, stage: int, epoch: int, val_loss: float | None, **extra: Any
+) -> dict:
     return checkpoint_payload(
-        model, target_diameter_px=config.target_diameter_px, config=config.to_dict(), stage=stage, epoch=epoch, val_loss=val_loss,
+        model,
+        target_diameter_px=config.target_diameter_px,
+        config=config.to_dict(),
+        stage=stage,
+        epoch=epoch,
+        val_loss=val_loss,
         **extra,
-    )  # fmt: skip
+    )
 
 
 def _batches(datasets: Sequence, split: str, config: TrainConfig, n: int, *, train: bool, seed: int):
@@ -159,7 +166,11 @@ def _trains_size(model: HydraPicker) -> bool:
 
 
 def _batch_losses(
-    model: HydraPicker, batch, head: str, config: TrainConfig, density: Mapping[tuple[str, str], float] | None = None,
+    model: HydraPicker,
+    batch,
+    head: str,
+    config: TrainConfig,
+    density: Mapping[tuple[str, str], float] | None = None,
     net: torch.nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loc, cls, size)`` of one batch; ``size`` is 0 unless the model trains a size head."""
@@ -197,7 +208,12 @@ def _validate(model: HydraPicker, batches, plan: StagePlan, config: TrainConfig,
     _, locs, clss, sizes = zip(*_in_batch_order(values))
     loc, cls = float(np.mean(locs)), float(np.mean(clss))
     # The best checkpoint is chosen on picking (loc + cls) alone; the size head is logged.
-    return {"val_loss": loc + config.lambda_cls * cls, "val_loc": loc, "val_cls": cls, "val_size": float(np.mean(sizes))}
+    return {
+        "val_loss": loc + config.lambda_cls * cls,
+        "val_loc": loc,
+        "val_cls": cls,
+        "val_size": float(np.mean(sizes)),
+    }
 
 
 def _in_batch_order(values: list[tuple]) -> list[tuple]:
@@ -218,8 +234,20 @@ def _data_parallel(model: HydraPicker) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-LOG_FIELDS = ("epoch", "train_loss", "train_loc", "train_cls", "train_bias", "train_size", "val_loss", "val_loc", "val_cls", "val_size",
-              "lr", "seconds")
+LOG_FIELDS = (
+    "epoch",
+    "train_loss",
+    "train_loc",
+    "train_cls",
+    "train_bias",
+    "train_size",
+    "val_loss",
+    "val_loc",
+    "val_cls",
+    "val_size",
+    "lr",
+    "seconds",
+)
 
 
 def _write_logs(stage_dir: Path, rows: list[dict], stage: int, val_split: str) -> None:
@@ -231,7 +259,8 @@ def _write_logs(stage_dir: Path, rows: list[dict], stage: int, val_split: str) -
         writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in LOG_FIELDS})
     atomic_write_text(stage_dir / "log.csv", text.getvalue())
     atomic_write_text(
-        stage_dir / "log.json", json.dumps({"stage": stage, "validation_split": val_split, "epochs": rows}, indent=1) + "\n"
+        stage_dir / "log.json",
+        json.dumps({"stage": stage, "validation_split": val_split, "epochs": rows}, indent=1) + "\n",
     )
     _plot_losses(stage_dir / "loss.png", rows, stage, val_split)
 
@@ -301,7 +330,9 @@ def fit(
     if config.threads:
         torch.set_num_threads(config.threads)
     if last_path.exists() and not resume:
-        raise HydraPickerError(f"{last_path}: a training run is already there (use --resume to continue it, or another --out)")
+        raise HydraPickerError(
+            f"{last_path}: a training run is already there (use --resume to continue it, or another --out)"
+        )
 
     state = read_checkpoint(last_path) if resume and last_path.exists() else None
     if state is not None and state["epoch"] + 1 >= n_epochs:
@@ -326,15 +357,21 @@ def fit(
     val_split = _validation_split(datasets)
     world, rank, per_rank = distributed.world_size(), distributed.rank(), config.accumulate
     net = _data_parallel(model)
-    train_batches = _batches(datasets, "train", config, config.batches_per_epoch * world * per_rank, train=True, seed=config.seed)
+    train_batches = _batches(
+        datasets, "train", config, config.batches_per_epoch * world * per_rank, train=True, seed=config.seed
+    )
     val_batches = _batches(datasets, "val", config, config.val_batches, train=False, seed=config.seed + 1)
     for epoch in range(start, n_epochs):
         t0 = time.perf_counter()
         model.train()
         train_batches.set_epoch(epoch)
         values, biases = [], []
-        bar = tqdm(range(config.batches_per_epoch), desc=f"stage {stage} epoch {epoch + 1}/{n_epochs}",
-                   leave=False, disable=None if rank == 0 else True)  # fmt: skip
+        bar = tqdm(
+            range(config.batches_per_epoch),
+            desc=f"stage {stage} epoch {epoch + 1}/{n_epochs}",
+            leave=False,
+            disable=None if rank == 0 else True,
+        )
         for step in bar:
             optimiser.zero_grad(set_to_none=True)
             for k in range(per_rank):
@@ -344,7 +381,9 @@ def fit(
                 last = k == per_rank - 1
                 # DDP averages the gradients over ranks on the step's last backward only
                 with contextlib.nullcontext() if last or net is model else net.no_sync():
-                    loc, cls, size = _batch_losses(model, batch, plan.head_for(batch.dataset), config, particle_density, net)
+                    loc, cls, size = _batch_losses(
+                        model, batch, plan.head_for(batch.dataset), config, particle_density, net
+                    )
                     loss = (loc + config.lambda_cls * cls + config.lambda_size * size) / per_rank
                     if last:  # the bias term once per step (see the module docstring)
                         bias = head_bias_loss(model) if plan.head_bias else loc.new_zeros(())
@@ -382,12 +421,18 @@ def fit(
             save_checkpoint(
                 last_path,
                 _checkpoint(
-                    model, config, stage, epoch, row["val_loss"],
+                    model,
+                    config,
+                    stage,
+                    epoch,
+                    row["val_loss"],
                     optimiser=optimiser.state_dict(),
                     scheduler=scheduler.state_dict() if scheduler is not None else None,
-                    rng=_rng_state(), best_val=best_val, log=rows,
+                    rng=_rng_state(),
+                    best_val=best_val,
+                    log=rows,
                 ),
-            )  # fmt: skip
+            )
             _write_logs(out_dir, rows, stage, val_split)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)

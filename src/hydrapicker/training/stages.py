@@ -53,7 +53,9 @@ def finetune_plan(epochs: int, lr: float) -> StagePlan:
     return StagePlan(FINETUNED_STAGE, epochs, "adam", lr, t0_epochs=epochs)
 
 
-def build_stage_model(plan: StagePlan, datasets: Sequence[DatasetSpec], config: TrainConfig, init_from: Path | None = None) -> HydraPicker:
+def build_stage_model(
+    plan: StagePlan, datasets: Sequence[DatasetSpec], config: TrainConfig, init_from: Path | None = None
+) -> HydraPicker:
     """The model a stage starts from: a fresh single-head one (stage 1), or stage 1's best with a head per dataset.
 
     The global generators are seeded from the config's seed and the stage first, so the initial
@@ -66,7 +68,9 @@ def build_stage_model(plan: StagePlan, datasets: Sequence[DatasetSpec], config: 
     assert init_from is not None, "stage 2 starts from stage 1's checkpoint"
     single, meta = load_checkpoint(init_from)
     if meta.preset != preset:
-        raise HydraPickerError(f"{init_from}: stage-1 model has preset {meta.preset.name!r}, config asks for {preset.name!r}")
+        raise HydraPickerError(
+            f"{init_from}: stage-1 model has preset {meta.preset.name!r}, config asks for {preset.name!r}"
+        )
     model = HydraPicker(preset, size_head=single.size_head is not None)
     model.trunk.load_state_dict(single.trunk.state_dict())
     model.generic.load_state_dict(single.generic.state_dict())
@@ -99,7 +103,7 @@ def train(
     keep_large_blocks()
     record = {
         "hydrapicker_version": __version__,
-        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "datasets": names,
         "config": config.to_dict(),
         "world_size": distributed.world_size(),  # a step averages accumulate x world_size batches
@@ -118,7 +122,9 @@ def train(
         best = fit(plan, model, datasets, out_dir / "stage1", config, resume=resume, on_epoch_end=callback(1))
     if config.stage in ("2", "both"):
         if not stage1_best.exists():
-            raise HydraPickerError(f"{stage1_best}: stage 2 starts from stage 1's best model, which is not there (run --stage 1 first)")
+            raise HydraPickerError(
+                f"{stage1_best}: stage 2 starts from stage 1's best model, which is not there (run --stage 1 first)"
+            )
         plan = stage2_plan(config)
         model = build_stage_model(plan, datasets, config, init_from=stage1_best)
         best = fit(plan, model, datasets, out_dir / "stage2", config, resume=resume, on_epoch_end=callback(2))

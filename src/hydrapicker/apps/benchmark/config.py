@@ -7,12 +7,10 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-
-from hydrapicker.errors import HydraPickerError
 from hydrapicker.device import check_device
+from hydrapicker.errors import HydraPickerError
 
 __all__ = ["GROUPS", "SCORE_FLOOR", "BenchmarkConfig", "load_config"]
-
 
 
 #: The structure groups of the protocol.
@@ -80,8 +78,10 @@ class BenchmarkConfig:
     def __post_init__(self) -> None:
         for name in ("micrographs", "target_micrographs"):
             if getattr(self, name) < self.test_micrographs + self.val_micrographs + 1:
-                raise HydraPickerError(f"{name} = {getattr(self, name)}: too few for {self.test_micrographs} test, "
-                                       f"{self.val_micrographs} val and a training micrograph")  # fmt: skip
+                raise HydraPickerError(
+                    f"{name} = {getattr(self, name)}: too few for {self.test_micrographs} test, "
+                    f"{self.val_micrographs} val and a training micrograph"
+                )
         if not self.targets or not self.unseen:
             raise HydraPickerError("the benchmark needs target structures and unseen structures")
         if 0.0 not in self.diameter_errors:
@@ -113,7 +113,9 @@ def load_config(path: str | os.PathLike, *, quick: bool = False, **overrides: ob
         raise HydraPickerError(f"{path}: field 'size_head' must be true or false, got {data['size_head']!r}")
     base = path.resolve().parent
     data["structures"] = (base / data["structures"]).resolve()
-    data["baselines"] = tuple((name, (base / script).resolve()) for name, script in dict(data.get("baselines", {})).items())
+    data["baselines"] = tuple(
+        (name, (base / script).resolve()) for name, script in dict(data.get("baselines", {})).items()
+    )
     for key in ("targets", "unseen", "sources", "exclude", "real", "diameter_errors", "scale_jitter"):
         if key in data:
             data[key] = tuple(data[key])

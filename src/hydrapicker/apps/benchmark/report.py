@@ -8,17 +8,19 @@ from pathlib import Path
 
 import numpy as np
 
+from hydrapicker import __version__
 from hydrapicker.data.project import DatasetSpec
 from hydrapicker.defaults import NMS_IOU, REFINE_RADIUS
 from hydrapicker.evaluate import Evaluation
 from hydrapicker.io.files import atomic_write_text, save_figure
-from hydrapicker import __version__
 
 __all__ = ["Table", "write_report"]
 
 from hydrapicker.apps.benchmark.config import BenchmarkConfig
 from hydrapicker.apps.benchmark.steps import (
-    group_structures, picked_diameters, train_config,
+    group_structures,
+    picked_diameters,
+    train_config,
 )
 
 
@@ -30,8 +32,6 @@ class Table:
     columns: dict[str, str]  # method key -> column label
     results: dict[str, dict[str, Evaluation | str]]  # method -> dataset -> result
     curves: dict[str, Evaluation | None]
-
-
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -85,7 +85,9 @@ def _plot_curves(path: Path, t: Table) -> None:
         pr.plot(ev.recall, ev.precision, label=label)
         roc.plot(ev.fpr, ev.tpr, label=f"{t.columns[method]} (AUROC {ev.auroc:.3f})")
     pr.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="precision-recall (pooled)")
-    roc.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02), title="ROC (pooled)")
+    roc.set(
+        xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02), title="ROC (pooled)"
+    )
     pr.legend(fontsize=8, loc="lower left")
     roc.legend(fontsize=8, loc="lower right")
     fig.suptitle(t.title, fontsize=10)
@@ -112,17 +114,34 @@ def _plot_diameter(path: Path, curves: dict[str, dict[float, dict[str, float]]])
         errors = sorted(curve)
         style = "-" if kind == "generic" else "--"
         for key, label, colour in (("targets", "targets", "C0"), ("unseen", "unseen proteins", "C1")):
-            ax.plot([100 * e for e in errors], [curve[e][key] for e in errors], style, marker="o", color=colour,
-                    label=f"{label}, {_DIAMETER_KINDS[kind]}")  # fmt: skip
-    ax.axhline(curves["generic"][0.0]["targets"] - 0.05, color="grey", linestyle=":", label="targets at true size − 0.05")
+            ax.plot(
+                [100 * e for e in errors],
+                [curve[e][key] for e in errors],
+                style,
+                marker="o",
+                color=colour,
+                label=f"{label}, {_DIAMETER_KINDS[kind]}",
+            )
+    ax.axhline(
+        curves["generic"][0.0]["targets"] - 0.05, color="grey", linestyle=":", label="targets at true size − 0.05"
+    )
     ax.set(xlabel="error of the given particle diameter (%)", ylabel="zero-shot AP (generic head)", ylim=(0, 1))
     ax.legend(fontsize=8)
     save_figure(fig, path, dpi=90)
 
 
-def write_report(out_dir: Path, config: BenchmarkConfig, tables: list[Table], diameter: dict, real_results: dict,
-                 reals: list[DatasetSpec], timings: dict[str, float], config_path: str | None, n_targets: int,
-                 truths_px: dict[str, float]) -> Path:  # fmt: skip
+def write_report(
+    out_dir: Path,
+    config: BenchmarkConfig,
+    tables: list[Table],
+    diameter: dict,
+    real_results: dict,
+    reals: list[DatasetSpec],
+    timings: dict[str, float],
+    config_path: str | None,
+    n_targets: int,
+    truths_px: dict[str, float],
+) -> Path:
     """``REPORT.md`` and its figures (``figures/*.png``) in ``out_dir``; ``truths_px``: each dataset's true diameter (px)."""
     import torch
 
@@ -134,12 +153,13 @@ def write_report(out_dir: Path, config: BenchmarkConfig, tables: list[Table], di
         "",
         f"Written by `hydrapicker benchmark {config_path or 'CONFIG'} --out {out_dir}` (hydrapicker {__version__}, "
         f"torch {torch.__version__}, device {config.device}"
-        + (f" = {torch.cuda.get_device_name(0)}" if config.device == "cuda" else "") + ").",
+        + (f" = {torch.cuda.get_device_name(0)}" if config.device == "cuda" else "")
+        + ").",
         "",
         "## Protocol",
         "",
         f"- Sources ({len(groups['sources'])} structures × {config.source_conditions} imaging conditions): "
-        + ", ".join(sorted(p.name.split('.')[0] for p in groups["sources"])),
+        + ", ".join(sorted(p.name.split(".")[0] for p in groups["sources"])),
         f"- Targets ({len(groups['targets'])} × {config.target_conditions}): " + ", ".join(config.targets),
         "- Unseen proteins (in no training run): " + ", ".join(config.unseen),
         f"- Excluded from every group: {', '.join(config.exclude) or 'none'} (see the config for why).",
@@ -158,19 +178,26 @@ def write_report(out_dir: Path, config: BenchmarkConfig, tables: list[Table], di
         "",
         "## Tables",
         "",
-    ]  # fmt: skip
+    ]
     for i, t in enumerate(tables, 1):
         lines += _table_markdown(t)
         figure = figures / f"table{i}.png"
         _plot_curves(figure, t)
         lines += ["", f"![{t.title}](figures/{figure.name})", ""]
-    lines += ["## Robustness to the particle diameter", "",
-              "Zero-shot picks of the generic head with the diameter given to `pick` off by the error shown. "
-              + ("'Size corrected' is `pick`'s default: the model's size head reads how large the particles look and "
-                 "corrects the diameter once per dataset, read over its micrographs (images only, as `pick` reads it once over "
-                 "the micrographs of a run); 'as given' is `pick --fixed-diameter`. 'Picked at' is the diameter "
-                 "the corrected picks were made at over the true one (mean over the target micrographs)."
-                 if "fixed" in diameter else "The model has no size head: the diameter is used as given."), ""]  # fmt: skip
+    lines += [
+        "## Robustness to the particle diameter",
+        "",
+        "Zero-shot picks of the generic head with the diameter given to `pick` off by the error shown. "
+        + (
+            "'Size corrected' is `pick`'s default: the model's size head reads how large the particles look and "
+            "corrects the diameter once per dataset, read over its micrographs (images only, as `pick` reads it once over "
+            "the micrographs of a run); 'as given' is `pick --fixed-diameter`. 'Picked at' is the diameter "
+            "the corrected picks were made at over the true one (mean over the target micrographs)."
+            if "fixed" in diameter
+            else "The model has no size head: the diameter is used as given."
+        ),
+        "",
+    ]
     target_names = {name for name in tables[1].rows[:n_targets]}
     curves: dict[str, dict[float, dict[str, float]]] = {}
     for kind, by_error in diameter.items():
@@ -181,44 +208,85 @@ def write_report(out_dir: Path, config: BenchmarkConfig, tables: list[Table], di
                 "targets": _mean([r.ap for n, r in good.items() if n in target_names]),
                 "unseen": _mean([r.ap for n, r in good.items() if n not in target_names]),
                 "auroc_targets": _mean([r.auroc for n, r in good.items() if n in target_names]),
-                "picked_at": _mean([d / truths_px[n] for n in target_names for d in
-                                    picked_diameters(out_dir, _diameter_method(kind, error), n)]),
-            }  # fmt: skip
+                "picked_at": _mean(
+                    [
+                        d / truths_px[n]
+                        for n in target_names
+                        for d in picked_diameters(out_dir, _diameter_method(kind, error), n)
+                    ]
+                ),
+            }
     kinds = list(curves)
-    header = "| diameter error | " + " | ".join(
-        f"AP targets ({_DIAMETER_KINDS[k]}) | AP unseen ({_DIAMETER_KINDS[k]}) | AUROC targets ({_DIAMETER_KINDS[k]})" for k in kinds
-    ) + (" | picked at / true (targets) |" if "fixed" in curves else " |")  # fmt: skip
+    header = (
+        "| diameter error | "
+        + " | ".join(
+            f"AP targets ({_DIAMETER_KINDS[k]}) | AP unseen ({_DIAMETER_KINDS[k]}) | AUROC targets ({_DIAMETER_KINDS[k]})"
+            for k in kinds
+        )
+        + (" | picked at / true (targets) |" if "fixed" in curves else " |")
+    )
     lines += [header, "|---:|" + "---:|" * (3 * len(kinds) + ("fixed" in curves))]
     for error in sorted(curves["generic"]):
-        cells = [f"{curves[k][error]['targets']:.3f} | {curves[k][error]['unseen']:.3f} | {curves[k][error]['auroc_targets']:.3f}" for k in kinds]
+        cells = [
+            f"{curves[k][error]['targets']:.3f} | {curves[k][error]['unseen']:.3f} | {curves[k][error]['auroc_targets']:.3f}"
+            for k in kinds
+        ]
         extra = f" | ×{curves['generic'][error]['picked_at']:.2f}" if "fixed" in curves else ""
         lines.append(f"| {100 * error:+.0f} % | " + " | ".join(cells) + extra + " |")
     lines.append("")
     for kind in kinds:
         drop = max(curves[kind][0.0]["targets"] - curves[kind][e]["targets"] for e in curves[kind])
-        lines.append(f"Largest drop of the mean target AP from the true diameter, {_DIAMETER_KINDS[kind]}: {drop:.3f} "
-                     "(goal: at most 0.05 for −20 % and +25 %).")  # fmt: skip
+        lines.append(
+            f"Largest drop of the mean target AP from the true diameter, {_DIAMETER_KINDS[kind]}: {drop:.3f} "
+            "(goal: at most 0.05 for −20 % and +25 %)."
+        )
     lines += ["", "![AP against diameter error](figures/diameter.png)", ""]
     _plot_diameter(figures / "diameter.png", curves)
     if reals:
-        labels = {"shipped": "shipped model", "generic": "this run's generic head", **{n: n for n, _ in config.baselines}}
-        t = Table("Zero-shot on real micrographs", "", [s.name for s in reals], labels,
-                   {m: real_results[m] for m in labels}, {})  # fmt: skip
-        lines += ["## Zero-shot on the bundled real micrographs", "",
-                  "Neither model was trained on real micrographs or on the protein of EMPIAR-10017 (5a1a excluded). "
-                  "The EMPIAR-10025 labels are partial: unlabelled true particles count as false picks, so its AP is a lower bound.",
-                  ""] + _table_markdown(t)[4:] + [""]  # fmt: skip
+        labels = {
+            "shipped": "shipped model",
+            "generic": "this run's generic head",
+            **{n: n for n, _ in config.baselines},
+        }
+        t = Table(
+            "Zero-shot on real micrographs",
+            "",
+            [s.name for s in reals],
+            labels,
+            {m: real_results[m] for m in labels},
+            {},
+        )
+        lines += (
+            [
+                "## Zero-shot on the bundled real micrographs",
+                "",
+                "Neither model was trained on real micrographs or on the protein of EMPIAR-10017 (5a1a excluded). "
+                "The EMPIAR-10025 labels are partial: unlabelled true particles count as false picks, so its AP is a lower bound.",
+                "",
+            ]
+            + _table_markdown(t)[4:]
+            + [""]
+        )
     lines += ["## Time", "", "| step | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
-    lines += ["", "Seconds summed over every run into the output folder (a continued run adds only the steps it ran; "
-              "a run on another machine, e.g. baselines added later on a CPU, adds its own seconds).", ""]
+    lines += [
+        "",
+        "Seconds summed over every run into the output folder (a continued run adds only the steps it ran; "
+        "a run on another machine, e.g. baselines added later on a CPU, adds its own seconds).",
+        "",
+    ]
     report = out_dir / "REPORT.md"
     atomic_write_text(report, "\n".join(lines))
     summary = {
-        "tables": {t.title: {m: {n: (r.to_json() if isinstance(r, Evaluation) else r) for n, r in t.results[m].items()} for m in t.columns}
-                   for t in tables},
+        "tables": {
+            t.title: {
+                m: {n: (r.to_json() if isinstance(r, Evaluation) else r) for n, r in t.results[m].items()}
+                for m in t.columns
+            }
+            for t in tables
+        },
         "diameter": {kind: {str(e): c for e, c in curve.items()} for kind, curve in curves.items()},
         "timings": timings,
-    }  # fmt: skip
+    }
     atomic_write_text(out_dir / "results.json", json.dumps(summary, indent=1) + "\n")
     return report

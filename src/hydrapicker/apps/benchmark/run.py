@@ -27,27 +27,40 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
-
+from hydrapicker.bundled import pretrained_model_path
 from hydrapicker.data.project import DatasetSpec
 from hydrapicker.evaluate import Evaluation
 from hydrapicker.io.files import atomic_write_text
-from hydrapicker.bundled import pretrained_model_path
 
 __all__ = ["run_benchmark"]
 
 from hydrapicker.apps.benchmark.config import BenchmarkConfig
-from hydrapicker.apps.benchmark.report import Table, write_report, _diameter_method
+from hydrapicker.apps.benchmark.report import Table, _diameter_method, write_report
 from hydrapicker.apps.benchmark.steps import (
-    GroupData, baseline_picks, few_shot_head, multihead_model, network_picks, picks_path,
-    pooled, real_datasets, score, single_model, truth,
+    GroupData,
+    baseline_picks,
+    few_shot_head,
+    multihead_model,
+    network_picks,
+    picks_path,
+    pooled,
+    real_datasets,
+    score,
+    single_model,
+    truth,
 )
 
 
-def run_benchmark(config: BenchmarkConfig, out_dir: str | os.PathLike, *, say: Callable[[str], None] = print,
-                  config_path: str | None = None) -> Path:  # fmt: skip
+def run_benchmark(
+    config: BenchmarkConfig,
+    out_dir: str | os.PathLike,
+    *,
+    say: Callable[[str], None] = print,
+    config_path: str | None = None,
+) -> Path:
     """Run (or continue) the protocol into ``out_dir``; returns ``out_dir/REPORT.md``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,14 +94,21 @@ def run_benchmark(config: BenchmarkConfig, out_dir: str | os.PathLike, *, say: C
     def column(rows: Sequence[DatasetSpec], make: Callable[[DatasetSpec], Path | str]) -> dict[str, Evaluation | str]:
         return {spec.name: score(make(spec), spec, truths[spec.name]) for spec in rows}
 
-    def picks(method: str, checkpoint: Path | Callable[[DatasetSpec], Path], head: str | None = "generic", factor: float = 1.0,
-              correct_size: bool = True):  # fmt: skip
+    def picks(
+        method: str,
+        checkpoint: Path | Callable[[DatasetSpec], Path],
+        head: str | None = "generic",
+        factor: float = 1.0,
+        correct_size: bool = True,
+    ):
         """A column maker: one head (None: the dataset's own) of a checkpoint (or one per dataset)."""
+
         def make(spec: DatasetSpec) -> Path:
             if picks_path(out_dir, method, spec.name).exists():
                 return picks_path(out_dir, method, spec.name)
             path = checkpoint(spec) if callable(checkpoint) else checkpoint
             return network_picks(out_dir, method, path, head or spec.name, spec, config, factor, resolve, correct_size)
+
         return make
 
     say("Table 1: generic vs specialised heads on the source test micrographs")
@@ -105,10 +125,16 @@ def run_benchmark(config: BenchmarkConfig, out_dir: str | os.PathLike, *, say: C
 
     t2["single"] = timed("picking", column, targets, picks("single", single))
     for name, script in config.baselines:
-        t2[name] = timed(f"baseline {name}", column, zero_rows, lambda s, n=name, sc=script: baseline_picks(out_dir, n, sc, s, resolve))
+        t2[name] = timed(
+            f"baseline {name}",
+            column,
+            zero_rows,
+            lambda s, n=name, sc=script: baseline_picks(out_dir, n, sc, s, resolve),
+        )
     say("Tables 3 and 4: few-shot heads on the multi-head and on the single-head model")
     t3 = {"single": t2["single"]}
     for base, checkpoint in (("single-head", single_head), ("multi", multihead)):
+
         def head(spec: DatasetSpec, base: str = base, checkpoint: Path = checkpoint) -> Path:
             return timed("few-shot heads", few_shot_head, config, out_dir, base, checkpoint, resolve(spec), say)
 
@@ -120,7 +146,12 @@ def run_benchmark(config: BenchmarkConfig, out_dir: str | os.PathLike, *, say: C
     for kind, curve in diameter.items():
         for error in config.diameter_errors:
             method = _diameter_method(kind, error)
-            curve[error] = timed("picking", column, zero_rows, picks(method, multihead, factor=1.0 + error, correct_size=kind == "generic"))
+            curve[error] = timed(
+                "picking",
+                column,
+                zero_rows,
+                picks(method, multihead, factor=1.0 + error, correct_size=kind == "generic"),
+            )
     real_results: dict[str, dict[str, Evaluation | str]] = {}
     if reals:
         say("zero-shot on the bundled real micrographs")
@@ -137,20 +168,46 @@ def run_benchmark(config: BenchmarkConfig, out_dir: str | os.PathLike, *, say: C
 
     baseline_labels = {name: name for name, _ in config.baselines}
     tables = [
-        table("Table 1: generic vs specialised heads (source test micrographs)",
-              "HydraPicker_gen picks with the generic head, HydraPicker_spec with each dataset's own head.",
-              sources, t1, {"generic": "HydraPicker_gen", "spec": "HydraPicker_spec"}),
-        table("Table 2: zero-shot picking (target and unseen-protein test micrographs)",
-              "The generic head has never seen these datasets; the unseen proteins were in no training run. "
-              "'single models' are single-head models trained on each target's few training micrographs (none for unseen proteins).",
-              zero_rows, t2, {"generic": "HydraPicker (generic head)", "single": "single models", **baseline_labels}),
-        table("Table 3: few-shot picking (target test micrographs)",
-              "A new head per target trained on its training micrographs, trunk and generic head frozen.",
-              targets, t3, {"fewshot-multi": "HydraPicker few-shot", "single": "single models"}),
-        table("Table 4: multi-head vs single-head, fine-tuned (target test micrographs)",
-              "The same few-shot head training on the multi-head (stage 2) model and on the single-head (stage 1) model.",
-              targets, t3, {"fewshot-multi": "multi-head", "fewshot-single-head": "single-head"}),
-    ]  # fmt: skip
+        table(
+            "Table 1: generic vs specialised heads (source test micrographs)",
+            "HydraPicker_gen picks with the generic head, HydraPicker_spec with each dataset's own head.",
+            sources,
+            t1,
+            {"generic": "HydraPicker_gen", "spec": "HydraPicker_spec"},
+        ),
+        table(
+            "Table 2: zero-shot picking (target and unseen-protein test micrographs)",
+            "The generic head has never seen these datasets; the unseen proteins were in no training run. "
+            "'single models' are single-head models trained on each target's few training micrographs (none for unseen proteins).",
+            zero_rows,
+            t2,
+            {"generic": "HydraPicker (generic head)", "single": "single models", **baseline_labels},
+        ),
+        table(
+            "Table 3: few-shot picking (target test micrographs)",
+            "A new head per target trained on its training micrographs, trunk and generic head frozen.",
+            targets,
+            t3,
+            {"fewshot-multi": "HydraPicker few-shot", "single": "single models"},
+        ),
+        table(
+            "Table 4: multi-head vs single-head, fine-tuned (target test micrographs)",
+            "The same few-shot head training on the multi-head (stage 2) model and on the single-head (stage 1) model.",
+            targets,
+            t3,
+            {"fewshot-multi": "multi-head", "fewshot-single-head": "single-head"},
+        ),
+    ]
     timings["total"] = sum(timings.values())
-    return write_report(out_dir, config, tables, diameter, real_results, reals, timings, config_path, len(targets),
-                        {name: spec.diameter_px for name, spec in specs.items()})  # fmt: skip
+    return write_report(
+        out_dir,
+        config,
+        tables,
+        diameter,
+        real_results,
+        reals,
+        timings,
+        config_path,
+        len(targets),
+        {name: spec.diameter_px for name, spec in specs.items()},
+    )

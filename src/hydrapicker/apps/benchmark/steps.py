@@ -6,33 +6,44 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
 
-
-from hydrapicker.particle_size import ParticleSize
+from hydrapicker.bundled import bundled_datasets
+from hydrapicker.checkpoint import load_model
 from hydrapicker.data.project import DatasetSpec, load_project
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.evaluate import Evaluation, evaluate
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_picks
 from hydrapicker.io.files import atomic_path, atomic_write_text
-from hydrapicker.simulate.collection import structure_files
-from hydrapicker.simulate.structure import structure_id
-from hydrapicker.simulate.collection import simulate_collection
-from hydrapicker.bundled import bundled_datasets
-from hydrapicker.training.config import TrainConfig
-from hydrapicker.training.stages import train
-from hydrapicker.training.config import FinetuneConfig
-from hydrapicker.training.finetune import finetune, labelled_micrographs
+from hydrapicker.particle_size import ParticleSize
 from hydrapicker.picking.picker import Picker, PickSettings
-from hydrapicker.checkpoint import load_model
+from hydrapicker.simulate.collection import simulate_collection, structure_files
+from hydrapicker.simulate.structure import structure_id
+from hydrapicker.training.config import FinetuneConfig, TrainConfig
+from hydrapicker.training.finetune import finetune, labelled_micrographs
+from hydrapicker.training.stages import train
 
-__all__ = ["GroupData", "baseline_picks", "few_shot_head", "group_datasets", "group_structures", "multihead_model", "network_picks",
-           "picked_diameters", "picks_path", "pooled", "real_datasets", "score", "single_model", "train_config", "truth"]
+__all__ = [
+    "GroupData",
+    "baseline_picks",
+    "few_shot_head",
+    "group_datasets",
+    "group_structures",
+    "multihead_model",
+    "network_picks",
+    "picked_diameters",
+    "picks_path",
+    "pooled",
+    "real_datasets",
+    "score",
+    "single_model",
+    "train_config",
+    "truth",
+]
 
 from hydrapicker.apps.benchmark.config import GROUPS, SCORE_FLOOR, BenchmarkConfig
-
 
 # --- data -----------------------------------------------------------------------------------
 
@@ -73,11 +84,13 @@ def _splits(stems: Sequence[str], group: str, config: BenchmarkConfig) -> dict[s
 def _group_params(config: BenchmarkConfig, group: str) -> dict:
     sources = group == "sources"
     return {
-        "structures": [p.name for p in group_structures(config)[group]], "seed": config.seed, "size": config.size,
+        "structures": [p.name for p in group_structures(config)[group]],
+        "seed": config.seed,
+        "size": config.size,
         "conditions": config.source_conditions if sources else config.target_conditions,
         "micrographs": config.micrographs if sources else config.target_micrographs,
         "splits": [config.test_micrographs, config.val_micrographs, config.few_shot_micrographs],
-    }  # fmt: skip
+    }
 
 
 def group_datasets(config: BenchmarkConfig, out_dir: Path, group: str, say: Callable[[str], None]) -> list[DatasetSpec]:
@@ -88,11 +101,19 @@ def group_datasets(config: BenchmarkConfig, out_dir: Path, group: str, say: Call
     stamp = folder / "benchmark-params.json"
     if not (stamp.exists() and json.loads(stamp.read_text()) == params):
         shutil.rmtree(folder, ignore_errors=True)
-        say(f"simulating {group}: {len(files)} structures x {params['conditions']} conditions x {params['micrographs']} micrographs")
+        say(
+            f"simulating {group}: {len(files)} structures x {params['conditions']} conditions x {params['micrographs']} micrographs"
+        )
         simulate_collection(
-            files, folder, conditions=params["conditions"], micrographs=params["micrographs"], seed=config.seed,
-            processes=config.processes, size=config.size, progress=False,
-        )  # fmt: skip
+            files,
+            folder,
+            conditions=params["conditions"],
+            micrographs=params["micrographs"],
+            seed=config.seed,
+            processes=config.processes,
+            size=config.size,
+            progress=False,
+        )
         atomic_write_text(stamp, json.dumps(params) + "\n")
     specs = load_project(folder / "collection.toml")
     return [replace(spec, splits=_splits(list(spec.coordinates), group, config)) for spec in specs]
@@ -110,10 +131,17 @@ class GroupData:
         record = json.loads(self.manifest.read_text()) if self.manifest.exists() else None
         if record is not None and record["params"] == _group_params(config, group):
             self.specs = [
-                DatasetSpec(name=d["name"], micrographs=(), coordinates={}, format="csv", pixel_size=d["pixel_size"],
-                            diameter=d["diameter"], splits={k: tuple(v) for k, v in d["splits"].items()})
+                DatasetSpec(
+                    name=d["name"],
+                    micrographs=(),
+                    coordinates={},
+                    format="csv",
+                    pixel_size=d["pixel_size"],
+                    diameter=d["diameter"],
+                    splits={k: tuple(v) for k, v in d["splits"].items()},
+                )
                 for d in record["datasets"]
-            ]  # fmt: skip
+            ]
         else:
             self.specs = self.real_specs()
 
@@ -126,9 +154,19 @@ class GroupData:
                 target = self.out_dir / "truth" / f"{spec.name}.csv"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 write_picks(target, list(truth(spec).values()), "csv")
-            datasets = [{"name": x.name, "pixel_size": x.pixel_size, "diameter": x.diameter, "splits": {k: list(v) for k, v in x.splits.items()}}
-                        for x in specs]  # fmt: skip
-            atomic_write_text(self.manifest, json.dumps({"params": _group_params(self.config, self.group), "datasets": datasets}) + "\n")
+            datasets = [
+                {
+                    "name": x.name,
+                    "pixel_size": x.pixel_size,
+                    "diameter": x.diameter,
+                    "splits": {k: list(v) for k, v in x.splits.items()},
+                }
+                for x in specs
+            ]
+            atomic_write_text(
+                self.manifest,
+                json.dumps({"params": _group_params(self.config, self.group), "datasets": datasets}) + "\n",
+            )
         return list(self._real.values())
 
     def real(self, spec: DatasetSpec) -> DatasetSpec:
@@ -139,8 +177,12 @@ class GroupData:
         """The test split's particles (from the record)."""
         path = self.out_dir / "truth" / f"{spec.name}.csv"
         found = _read_picks_csv(path)
-        return {stem: replace(found[stem], box_size=spec.diameter_px) if stem in found else Picks.empty(stem, spec.diameter_px)
-                for stem in spec.splits["test"]}  # fmt: skip
+        return {
+            stem: replace(found[stem], box_size=spec.diameter_px)
+            if stem in found
+            else Picks.empty(stem, spec.diameter_px)
+            for stem in spec.splits["test"]
+        }
 
 
 def real_datasets(names: Sequence[str]) -> list[DatasetSpec]:
@@ -152,11 +194,17 @@ def real_datasets(names: Sequence[str]) -> list[DatasetSpec]:
             raise HydraPickerError(f"real dataset {name!r} is not bundled (bundled: {', '.join(known)})")
         d = known[name]
         mics = tuple(d.micrographs())
-        specs.append(DatasetSpec(
-            name=name, micrographs=mics, coordinates={p.stem: p.with_suffix(".csv") for p in mics}, format="csv",
-            pixel_size=d.pixel_size, diameter=d.box_size * d.pixel_size,
-            splits={"train": (), "val": (), "test": tuple(p.stem for p in mics)},
-        ))  # fmt: skip
+        specs.append(
+            DatasetSpec(
+                name=name,
+                micrographs=mics,
+                coordinates={p.stem: p.with_suffix(".csv") for p in mics},
+                format="csv",
+                pixel_size=d.pixel_size,
+                diameter=d.box_size * d.pixel_size,
+                splits={"train": (), "val": (), "test": tuple(p.stem for p in mics)},
+            )
+        )
     return specs
 
 
@@ -165,7 +213,9 @@ def truth(spec: DatasetSpec, split: str = "test") -> dict[str, Picks]:
     out = {}
     for stem in spec.splits[split]:
         shape = read_micrograph(spec.micrograph_path(stem)).shape
-        out[stem] = read_picks(spec.coordinates[stem], spec.format, micrograph=stem, box_size=spec.diameter_px, shape=shape)[stem]
+        out[stem] = read_picks(
+            spec.coordinates[stem], spec.format, micrograph=stem, box_size=spec.diameter_px, shape=shape
+        )[stem]
     return out
 
 
@@ -174,15 +224,25 @@ def truth(spec: DatasetSpec, split: str = "test") -> dict[str, Picks]:
 
 def train_config(config: BenchmarkConfig, cache_dir: Path | None = None, **changes: object):
     base = TrainConfig(
-        preset=config.preset, stage="both", epochs=config.epochs, stage2_epochs=config.stage2_epochs,
-        t0_epochs=config.t0_epochs, batches_per_epoch=config.batches_per_epoch, val_batches=config.val_batches,
-        scale_jitter=tuple(config.scale_jitter), seed=config.seed, threads=config.threads, device=config.device,
+        preset=config.preset,
+        stage="both",
+        epochs=config.epochs,
+        stage2_epochs=config.stage2_epochs,
+        t0_epochs=config.t0_epochs,
+        batches_per_epoch=config.batches_per_epoch,
+        val_batches=config.val_batches,
+        scale_jitter=tuple(config.scale_jitter),
+        seed=config.seed,
+        threads=config.threads,
+        device=config.device,
         cache_dir=str(cache_dir) if cache_dir else None,
-    )  # fmt: skip
+    )
     return replace(base, **changes)
 
 
-def multihead_model(config: BenchmarkConfig, out_dir: Path, sources: list[DatasetSpec], say: Callable[[str], None]) -> Path:
+def multihead_model(
+    config: BenchmarkConfig, out_dir: Path, sources: list[DatasetSpec], say: Callable[[str], None]
+) -> Path:
     """Train (or continue) the multi-head model on the sources; its ``model.pt``."""
     run = out_dir / "models" / "multihead"
     final = run / "model.pt"
@@ -199,23 +259,43 @@ def single_model(config: BenchmarkConfig, out_dir: Path, target: DatasetSpec, sa
     final = run / "model.pt"
     if not final.exists():
         say(f"training a single-head model on {target.name} ({len(target.splits['train'])} micrographs)")
-        cfg = train_config(config, out_dir / "prepared", stage="1", epochs=config.single_epochs, t0_epochs=config.single_epochs,
-                            batches_per_epoch=config.single_batches)  # fmt: skip
+        cfg = train_config(
+            config,
+            out_dir / "prepared",
+            stage="1",
+            epochs=config.single_epochs,
+            t0_epochs=config.single_epochs,
+            batches_per_epoch=config.single_batches,
+        )
         train([target], run, cfg, resume=True)
     return final
 
 
-def few_shot_head(config: BenchmarkConfig, out_dir: Path, base: str, base_model: Path, target: DatasetSpec,
-                  say: Callable[[str], None]) -> Path:  # fmt: skip
+def few_shot_head(
+    config: BenchmarkConfig, out_dir: Path, base: str, base_model: Path, target: DatasetSpec, say: Callable[[str], None]
+) -> Path:
     """A new head for ``target`` on ``base_model`` (trunk and generic head frozen); the checkpoint."""
     out = out_dir / "models" / f"fewshot-{base}" / f"{target.name}.pt"
     if not out.exists():
         train_stems, val_stems = target.splits["train"], target.splits["val"]
         data = labelled_micrographs(
-            target.name, [target.micrograph_path(s) for s in train_stems], [target.coordinates[s] for s in train_stems], coords_format=target.format,
-            val_micrographs=[target.micrograph_path(s) for s in val_stems], val_coordinates=[target.coordinates[s] for s in val_stems], size=ParticleSize(diameter_px=target.diameter_px))  # fmt: skip
-        cfg = FinetuneConfig(name=target.name, epochs=config.finetune_epochs, batches_per_epoch=config.finetune_batches,
-                             labels="complete", seed=config.seed, threads=config.threads, device=config.device)  # fmt: skip
+            target.name,
+            [target.micrograph_path(s) for s in train_stems],
+            [target.coordinates[s] for s in train_stems],
+            coords_format=target.format,
+            val_micrographs=[target.micrograph_path(s) for s in val_stems],
+            val_coordinates=[target.coordinates[s] for s in val_stems],
+            size=ParticleSize(diameter_px=target.diameter_px),
+        )
+        cfg = FinetuneConfig(
+            name=target.name,
+            epochs=config.finetune_epochs,
+            batches_per_epoch=config.finetune_batches,
+            labels="complete",
+            seed=config.seed,
+            threads=config.threads,
+            device=config.device,
+        )
         finetune(data, out, cfg, model_path=base_model, resume=True, say=lambda line: None)
         say(f"few-shot head {target.name} on the {base} model: {out}")
     return out
@@ -237,9 +317,17 @@ def _same(spec: DatasetSpec) -> DatasetSpec:
     return spec
 
 
-def network_picks(out_dir: Path, method: str, checkpoint: Path, head: str, spec: DatasetSpec, config: BenchmarkConfig,
-                  diameter_factor: float = 1.0, resolve: Callable[[DatasetSpec], DatasetSpec] = _same,
-                  correct_size: bool = True) -> Path:  # fmt: skip
+def network_picks(
+    out_dir: Path,
+    method: str,
+    checkpoint: Path,
+    head: str,
+    spec: DatasetSpec,
+    config: BenchmarkConfig,
+    diameter_factor: float = 1.0,
+    resolve: Callable[[DatasetSpec], DatasetSpec] = _same,
+    correct_size: bool = True,
+) -> Path:
     """Pick the test micrographs of ``spec`` with one head into ``picks/<method>/<dataset>.csv`` (once);
     ``resolve`` gives the spec with its micrographs when they are needed.
 
@@ -253,8 +341,13 @@ def network_picks(out_dir: Path, method: str, checkpoint: Path, head: str, spec:
         return target
     spec = resolve(spec)
     model, meta = load_model(checkpoint)
-    settings = PickSettings(ParticleSize(diameter_px=spec.diameter_px * diameter_factor), head=head, threshold=SCORE_FLOOR,
-                            correct_size=correct_size, device=config.device)  # fmt: skip
+    settings = PickSettings(
+        ParticleSize(diameter_px=spec.diameter_px * diameter_factor),
+        head=head,
+        threshold=SCORE_FLOOR,
+        correct_size=correct_size,
+        device=config.device,
+    )
     picker = Picker(model, meta, settings)
     picker.calibrate(list(spec.micrographs))
     every = [picker.pick(picker.prepare(spec.micrograph_path(stem))) for stem in spec.splits["test"]]
@@ -274,8 +367,9 @@ def picked_diameters(out_dir: Path, method: str, dataset: str) -> list[float]:
     return list(json.loads(path.read_text()).values()) if path.exists() else []
 
 
-def baseline_picks(out_dir: Path, name: str, script: Path, spec: DatasetSpec,
-                   resolve: Callable[[DatasetSpec], DatasetSpec] = _same) -> Path | str:  # fmt: skip
+def baseline_picks(
+    out_dir: Path, name: str, script: Path, spec: DatasetSpec, resolve: Callable[[DatasetSpec], DatasetSpec] = _same
+) -> Path | str:
     """Run a baseline script on the test micrographs of ``spec``; the picks file, or why there is none."""
     target = picks_path(out_dir, name, spec.name)
     if target.exists():
@@ -285,8 +379,17 @@ def baseline_picks(out_dir: Path, name: str, script: Path, spec: DatasetSpec,
     spec = resolve(spec)
     work = out_dir / "baselines" / name / spec.name
     shutil.rmtree(work, ignore_errors=True)
-    command = [sys.executable, str(script), *[str(spec.micrograph_path(s)) for s in spec.splits["test"]],
-               "--out", str(work), "--diameter-px", f"{spec.diameter_px:.4f}", "--pixel-size", f"{spec.pixel_size:.5f}"]  # fmt: skip
+    command = [
+        sys.executable,
+        str(script),
+        *[str(spec.micrograph_path(s)) for s in spec.splits["test"]],
+        "--out",
+        str(work),
+        "--diameter-px",
+        f"{spec.diameter_px:.4f}",
+        "--pixel-size",
+        f"{spec.pixel_size:.5f}",
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     produced = work / "picks.csv"
     if result.returncode != 0 or not produced.exists():
@@ -307,8 +410,13 @@ def score(picks_file: Path | str, spec: DatasetSpec, truth_picks: dict[str, Pick
     return evaluate(picks, truth_picks, box_size=spec.diameter_px)
 
 
-def pooled(results: dict[str, Evaluation | str], specs: dict[str, DatasetSpec], out_dir: Path, method: str,
-           truths: dict[str, dict[str, Picks]]) -> Evaluation | None:  # fmt: skip
+def pooled(
+    results: dict[str, Evaluation | str],
+    specs: dict[str, DatasetSpec],
+    out_dir: Path,
+    method: str,
+    truths: dict[str, dict[str, Picks]],
+) -> Evaluation | None:
     """One evaluation over every dataset of a table (coordinates in units of each dataset's box)."""
     picks: dict[str, Picks] = {}
     every_truth: dict[str, Picks] = {}
