@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 from pathlib import Path
 
 import torch
 from _synthetic import checkpoint_dict
 
 from hydrapicker.bundled import pretrained_model_path
-from hydrapicker.checkpoint import load_checkpoint, load_model, save_checkpoint
+from hydrapicker.checkpoint import FINETUNED_STAGE, load_checkpoint, load_model, read_checkpoint, save_checkpoint
 from hydrapicker.cli import main as cli_main
 from hydrapicker.data.project import load_project
 from hydrapicker.defaults import GENERIC
@@ -136,3 +137,55 @@ def test_pick_without_a_model_loads_the_shipped_generic_model_a_few_mb_with_only
     # MODEL_CARD.md: trained on simulation only, without beta-galactosidase (5a1a) or any EMPIAR-10017 data
     trained_on = torch.load(path, map_location="cpu", weights_only=True)["trained_on"]
     assert trained_on and all(name.startswith("sim-") and "5a1a" not in name for name in trained_on)
+
+
+def test_a_checkpoint_written_before_the_redesign_loads_and_resumes_its_fields():
+    """The dict ``hydrapicker.train._checkpoint`` wrote before checkpoint.py owned the file (by hand, as it was)."""
+    model = HydraPicker(get_preset("tiny"), ("bgal",))
+    old = {
+        "format": "hydrapicker-checkpoint/1",
+        "version": "0.1.0",
+        "preset": model.preset.to_dict(),
+        "head_names": ["bgal"],
+        "target_diameter_px": 40.0,
+        "anchor_stride": 16,
+        "normalisation": {"function": "hydrapicker.data.normalise_micrograph", "diameter_px": 40.0},
+        "config": TrainConfig(preset="tiny").to_dict(),
+        "stage": 3,
+        "epoch": 4,
+        "val_loss": 0.5,
+        "model": model.state_dict(),
+        "optimiser": {"state": {}, "param_groups": []},
+        "scheduler": None,
+        "best_val": 0.5,
+        "log": [{"epoch": 0}],
+    }
+    buffer = io.BytesIO()
+    torch.save(old, buffer)
+    loaded, meta = load_model_bytes(buffer.getvalue())
+    assert meta.head_names == ("bgal",) and meta.stage == FINETUNED_STAGE and meta.epoch == 4 and meta.val_loss == 0.5
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert read_checkpoint_bytes(buffer.getvalue())["log"] == [{"epoch": 0}]
+
+
+def test_the_shipped_generic_model_loads_with_checkpoint_py():
+    model, meta = load_model()
+    assert meta.head_names == () and model.size_head is not None and meta.target_diameter_px > 0
+
+
+def load_model_bytes(data: bytes):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "old.pt"
+        path.write_bytes(data)
+        return load_checkpoint(path)
+
+
+def read_checkpoint_bytes(data: bytes) -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "old.pt"
+        path.write_bytes(data)
+        return read_checkpoint(path)

@@ -89,8 +89,8 @@ def test_micrographs_past_the_thumbnails_carry_only_their_counts_at_every_slider
 
 
 def test_without_candidates_the_picks_at_the_runs_threshold_are_shown(tmp_path):
-    runs, options = read_run_picks(_picks_dir(tmp_path, candidates=False))
-    assert options["threshold"] == 0.5
+    runs, record = read_run_picks(_picks_dir(tmp_path, candidates=False))
+    assert record.threshold == 0.5
     for run, (k, (_name, (_, spots))) in zip(runs, enumerate(_MICS.items())):
         expected = _scores(len(spots), 0.01 * k)
         assert run.picks.score.tolist() == pytest.approx(expected[expected >= 0.5].tolist())

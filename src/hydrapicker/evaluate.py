@@ -34,6 +34,7 @@ from hydrapicker.defaults import MATCH_IOU
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.files import save_figure
 from hydrapicker.io.picks import Picks
+from hydrapicker.io.run_folder import json_float
 
 __all__ = ["Evaluation", "MicrographScore", "box_iou", "evaluate", "format_table", "match_picks", "write_curves"]
 
@@ -57,10 +58,10 @@ class MicrographScore:
     def to_json(self) -> dict[str, float | int | None]:
         """A JSON-ready dict; NaN becomes ``None``."""
         return {
-            "ap": _json_float(self.ap),
-            "auroc": _json_float(self.auroc),
-            "best_f1": _json_float(self.best_f1),
-            "best_threshold": _json_float(self.best_threshold),
+            "ap": json_float(self.ap),
+            "auroc": json_float(self.auroc),
+            "best_f1": json_float(self.best_f1),
+            "best_threshold": json_float(self.best_threshold),
             "n_picks": self.n_picks,
             "n_true": self.n_true,
             "tp": self.tp,
@@ -94,10 +95,6 @@ class Evaluation(MicrographScore):
         out: dict[str, object] = dict(super().to_json())
         out["per_micrograph"] = {name: score.to_json() for name, score in self.per_micrograph.items()}
         return out
-
-
-def _json_float(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)
 
 
 def box_iou(dx: np.ndarray, dy: np.ndarray, box_size: float) -> np.ndarray:

@@ -36,6 +36,7 @@ from hydrapicker.io.coordinates import read_picks
 from hydrapicker.io.files import atomic_write_text
 from hydrapicker.io.micrograph import expand_micrographs, micrograph_stem, read_micrograph
 from hydrapicker.io.picks import Picks
+from hydrapicker.io.run_folder import RunRecord
 from hydrapicker.picking.overlay import overlay_image
 
 __all__ = ["REPORT_NAME", "RunPicks", "read_run_picks", "write_report"]
@@ -65,20 +66,17 @@ class RunPicks:
     source: Path
 
 
-def _run_options(picks_dir: Path) -> dict:
-    record = picks_dir / "command.json"
-    if not record.is_file():
-        return {}
-    try:
-        return dict(json.loads(record.read_text(encoding="utf-8")).get("options", {}))
-    except (ValueError, AttributeError) as exc:
-        raise HydraPickerError(f"{record}: not a readable run record ({exc})") from exc
+def _run_record(picks_dir: Path) -> RunRecord:
+    """The run record of ``picks_dir`` (an empty one when there is none)."""
+    return RunRecord.read(picks_dir) or RunRecord(verb="", options={})
 
 
-def _micrograph_paths(picks_dir: Path, patterns: Sequence[str | os.PathLike] | None, options: dict) -> dict[str, Path]:
+def _micrograph_paths(
+    picks_dir: Path, patterns: Sequence[str | os.PathLike] | None, record: RunRecord
+) -> dict[str, Path]:
     """``{stem: file}`` from explicit patterns, else the run record's micrographs."""
     if patterns is None:
-        patterns = options.get("micrographs")
+        patterns = record.micrographs
         if not patterns:
             raise HydraPickerError(f"{picks_dir}: no command.json naming the micrographs; give them with --micrographs")
         try:
@@ -94,8 +92,8 @@ def _micrograph_paths(picks_dir: Path, patterns: Sequence[str | os.PathLike] | N
 
 def read_run_picks(
     picks_dir: str | os.PathLike, micrographs: Sequence[str | os.PathLike] | None = None
-) -> tuple[list[RunPicks], dict]:
-    """Every micrograph's picks in a pick output folder, and the run's options (``command.json``).
+) -> tuple[list[RunPicks], RunRecord]:
+    """Every micrograph's picks in a pick output folder, and the run's record (``command.json``).
 
     Raises:
         HydraPickerError: no such folder, no picks in it, or micrographs that cannot be found.
@@ -109,8 +107,8 @@ def read_run_picks(
         raise HydraPickerError(
             f"{picks_dir}: no picks in csv/ or candidates/ (run `hydrapicker pick --out {picks_dir}` first)"
         )
-    options = _run_options(picks_dir)
-    paths = _micrograph_paths(picks_dir, micrographs, options)
+    record = _run_record(picks_dir)
+    paths = _micrograph_paths(picks_dir, micrographs, record)
     out = []
     for stem, source in sorted(sources.items()):
         picks = read_picks(source, "csv", micrograph=stem)[stem]
@@ -120,18 +118,7 @@ def read_run_picks(
             picks.box_size = meta.get("box_size")
             picks.shape = tuple(meta["shape"]) if meta.get("shape") else None
         out.append(RunPicks(picks, paths.get(stem), source))
-    return out, options
-
-
-def _box_size(options: dict, box_size: float | None) -> float | None:
-    """The box edge (stored px) when the files do not give it: explicit, else the run's particle diameter."""
-    if box_size is not None:
-        return box_size
-    if options.get("diameter_px"):
-        return float(options["diameter_px"])
-    if options.get("diameter_A") and options.get("pixel_size"):
-        return float(options["diameter_A"]) / float(options["pixel_size"])
-    return None
+    return out, record
 
 
 def _thumbnail(path: Path, max_size: int) -> tuple[str, int, tuple[int, int]]:
@@ -194,10 +181,10 @@ def write_report(
         raise HydraPickerError(
             f"thumbnails must be >= 0 and thumbnail size >= 16 px, got {thumbnails} and {thumbnail_size}"
         )
-    runs, options = read_run_picks(picks_dir, micrographs)
-    fallback_box = _box_size(options, box_size)
+    runs, record = read_run_picks(picks_dir, micrographs)
+    fallback_box = box_size if box_size is not None else record.box_size
     if threshold is None:
-        threshold = float(options.get("threshold", PICK_THRESHOLD))
+        threshold = record.threshold if record.threshold is not None else PICK_THRESHOLD
     elif not 0 <= threshold <= 1:
         raise HydraPickerError(f"threshold must be a score between 0 and 1, got {threshold}")
     scores = np.concatenate([r.picks.score for r in runs]) if runs else np.zeros(0)

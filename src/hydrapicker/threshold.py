@@ -35,16 +35,22 @@ from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.coordinates import read_picks, write_picks
 from hydrapicker.io.files import atomic_write_text, save_figure
 from hydrapicker.io.picks import Picks
-from hydrapicker.io.run_folder import candidate_paths, output_paths, rebuild_picks_csv
+from hydrapicker.io.run_folder import (
+    THRESHOLD_RECORD,
+    RunRecord,
+    candidate_paths,
+    current_threshold,
+    json_float,
+    output_paths,
+    rebuild_picks_csv,
+)
 
 __all__ = [
     "RULE",
-    "current_threshold",
     "format_summary",
     "otsu_threshold",
     "picks_per_micrograph",
     "read_candidates",
-    "recorded_threshold",
     "rewrite_outputs",
     "score_histogram",
     "suggest_threshold",
@@ -134,32 +140,6 @@ def picks_per_micrograph(candidates: dict[str, Picks], thresholds: np.ndarray) -
     return (len(scores) - np.searchsorted(scores, thresholds, side="left")) / len(candidates)
 
 
-def recorded_threshold(out_dir: str | os.PathLike) -> float | None:
-    """The threshold last set with :func:`rewrite_outputs` (``OUT/threshold.json``), if any.
-
-    ``pick`` into ``OUT`` without ``--threshold`` uses it, and a running ``pick --watch``
-    switches to it when it changes, so micrographs picked later match the re-written ones.
-    """
-    try:
-        return float(json.loads((Path(out_dir) / "threshold.json").read_text(encoding="utf-8"))["threshold"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def current_threshold(out_dir: str | os.PathLike) -> float | None:
-    """The threshold ``OUT``'s coordinate files are at: ``threshold.json``, else the pick run's ``--threshold``."""
-    out_dir = Path(out_dir)
-    for name, keys in (("threshold.json", ("threshold",)), ("command.json", ("options", "threshold"))):
-        try:
-            value = json.loads((out_dir / name).read_text(encoding="utf-8"))
-            for key in keys:
-                value = value[key]
-            return float(value)
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return None
-
-
 def _table_thresholds(*extra: float | None) -> np.ndarray:
     grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
     marks = [t for t in extra if t is not None and math.isfinite(t)]
@@ -235,11 +215,12 @@ def write_plots(
 
 
 def _formats(out_dir: Path) -> list[str]:
-    """The run's --format (command.json) and every format folder present: all must move together."""
+    """The run's formats (its record) and every format folder present: all must move together."""
     try:
-        recorded = json.loads((out_dir / "command.json").read_text(encoding="utf-8"))["options"]["format"]
-    except (OSError, ValueError, KeyError, TypeError):
-        recorded = []
+        record = RunRecord.read(out_dir)
+    except HydraPickerError:
+        record = None
+    recorded = record.formats if record is not None else []
     return [fmt for fmt in COORDINATE_FORMATS if fmt in recorded or (out_dir / fmt).is_dir()]
 
 
@@ -287,12 +268,8 @@ def rewrite_outputs(out_dir: str | os.PathLike, threshold: float) -> Rewrite:
         "threshold": threshold,
         "previous": previous,
         "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "suggested": _json_float(suggest_threshold(candidates)),
+        "suggested": json_float(suggest_threshold(candidates), 6),
         "rule": RULE,
     }
-    atomic_write_text(out_dir / "threshold.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out_dir / THRESHOLD_RECORD, json.dumps(record, indent=2) + "\n")
     return Rewrite(threshold, previous, formats, len(candidates), n_picks)
-
-
-def _json_float(value: float) -> float | None:
-    return None if math.isnan(value) else round(value, 6)

@@ -37,12 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _recorded_overlays(out: Path) -> str | None:
-    import json
+    from hydrapicker.errors import HydraPickerError
+    from hydrapicker.io.run_folder import RunRecord
 
     try:
-        return json.loads((out / "command.json").read_text(encoding="utf-8"))["options"].get("overlay")
-    except (OSError, ValueError, KeyError, AttributeError):
+        record = RunRecord.read(out)
+    except HydraPickerError:
         return None
+    return record.overlay if record is not None else None
 
 
 def main(args: argparse.Namespace) -> int:

@@ -57,9 +57,11 @@ RUN_RECORD_FORMAT = "hydrapicker-run/2"
 THRESHOLD_RECORD = "threshold.json"
 
 
-def json_float(value: float) -> float | None:
-    """A float for JSON: rounded to 6 decimals, NaN as null."""
-    return None if math.isnan(value) else round(value, 6)
+def json_float(value: float, digits: int | None = None) -> float | None:
+    """A float for JSON: NaN as null (JSON has no NaN), rounded to ``digits`` decimals when given."""
+    if math.isnan(value):
+        return None
+    return float(value) if digits is None else round(value, digits)
 
 
 def _now() -> str:
