@@ -7,8 +7,10 @@ import json
 import starfile
 
 from hydrapicker import cli
+from hydrapicker.apps import demo as demo_module
 from hydrapicker.apps.demo import FEW_SHOT_HEAD
 from hydrapicker.bundled import bundled_datasets
+from hydrapicker.defaults import GENERIC
 
 
 def test_bundled_datasets_have_micrographs_and_labels():
@@ -20,8 +22,22 @@ def test_bundled_datasets_have_micrographs_and_labels():
         assert all(len(p) > 0 for p in truth.values())
 
 
-def test_demo_picks_finetunes_and_reports(tmp_path, capsys):
-    """A short demo run (one fine-tuning epoch of two batches): every promised file is written."""
+def test_demo_picks_finetunes_and_reports(tmp_path, capsys, monkeypatch):
+    """A short demo run (one fine-tuning epoch of two batches): every promised file is written; and a second run
+    into the same folder fine-tunes afresh. Zero-shot picking is deterministic, so the second run reuses the
+    first run's zero-shot picks instead of computing them again (it still fine-tunes and picks with the new head)."""
+    zero_shot_picks = {}
+    pick_and_write = demo_module._pick_and_write
+
+    def reusing_zero_shot(model, meta, dataset, paths, head, out_dir, say):
+        if head != GENERIC:
+            return pick_and_write(model, meta, dataset, paths, head, out_dir, say)
+        key = (dataset.name, tuple(paths))
+        if key not in zero_shot_picks:
+            zero_shot_picks[key] = pick_and_write(model, meta, dataset, paths, head, out_dir, say)
+        return zero_shot_picks[key]
+
+    monkeypatch.setattr(demo_module, "_pick_and_write", reusing_zero_shot)
     assert cli.main(["demo", "--out", str(tmp_path), "--epochs", "1", "--batches-per-epoch", "2"]) == 0
     out = capsys.readouterr().out
     assert "REPORT.md" in out and "fine-tuned head" in out
@@ -43,5 +59,8 @@ def test_demo_picks_finetunes_and_reports(tmp_path, capsys):
     assert (tmp_path / "command.json").exists()
 
     # `make demo` again, into the same folder (it used to stop at the earlier fine-tuning run)
+    finetuned_before = (tmp_path / "few_shot" / "model.pt").stat().st_mtime_ns
     assert cli.main(["demo", "--out", str(tmp_path), "--epochs", "1", "--batches-per-epoch", "2"]) == 0
     assert (tmp_path / "few_shot" / "model.pt").exists()
+    assert (tmp_path / "few_shot" / "model.pt").stat().st_mtime_ns != finetuned_before  # fine-tuned again
+    assert len(zero_shot_picks) == 2  # both bundled datasets, picked once
