@@ -8,7 +8,10 @@ import numpy as np
 import torch
 
 from hydrapicker.checkpoint import checkpoint_payload, save_checkpoint
+from hydrapicker.io.micrograph import read_micrograph
+from hydrapicker.io.picks import Picks
 from hydrapicker.model import HydraPicker
+from hydrapicker.picking.picker import Picker, PickSettings, Prepared
 from hydrapicker.presets import get_preset
 from hydrapicker.training.config import TrainConfig
 
@@ -58,3 +61,33 @@ def checkpoint_dict(
         val_loss=val_loss,
         **extra,
     )
+
+
+class StandInPicker(Picker):
+    """A picker without a network: reads each micrograph and returns :meth:`spots` as its candidates.
+
+    Subclasses say what the picks are (known spots, labels, the brightest pixel); everything
+    around the network (reading, files, thresholds, the runner) is the real code.
+    """
+
+    def __init__(self, settings: PickSettings | None = None) -> None:
+        self.settings = settings or PickSettings(threshold=0.0)
+
+    def check_paths(self, paths):
+        pass
+
+    def calibrate(self, paths):
+        return None
+
+    def prepare(self, path: Path) -> Prepared:
+        mic = read_micrograph(path)
+        return Prepared(mic.name, path, mic.data, mic.data, 1.0)
+
+    def spots(self, prepared: Prepared) -> Picks:
+        raise NotImplementedError
+
+    def candidates(self, prepared: Prepared) -> Picks:
+        return self.spots(prepared)
+
+    def pick(self, prepared: Prepared) -> Picks:
+        return self.candidates(prepared).above(self.settings.threshold)

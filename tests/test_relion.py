@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _synthetic import gaussian_spots
+from _synthetic import StandInPicker, gaussian_spots
 from conftest import REAL_BGAL
 
 from hydrapicker.cli import main as cli_main
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
 from hydrapicker.particle_size import ParticleSize
-from hydrapicker.picking.picker import Picker, PickSettings, Prepared
+from hydrapicker.picking.picker import PickSettings, Prepared
 from hydrapicker.relion import (
     COORDINATES_NODE_TYPE,
     read_micrographs_star,
@@ -179,31 +179,19 @@ def test_external_job_picks_the_labelled_particles_at_the_optics_pixel_size(reli
 # --- the glue, with a stand-in picker (no network) ---------------------------------------------------
 
 
-class _SpotPicker(Picker):
+class _SpotPicker(StandInPicker):
     """Picks the brightest pixel of each micrograph; records the pixel size it was built with."""
 
     seen: dict[str, float | None] = {}
 
-    def __init__(self, settings: PickSettings) -> None:
-        self.settings = settings
-
-    def check_paths(self, paths):
-        pass
-
-    def calibrate(self, paths):
-        return None
-
     def prepare(self, path: Path) -> Prepared:
-        mic = read_micrograph(path)
-        _SpotPicker.seen[mic.name] = self.settings.size.pixel_size
-        return Prepared(mic.name, path, mic.data, mic.data, 1.0)
+        prepared = super().prepare(path)
+        _SpotPicker.seen[prepared.name] = self.settings.size.pixel_size
+        return prepared
 
-    def candidates(self, prepared: Prepared) -> Picks:
+    def spots(self, prepared: Prepared) -> Picks:
         row, col = np.unravel_index(np.argmax(prepared.data), prepared.data.shape)
         return Picks(prepared.name, [col], [row], [0.9], box_size=10.0, shape=prepared.data.shape)
-
-    def pick(self, prepared: Prepared) -> Picks:
-        return self.candidates(prepared)
 
 
 @pytest.fixture
@@ -335,7 +323,7 @@ def test_relions_own_extraction_centres_its_boxes_on_our_coordinates(tmp_path, m
     spots = np.array([[40.0, 150.0], [250.0, 30.0], [150.0, 100.0]])  # (x, y) on 200 rows x 300 columns
 
     class Spots(_SpotPicker):
-        def candidates(self, prepared: Prepared) -> Picks:
+        def spots(self, prepared: Prepared) -> Picks:
             return Picks(
                 prepared.name, spots[:, 0], spots[:, 1], [0.9, 0.8, 0.7], box_size=10.0, shape=prepared.data.shape
             )

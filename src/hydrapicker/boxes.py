@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 from hydrapicker.defaults import ANCHOR_STRIDE, MATCH_IOU
 
 __all__ = [
     "anchor_centres",
+    "offset_iou",
     "square_iou",
     "match_anchors",
     "IGNORE",
@@ -44,11 +46,18 @@ def anchor_centres(grid_h: int, grid_w: int, stride: int = ANCHOR_STRIDE) -> tor
 
 
 def square_iou(a: torch.Tensor, b: torch.Tensor, box_size: float) -> torch.Tensor:
-    """IoU of equal squares of edge ``box_size`` centred at ``a`` ``[A,2]`` and ``b`` ``[P,2]``: ``[A,P]``."""
+    """IoU of equal squares of edge ``box_size`` centred at ``a`` ``[A,2]`` and ``b`` ``[P,2]``: ``[A,P]``
+    (torch, for matching anchors in the loss; :func:`offset_iou` is the same on NumPy offsets)."""
     d = (a[:, None, :] - b[None, :, :]).abs()
     overlap = (box_size - d).clamp(min=0)
     inter = overlap[..., 0] * overlap[..., 1]
     return inter / (2 * box_size**2 - inter)
+
+
+def offset_iou(dx: np.ndarray, dy: np.ndarray, box_size: float) -> np.ndarray:
+    """IoU of two equal squares of edge ``box_size`` whose centres differ by ``(dx, dy)`` (NumPy; any shape)."""
+    overlap = np.clip(box_size - np.abs(dx), 0, None) * np.clip(box_size - np.abs(dy), 0, None)
+    return overlap / (2 * box_size * box_size - overlap)
 
 
 #: :func:`match_anchors` label of an anchor that is neither matched nor background.
@@ -109,8 +118,6 @@ def nms(xy: np.ndarray, score: np.ndarray, box_size: float, iou_threshold: float
     Candidate pairs come from a KD-tree query in the Chebyshev metric: two equal squares can
     only exceed IoU t when both centre offsets are below ``box_size * (1 - t) / (1 + t)``.
     """
-    from scipy.spatial import cKDTree
-
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     score = np.asarray(score, dtype=np.float64).reshape(-1)
     order = np.argsort(-score, kind="stable")
@@ -120,9 +127,8 @@ def nms(xy: np.ndarray, score: np.ndarray, box_size: float, iou_threshold: float
     radius = box_size * (1 - iou_threshold) / (1 + iou_threshold)
     pairs = cKDTree(xy).query_pairs(radius, p=np.inf, output_type="ndarray")
     if len(pairs):
-        d = np.abs(xy[pairs[:, 0]] - xy[pairs[:, 1]])
-        inter = np.prod(np.clip(box_size - d, 0, None), axis=1)
-        pairs = pairs[inter / (2 * box_size**2 - inter) > iou_threshold]
+        d = xy[pairs[:, 0]] - xy[pairs[:, 1]]
+        pairs = pairs[offset_iou(d[:, 0], d[:, 1], box_size) > iou_threshold]
     if len(pairs) == 0:
         return order
     # Each pair (i < j) in score order: i can suppress j. Walk boxes in score order.
@@ -150,8 +156,6 @@ def refine_centres(
         xy, score: every anchor's predicted centre ``[m, 2]`` and score ``[m]`` (before NMS).
         radius: neighbourhood radius, in the units of ``xy``.
     """
-    from scipy.spatial import cKDTree
-
     picks = np.asarray(picks, dtype=np.float64).reshape(-1, 2)
     if len(picks) == 0 or len(xy) == 0:
         return picks.copy()

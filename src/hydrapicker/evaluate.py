@@ -29,14 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial import cKDTree
 
+from hydrapicker.boxes import offset_iou
 from hydrapicker.defaults import MATCH_IOU
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.files import save_figure
 from hydrapicker.io.picks import Picks
 from hydrapicker.io.run_folder import json_float
 
-__all__ = ["Evaluation", "MicrographScore", "box_iou", "evaluate", "format_table", "match_picks", "write_curves"]
+__all__ = ["Evaluation", "MicrographScore", "evaluate", "format_table", "match_picks", "write_curves"]
 
 
 @dataclass(frozen=True)
@@ -97,12 +99,6 @@ class Evaluation(MicrographScore):
         return out
 
 
-def box_iou(dx: np.ndarray, dy: np.ndarray, box_size: float) -> np.ndarray:
-    """IoU of two ``box_size`` squares whose centres differ by (dx, dy)."""
-    overlap = np.clip(box_size - np.abs(dx), 0, None) * np.clip(box_size - np.abs(dy), 0, None)
-    return overlap / (2 * box_size * box_size - overlap)
-
-
 def _check(box_size: float, iou_threshold: float) -> None:
     if not (np.isfinite(box_size) and box_size > 0):
         raise HydraPickerError(f"box size must be a positive number of pixels, got {box_size}")
@@ -128,8 +124,6 @@ def match_picks(
 
     Micrographs of ``picks`` absent from ``truth`` are an error (see :func:`evaluate`).
     """
-    from scipy.spatial import cKDTree
-
     _check(box_size, iou_threshold)
     names = list(truth)
     for name in picks:
@@ -173,7 +167,7 @@ def match_picks(
         i, j = pairs["i"].astype(np.int64), pairs["j"].astype(np.int64)
         keep = pick_mic[i] == true_mic[j]
         i, j = i[keep], j[keep]
-        iou = box_iou(px[i] - tx[j], py[i] - ty[j], box_size)
+        iou = offset_iou(px[i] - tx[j], py[i] - ty[j], box_size)
         keep = iou >= iou_threshold
         i, j, iou = i[keep], j[keep], iou[keep]
         # The greedy pass: picks by rank (descending score, ties in input order), each

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _synthetic import gaussian_spots
+from _synthetic import StandInPicker, gaussian_spots
 
-from hydrapicker.io import Picks, read_micrograph, read_picks, write_mrc
+from hydrapicker.io import Picks, read_picks, write_mrc
 from hydrapicker.io.run_folder import output_paths
-from hydrapicker.picking.picker import Picker, PickSettings, Prepared
+from hydrapicker.picking.picker import Prepared
 from hydrapicker.picking.runner import pick_files
 
 dataset = pytest.importorskip(
@@ -32,29 +32,13 @@ cs_mrc = pytest.importorskip("cryosparc.mrc", reason="cryosparc-tools is in the 
 _SPOTS = {"tall": ((90, 50), [(12.0, 70.0), (37.0, 9.0)]), "wide": ((40, 110), [(95.0, 31.0)])}
 
 
-class _SpotPicker(Picker):
+class _SpotPicker(StandInPicker):
     """Returns each micrograph's known spots as its picks (stands in for the network)."""
 
-    def __init__(self) -> None:
-        self.settings = PickSettings(threshold=0.0)
-
-    def check_paths(self, paths):
-        pass
-
-    def calibrate(self, paths):
-        return None
-
-    def prepare(self, path: Path) -> Prepared:
-        mic = read_micrograph(path)
-        return Prepared(mic.name, path, mic.data, mic.data, 1.0)
-
-    def candidates(self, prepared: Prepared) -> Picks:
+    def spots(self, prepared: Prepared) -> Picks:
         xy = np.array(_SPOTS[prepared.name][1])
         score = np.linspace(0.9, 0.5, len(xy))
         return Picks(prepared.name, xy[:, 0], xy[:, 1], score, box_size=8.0, shape=prepared.data.shape)
-
-    def pick(self, prepared: Prepared) -> Picks:
-        return self.candidates(prepared)
 
 
 @pytest.fixture

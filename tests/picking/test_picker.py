@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _synthetic import checkpoint_dict, gaussian_spots, spread_tiny_model, write_checkpoint
+from _synthetic import StandInPicker, checkpoint_dict, gaussian_spots, spread_tiny_model, write_checkpoint
 
 from hydrapicker import checkpoint as checkpoint_module
 from hydrapicker.checkpoint import ModelMeta, save_checkpoint
@@ -431,24 +431,14 @@ def test_size_in_angstrom_on_files_without_pixel_size_is_refused_up_front(checkp
 # --- the files draw boxes on the particles (labels stand in for the network) ----------------------
 
 
-class _LabelPicker(Picker):
+class _LabelPicker(StandInPicker):
     """Returns a real micrograph's labels as its picks: pins the file and overlay geometry exactly."""
 
     def __init__(self, labels: dict[str, Picks]) -> None:
+        super().__init__()
         self.labels = labels
-        self.settings = PickSettings(threshold=0.0)
 
-    def check_paths(self, paths):
-        pass
-
-    def calibrate(self, paths):
-        return None
-
-    def prepare(self, path: Path) -> Prepared:
-        mic = read_micrograph(path)
-        return Prepared(mic.name, path, mic.data, mic.data, 1.0)
-
-    def candidates(self, prepared: Prepared) -> Picks:
+    def spots(self, prepared: Prepared) -> Picks:
         truth = self.labels[prepared.name]
         score = np.linspace(1, 0.5, len(truth))
         return Picks(prepared.name, truth.x, truth.y, score, box_size=27.0, shape=prepared.data.shape)

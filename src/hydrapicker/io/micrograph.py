@@ -13,7 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import mrcfile
 import numpy as np
+import tifffile
+from PIL import Image
 
 from hydrapicker.defaults import MICROGRAPH_SUFFIXES
 from hydrapicker.errors import HydraPickerError
@@ -102,8 +105,6 @@ def read_micrograph(path: str | os.PathLike) -> Micrograph:
 
 
 def _read_mrc(path: Path) -> tuple[np.ndarray, float | None]:
-    import mrcfile
-
     try:
         with mrcfile.open(path, mode="r", permissive=False) as mrc:
             data = np.array(mrc.data)
@@ -116,8 +117,6 @@ def _read_mrc(path: Path) -> tuple[np.ndarray, float | None]:
 
 
 def _read_tiff(path: Path) -> np.ndarray:
-    import tifffile
-
     try:
         return tifffile.imread(path)
     except Exception as exc:  # tifffile raises many types for corrupt files
@@ -125,8 +124,6 @@ def _read_tiff(path: Path) -> np.ndarray:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
             image.load()
@@ -152,8 +149,6 @@ def _as_2d(path: Path, data: np.ndarray) -> np.ndarray:
 
 def write_mrc(path: str | os.PathLike, data: np.ndarray, pixel_size: float | None = None) -> None:
     """Write a 2-D float32 micrograph to MRC atomically, pixel size (Å) in the header."""
-    import mrcfile
-
     data = np.ascontiguousarray(data, dtype=np.float32)
     if data.ndim != 2:
         raise ValueError(f"write_mrc expects a 2-D array, got shape {data.shape}")

@@ -16,6 +16,8 @@ from hydrapicker.io.files import atomic_write_text, save_figure
 
 __all__ = ["Table", "write_report"]
 
+import torch
+
 from hydrapicker.apps.benchmark.config import BenchmarkConfig
 from hydrapicker.apps.benchmark.steps import (
     group_structures,
@@ -143,8 +145,6 @@ def write_report(
     truths_px: dict[str, float],
 ) -> Path:
     """``REPORT.md`` and its figures (``figures/*.png``) in ``out_dir``; ``truths_px``: each dataset's true diameter (px)."""
-    import torch
-
     figures = out_dir / "figures"
     figures.mkdir(exist_ok=True)
     groups = group_structures(config)
