@@ -117,10 +117,7 @@ def _picks(
                 model,
                 meta,
                 read_micrograph(p).data,
-                pixel,
-                diameter_A=diameter,
-                head=head,
-                threshold=0.001,
+                PickSettings(ParticleSize(diameter_A=diameter, pixel_size=pixel), head=head, threshold=0.001),
                 name=micrograph_stem(p),
             )
             for p in paths

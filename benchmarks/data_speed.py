@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hydrapicker import data
+from hydrapicker import preprocess
+from hydrapicker.data import batches
 from hydrapicker.defaults import PARTICLE_DIAMETER_PX
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "hydrapicker" / "assets" / "real"
@@ -65,14 +66,14 @@ def main() -> None:
     big = rng.normal(0, 1, (4096, 4096)).astype(np.float32)
     scale = 0.27  # e.g. 1 Å/px micrographs, 150 Å particles, 40-px target
     print(
-        f"rescale 4096² -> {round(4096 * scale)}², ours (torch anti-aliased bilinear): {timed(lambda: data.rescale_image(big, scale), r):.3f} s"
+        f"rescale 4096² -> {round(4096 * scale)}², ours (torch anti-aliased bilinear): {timed(lambda: preprocess.rescale_image(big, scale), r):.3f} s"
     )
     print(f"rescale 4096² reference, Gaussian + scipy linear:     {timed(lambda: scipy_resize(big, scale), r):.3f} s")
     print(f"rescale 4096² reference, Fourier crop:                {timed(lambda: fourier_crop(big, scale), r):.3f} s")
 
     for size in (1024, 1518):
         image = rng.normal(0, 1, (size, size)).astype(np.float32)
-        t = timed(lambda: data.normalise_micrograph(image, PARTICLE_DIAMETER_PX), r)
+        t = timed(lambda: preprocess.normalise_micrograph(image, PARTICLE_DIAMETER_PX), r)
         print(f"normalise {size}²: {t:.3f} s")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,22 +84,22 @@ def main() -> None:
             f"micrographs = '{folder}/*.png'\ncoordinates = '{folder}/*.csv'\n"
             "pixel_size = 7.08\ndiameter = 191.0\n"
         )
-        specs = data.load_project(project)
+        specs = project.load_project(project)
         stem = specs[0].splits["train"][0]
-        t = timed(lambda: data._prepare(specs[0], stem, PARTICLE_DIAMETER_PX), r)
+        t = timed(lambda: batches._prepare(specs[0], stem, PARTICLE_DIAMETER_PX), r)
         print(
             f"prepare one 1024² PNG at {PARTICLE_DIAMETER_PX:g}-px particles (read, rescale x1.48, normalise, background): {t:.3f} s"
         )
         cache = Path(tmp) / "cache"
-        data._prepare_via_disk(specs[0], stem, PARTICLE_DIAMETER_PX, cache)
-        t = timed(lambda: data._prepare_via_disk(specs[0], stem, PARTICLE_DIAMETER_PX, cache), r)
+        batches._prepare_via_disk(specs[0], stem, PARTICLE_DIAMETER_PX, cache)
+        t = timed(lambda: batches._prepare_via_disk(specs[0], stem, PARTICLE_DIAMETER_PX, cache), r)
         print(f"the same, read back from the disk cache (cache_dir): {t * 1e3:.1f} ms")
         for rotate, jitter in ((False, (1.0, 1.0)), (True, (1.0, 1.0)), (True, (0.5, 2.0))):
 
             def cold() -> None:
-                data.CropBatches(specs, rotate=rotate, scale_jitter=jitter, batches_per_epoch=1).batch(0)
+                batches.CropBatches(specs, rotate=rotate, scale_jitter=jitter, batches_per_epoch=1).batch(0)
 
-            stream = data.CropBatches(specs, rotate=rotate, scale_jitter=jitter, batches_per_epoch=50)
+            stream = batches.CropBatches(specs, rotate=rotate, scale_jitter=jitter, batches_per_epoch=50)
             for index in range(len(stream)):  # fill the cache
                 stream.batch(index)
             warm = timed(lambda: [stream.batch(i) for i in range(len(stream))], 1) / len(stream)

@@ -36,7 +36,7 @@ from hydrapicker.defaults import GENERIC, PICK_THRESHOLD
 from hydrapicker.evaluate import evaluate
 from hydrapicker.io import Picks, read_micrograph, write_picks
 from hydrapicker.particle_size import ParticleSize
-from hydrapicker.picking.picker import pick_micrograph
+from hydrapicker.picking.picker import PickSettings, pick_micrograph
 from hydrapicker.training.config import FinetuneConfig
 from hydrapicker.training.finetune import finetune, labelled_micrographs
 
@@ -95,10 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             model,
             meta,
             test_image,
-            bgal.pixel_size,
-            diameter_A=diameter_A,
-            head=head,
-            threshold=0.001,
+            PickSettings(ParticleSize(diameter_A=diameter_A, pixel_size=bgal.pixel_size), head=head, threshold=0.001),
             name=test_mic.stem,
         )
         kept = picks.score >= PICK_THRESHOLD

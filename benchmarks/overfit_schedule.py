@@ -46,7 +46,8 @@ from hydrapicker.checkpoint import load_checkpoint
 from hydrapicker.data.project import load_project
 from hydrapicker.evaluate import evaluate, match_picks
 from hydrapicker.io import Picks, read_micrograph, read_picks
-from hydrapicker.picking.picker import pick_micrograph
+from hydrapicker.particle_size import ParticleSize
+from hydrapicker.picking.picker import PickSettings, pick_micrograph
 from hydrapicker.training.stages import train
 
 BGAL = Path(__file__).resolve().parents[1] / "src" / "hydrapicker" / "assets" / "real" / "empiar10017_bgal_bin4"
@@ -64,11 +65,10 @@ def _pick(checkpoint: Path, **settings) -> dict[str, Picks]:
             model,
             meta,
             read_micrograph(BGAL / f"{s}.png").data,
-            PIXEL_SIZE,
-            diameter_A=BOX_PX * PIXEL_SIZE,
-            threshold=0.01,
+            PickSettings(
+                ParticleSize(diameter_A=BOX_PX * PIXEL_SIZE, pixel_size=PIXEL_SIZE), threshold=0.01, **settings
+            ),
             name=s,
-            **settings,
         )
         for s in STEMS
     }

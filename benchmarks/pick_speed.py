@@ -8,7 +8,7 @@ Usage:
 - the conv rate: a 64->64 3x3 conv on a 1024² map, NCHW fp32, channels-last fp32, channels-last
   under bf16 autocast (DESIGN.md's "FLOP floor" reference);
 - each preset's conv FLOPs for a 1024² input (trunk + one head, counted from the layers);
-- the seconds :func:`hydrapicker.pick.head_outputs` takes on a 1024² prepared micrograph (timed
+- the seconds :func:`hydrapicker.picking.inference.head_outputs` takes on a 1024² prepared micrograph (timed
   on a --size² one and scaled by pixels when the machine is too busy for 1024²)
   (random weights: the cost does not depend on them) under inference_mode, NCHW vs channels-last
   fp32 vs bf16 autocast, with 1 and with all threads; and the ratio to the floor (FLOPs / conv

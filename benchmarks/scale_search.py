@@ -34,7 +34,7 @@ from hydrapicker.checkpoint import load_model
 from hydrapicker.defaults import NMS_IOU
 from hydrapicker.evaluate import evaluate
 from hydrapicker.io import Picks, read_micrograph, read_picks
-from hydrapicker.pick import picking_scale
+from hydrapicker.particle_size import ParticleSize
 from hydrapicker.picking.inference import head_outputs
 from hydrapicker.preprocess import from_rescaled, prepare_micrograph
 
@@ -55,7 +55,7 @@ def collect(run: Path, split: str) -> dict[str, dict]:
             truth = read_picks(folder / "coordinates" / f"{stem}.star", micrograph=stem)[stem]
             anchors = {}
             for f in FACTORS:
-                scale = picking_scale(meta, None, None, diameter * f)
+                scale = ParticleSize(diameter_px=diameter * f).scale(meta.target_diameter_px)
                 outputs = head_outputs(model, prepare_micrograph(image, scale, meta.target_diameter_px), "generic")
                 xy, score = (t.numpy().astype(np.float64) for t in decode_outputs(outputs, meta.anchor_stride))
                 kept = score >= 0.001

@@ -34,7 +34,7 @@ def main(model: Path, out: Path) -> None:
 
     from hydrapicker.checkpoint import load_checkpoint
     from hydrapicker.io import read_micrograph
-    from hydrapicker.pick import picking_scale
+    from hydrapicker.particle_size import ParticleSize
     from hydrapicker.picking.decode import picks_from_outputs
     from hydrapicker.picking.inference import head_outputs
     from hydrapicker.preprocess import prepare_micrograph
@@ -85,7 +85,7 @@ def main(model: Path, out: Path) -> None:
     net, meta = load_checkpoint(model)
     stem = spec.splits["test"][0]
     image = read_micrograph(spec.micrograph_path(stem)).data
-    scale = picking_scale(meta, spec.pixel_size, spec.diameter, None)
+    scale = ParticleSize(diameter_A=spec.diameter, pixel_size=spec.pixel_size).scale(meta.target_diameter_px)
     prepared = prepare_micrograph(image, scale, meta.target_diameter_px)
     whole = head_outputs(net, prepared, tile_size=4096)
     frozen_whole = head_outputs(net, prepared, tile_size=768, stats_size=4096)

@@ -11,7 +11,8 @@ import torch
 from hydrapicker.checkpoint import load_checkpoint
 from hydrapicker.evaluate import evaluate
 from hydrapicker.io import read_micrograph, read_picks
-from hydrapicker.picking.picker import pick_micrograph
+from hydrapicker.particle_size import ParticleSize
+from hydrapicker.picking.picker import PickSettings, pick_micrograph
 
 torch.set_num_threads(int(os.environ.get("THREADS", "1")))
 run = Path("runs/bench")
@@ -33,11 +34,8 @@ for group in ("targets", "unseen"):
                         model,
                         meta,
                         image,
-                        None,
-                        diameter_px=true_px * f,
-                        threshold=0.001,
+                        PickSettings(ParticleSize(diameter_px=true_px * f), threshold=0.001, correct_size=corr),
                         name=path.stem,
-                        correct_size=corr,
                     )
                     ev = evaluate({path.stem: p}, {path.stem: truth}, box_size=true_px)
                     rows.append(

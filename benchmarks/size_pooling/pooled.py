@@ -12,8 +12,9 @@ from hydrapicker.checkpoint import load_checkpoint
 from hydrapicker.defaults import SIZE_CORRECTION_RANGE, SIZE_MIN_SCORE, SIZE_TOLERANCE
 from hydrapicker.evaluate import evaluate
 from hydrapicker.io import read_micrograph, read_picks
+from hydrapicker.particle_size import ParticleSize
 from hydrapicker.picking.inference import head_outputs, size_map
-from hydrapicker.picking.picker import pick_micrograph
+from hydrapicker.picking.picker import PickSettings, pick_micrograph
 from hydrapicker.preprocess import prepare_micrograph
 
 torch.set_num_threads(int(os.environ.get("THREADS", "1")))
@@ -73,7 +74,11 @@ for group in groups:
                 c = float(np.clip(c * k, *SIZE_CORRECTION_RANGE))
             for p, im, t in zip(paths, images, truths):
                 pk = pick_micrograph(
-                    model, meta, im, None, diameter_px=given * c, threshold=0.001, name=p.stem, correct_size=False
+                    model,
+                    meta,
+                    im,
+                    PickSettings(ParticleSize(diameter_px=given * c), threshold=0.001, correct_size=False),
+                    name=p.stem,
                 )
                 ev = evaluate({p.stem: pk}, {p.stem: t}, box_size=true_px)
                 rows.append(

@@ -98,7 +98,7 @@ LAMBDA_SIZE: float = 1.0
 #: ~500 steps (a 1000-step pilot at 3x was, on crops).
 SIZE_HEAD_LR_FACTOR: float = 3.0
 
-# --- the size a user gives (hydrapicker.pick.estimate_diameter) ---------------------------
+# --- the size a user gives (hydrapicker.picking.size.estimate_diameter) ---------------------------
 
 #: A model with a size head corrects the diameter a user gave by at most these factors (the
 #: particle's apparent size is trusted only inside a range like the training's scale jitter).
@@ -116,7 +116,7 @@ SIZE_PASSES: int = 3
 SIZE_MIN_SCORE: float = 0.3
 
 #: ``pick`` reads the size once per run, pooled over at most this many micrographs spread over
-#: the run (one micrograph's estimate can be 20-40 % off; more cost a pass each, up to SIZE_PASSES).
+#: the run (one micrograph's estimate alone can be far off; more cost a pass each, up to SIZE_PASSES).
 SIZE_SAMPLE_MICROGRAPHS: int = 8
 
 #: Picks whose boxes overlap a better pick by more than this IoU are suppressed. Two true
@@ -125,10 +125,8 @@ NMS_IOU: float = 0.3
 
 #: After NMS each pick moves to the score²-weighted mean of the centres predicted by the anchors
 #: within this fraction of the box size of it (:func:`hydrapicker.boxes.refine_centres`); 0 turns
-#: it off. Chosen on the benchmark's validation micrographs (benchmarks/scale_search.md): mean
-#: target AP 0.672 -> 0.750 at the true diameter, 0.470 -> 0.550 at -20 %, 0.724 -> 0.764 at
-#: +25 % (0.5-0.6 are better at -20 % and worse at +25 %); real β-gal 0.693 -> 0.693 (0.703 at
-#: 0.3), T20S 0.064 -> 0.091 with the shipped model.
+#: it off. Chosen on the benchmark's validation micrographs, at the true and at wrong diameters
+#: (benchmarks/scale_search.md records the comparison).
 REFINE_RADIUS: float = 0.4
 
 #: Default score (probability) a pick needs to be written. Best-F1 thresholds on the held-out
@@ -162,15 +160,13 @@ PRETRAINED_MODEL: str = "assets/models/generic.pt"
 
 # --- training data (hydrapicker.data) -----------------------------------------------------
 
-#: Width of the local-normalisation window, in particle diameters (SIMULATION.md section 6).
+#: Width of the local-normalisation window, in particle diameters (local beat global normalisation on real micrographs).
 LOCAL_NORM_WINDOW: float = 3.0
 
 #: Training and picking keep freed blocks up to this size in glibc's heap instead of unmapping
-#: them (:mod:`hydrapicker.memory`): a tiny-preset CPU training step went from 3.3 s to 1.5 s,
-#: its kernel time from 19 s to 1 s over 6 steps (benchmarks/allocator.py); `pick` on 1 thread
-#: from 0.28 to 0.61 micrographs/s (1024²; peak RSS 1.3 -> 1.7-2.1 GB) and from 59 to 27 s per
-#: 4096² micrograph (peak RSS 3.2 -> 4.2 GB). 1 GiB covers every preset's activations at batch
-#: 4 x 368² and most tiles.
+#: them (:mod:`hydrapicker.memory`), which makes CPU training steps and picking much faster for some
+#: more peak memory (benchmarks/allocator.py measures both). 1 GiB covers every preset's
+#: activations at batch 4 x 368² and most tiles.
 MALLOC_MMAP_THRESHOLD: int = 1 << 30
 
 #: ... and glibc returns free heap memory to the system only above this much (the most a C int holds).

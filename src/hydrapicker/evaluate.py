@@ -1,6 +1,6 @@
 """Scoring picks against true particles: matching, AP, PR and ROC curves, AUROC, best F1.
 
-Definitions (DESIGN.md, *Evaluation*; the paper, section 4):
+Definitions (the paper, section 4):
 
 - A pick, and a true particle, is a square box of ``box_size`` px centred at (x, y).
 - Picks are taken in descending score over the whole set (all micrographs pooled; tied

@@ -3,11 +3,10 @@
 A training step, or a micrograph being picked, allocates and frees buffers of tens to hundreds
 of MB. glibc serves blocks above its mmap threshold (128 KiB, adapting up to at most 32 MiB)
 with fresh mappings and unmaps them when freed, so every step faults its buffers in again page
-by page: on the tiny preset that was over half of a CPU training step and of picking, spent in
-the kernel (benchmarks/allocator.py; defaults.MALLOC_MMAP_THRESHOLD has the figures). Raising
+by page, in the kernel (benchmarks/allocator.py measures how much). Raising
 the mmap threshold to ``MALLOC_MMAP_THRESHOLD`` and the trim threshold to
 ``MALLOC_TRIM_THRESHOLD`` keeps those blocks in the heap, where the next step reuses them. The
-cost: memory the process frees is kept until it exits (peak RSS +30-60 % when picking). Off
+cost: memory the process frees is kept until it exits (a higher peak RSS). Off
 glibc (musl, macOS, Windows) this does nothing.
 """
 

@@ -158,7 +158,7 @@ class HydraPicker(nn.Module):
     predicts per 32-px cell how large the particles there look: ``log(apparent diameter /
     trained diameter)``. Training shows particles at a random scale (scale jitter) and knows
     it; picking reads the size head where its picks are to correct a particle diameter the
-    user gave wrong (:func:`hydrapicker.pick.estimate_diameter`).
+    user gave wrong (:func:`hydrapicker.picking.size.estimate_diameter`).
     """
 
     def __init__(

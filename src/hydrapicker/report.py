@@ -2,7 +2,7 @@
 
 The page (``PICKS_DIR/report.html``) needs no server and loads nothing from outside: thumbnails of
 the micrographs are PNG data URIs (contrast-stretched and block-averaged as
-:func:`hydrapicker.pick.overlay_image` does), the picks are JSON drawn as boxes on a canvas by inline
+:func:`hydrapicker.picking.overlay.overlay_image` does), the picks are JSON drawn as boxes on a canvas by inline
 JavaScript, and a slider over the score threshold redraws the boxes and updates the per-micrograph
 counts, the total and the score histogram (inline SVG) as it moves. The page carries each
 micrograph's count at every slider position (steps of :data:`SLIDER_STEP`), counted here, and the

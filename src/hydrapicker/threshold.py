@@ -9,13 +9,9 @@ in ``OUT/threshold.json``.
 
 The suggestion is Otsu's threshold on the pooled candidate scores (those >= the floor): the
 score that best splits them into a low (background) and a high (particle) group, the valley
-of a bimodal histogram. Measured with the shipped generic model on the bundled labelled
-micrographs (``benchmarks/threshold_rule.py``, ``benchmarks/threshold_rule.md``): β-gal, 3
-micrographs, suggests 0.181 for F1 0.736 where the best F1 is 0.740 (at 0.195; the default
-0.25 gives 0.678); T20S, 1 micrograph, on which that model is poor (AP 0.06), suggests 0.175
-for F1 0.182 against the best 0.202. A model trained on two of the β-gal micrographs scores
-higher (best F1 0.745 at 0.340): the suggestion follows it (0.291, F1 0.731; 0.25 gives 0.704).
-It assumes there are particles to separate: on micrographs without any, it still returns a
+of a bimodal histogram. On the bundled labelled micrographs it lands close to the best-F1
+threshold, for the shipped model and for a fine-tuned one that scores higher
+(``benchmarks/threshold_rule.md`` records the figures). It assumes there are particles to separate: on micrographs without any, it still returns a
 threshold.
 """
 

@@ -273,8 +273,9 @@ def test_train_killed_at_random_points_and_resumed_gives_the_uninterrupted_model
 
 def test_a_kill_between_the_last_checkpoint_and_its_logs_is_healed_by_resume(train_project, tmp_path, monkeypatch):
     # The last epoch's checkpoint says the stage is done, so resume trains nothing: it must still write the logs.
-    from hydrapicker import train as train_module
     from hydrapicker.data.project import load_project
+    from hydrapicker.training import loop as loop_module
+    from hydrapicker.training.stages import train
 
     config = TrainConfig(
         preset="tiny",
@@ -290,24 +291,24 @@ def test_a_kill_between_the_last_checkpoint_and_its_logs_is_healed_by_resume(tra
         seed=3,
     )
     datasets = load_project(train_project)
-    write_logs = train_module._write_logs
+    write_logs = loop_module._write_logs
 
     def killed_on_the_last_epoch(stage_dir, rows, stage, val_split):
         if len(rows) == config.epochs:
             raise KeyboardInterrupt  # stands in for SIGKILL right after last.pt was saved
         write_logs(stage_dir, rows, stage, val_split)
 
-    monkeypatch.setattr(train_module, "_write_logs", killed_on_the_last_epoch)
+    monkeypatch.setattr(loop_module, "_write_logs", killed_on_the_last_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train_module.train(datasets, tmp_path, config)
-    monkeypatch.setattr(train_module, "_write_logs", write_logs)
-    train_module.train(datasets, tmp_path, config, resume=True)
+        train(datasets, tmp_path, config)
+    monkeypatch.setattr(loop_module, "_write_logs", write_logs)
+    train(datasets, tmp_path, config, resume=True)
     with open(tmp_path / "stage1" / "log.csv") as log:
         assert len(log.readlines()) == 1 + config.epochs
     assert len(json.loads((tmp_path / "stage1" / "log.json").read_text())["epochs"]) == config.epochs
 
 
-@pytest.mark.slow  # tests/test_finetune.py and the training test above cover resume faster
+@pytest.mark.slow  # tests/training/test_finetune.py and the training test above cover resume faster
 def test_finetune_killed_at_random_points_and_resumed_gives_the_uninterrupted_head(
     zygote, train_project, pick_inputs, tmp_path
 ):

@@ -199,8 +199,7 @@ def rebuild_picks_csv(out_dir: str | os.PathLike) -> Path:
     """Write ``out_dir/picks.csv`` (micrograph,x,y,score) from every ``out_dir/csv/*.csv``, atomically.
 
     The per-micrograph files are ours, with one header, so their rows are joined as text:
-    parsing them cost ~10 ms per file, which ``pick --watch`` paid after every batch (20 s at
-    2,000 micrographs). Hidden files are another writer's temporary files, not yet complete.
+    parsing every file again after each batch of ``pick --watch`` grew with the folder. Hidden files are another writer's temporary files, not yet complete.
     """
     out_dir = Path(out_dir)
     target = out_dir / "picks.csv"

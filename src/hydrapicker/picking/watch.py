@@ -4,7 +4,7 @@ A micrograph is *complete* when its size and modification time are the same on t
 a row (``poll`` seconds apart) and :func:`hydrapicker.io.read_micrograph` reads it: a file
 still being copied or written is left alone until it stops changing, and one that stopped
 changing but is still unreadable (a truncated copy, a stalled writer) is reported once and
-not read again until it changes. Complete micrographs go to :func:`hydrapicker.pick.pick_files`
+not read again until it changes. Complete micrographs go to :func:`hydrapicker.picking.runner.pick_files`
 in batches, so the outputs are those of ``pick`` (atomic per file, ``OUT/picks.csv`` rebuilt
 after each batch) and a restart over the same ``OUT`` skips what is already picked without
 reading it. The watch ends after ``idle`` seconds with nothing new, or on Ctrl-C once the

@@ -1,6 +1,6 @@
 """One simulated micrograph: specimen -> phase -> exit wave -> optics -> detector, with its truth.
 
-Pipeline on one padded, oversampled, periodic field (SIMULATION.md §3): projected potential
+Pipeline on one padded, oversampled, periodic field (docs/simulation.md, *Physics*): projected potential
 of every particle plus ice and carbon (mean potential in real space, fluctuations shaped by a
 water structure factor), full phase-object exit wave ``A exp((i - w) phi)`` (w from the
 amplitude contrast, A the inelastic loss), multiplied in Fourier space by ``exp(-i chi)`` and

@@ -167,7 +167,7 @@ def write_rendered(path: str | os.PathLike, rendered: Rendered) -> Path:
 
 
 def random_rendering(rng: np.random.Generator, plain_probability: float = 0.5) -> Rendering:
-    """A rendering for domain randomisation: plain float about half the time (SIMULATION.md §6
+    """A rendering for domain randomisation: plain float about half the time (docs/simulation.md
     found all-rendered training cost accuracy on raw-looking frames), otherwise a random mix."""
     if rng.random() < plain_probability:
         return Rendering("float")

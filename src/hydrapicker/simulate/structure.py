@@ -154,7 +154,7 @@ def particle_diameter(model: AtomicModel, n_views: int = 64) -> float:
     a blob's outline is its longest width in a typical view, not the 3-D radius. Twice the 99th
     percentile 3-D atom radius (the prototype's choice) overstates elongated particles in most
     views (spike 6vxx: 157 Å vs 129 Å here) and was 25-37 % off what labels follow on real data
-    (SIMULATION.md §6). For a sphere this gives the outer diameter (apoferritin 4v1w: 118 Å,
+    (docs/simulation.md). For a sphere this gives the outer diameter (apoferritin 4v1w: 118 Å,
     cf. 120 Å known). Deterministic: the views come from a fixed seed.
     """
     from scipy.spatial.transform import Rotation

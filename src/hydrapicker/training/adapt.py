@@ -8,7 +8,7 @@ A user has hundreds of unlabelled micrographs of a new sample. Each round of :fu
    head's AP from 0.685 to 0.714: the head's mistakes depend on the particle's orientation on
    the grid, the particles do not;
 2. a new head, started from the generic head with trunk and generic head frozen (the few-shot
-   protocol, :func:`hydrapicker.finetune.add_frozen_head`), learns to give in *one* pass what
+   protocol, :func:`hydrapicker.training.finetune.add_frozen_head`), learns to give in *one* pass what
    the teacher gives in four (:func:`distillation_loss`): each anchor's teacher probability as a
    soft target (every anchor is a pseudo-label, scored as confidently as the teacher is; no
    threshold throws the ranking away), and the teacher's averaged offsets where it sees a particle.

@@ -133,7 +133,7 @@ class FinetuneConfig:
         labels: ``partial`` (unlabelled anchors are unlabelled) or ``complete`` (background).
         expected_particles: particles per micrograph, for ``partial``; ``None``: estimated
             from the generic head's picks on each micrograph.
-        batch_size, crop_size, pad_to: the crops, as in :class:`hydrapicker.train.TrainConfig`.
+        batch_size, crop_size, pad_to: the crops, as in :class:`hydrapicker.training.config.TrainConfig`.
         device: where the head trains (``"cpu"`` or ``"cuda"``).
     """
 

@@ -143,7 +143,7 @@ def _batches(datasets: Sequence, split: str, config: TrainConfig, n: int, *, tra
 
 def _validation_split(datasets: Sequence) -> str:
     # CropBatches' "val" falls back to a dataset's train micrographs when it has no val split
-    # (hydrapicker.data.split_stems); say so in the log.
+    # (hydrapicker.data.project.split_stems); say so in the log.
     if all(len(spec.splits.get("val", ())) for spec in datasets):
         return "val"
     if any(len(spec.splits.get("val", ())) for spec in datasets):

@@ -31,14 +31,14 @@ class BenchmarkConfig:
         micrographs, target_micrographs: micrographs per dataset; the last ``test_micrographs``
             are test, the ``val_micrographs`` before them validation, the rest training (of a
             target only the first ``few_shot_micrographs``).
-        preset ... size_head: the multi-head model's training (:class:`hydrapicker.train.TrainConfig`;
+        preset ... size_head: the multi-head model's training (:class:`hydrapicker.training.config.TrainConfig`;
             the single-head models never have a size head).
         single_epochs, single_batches: each target's single-head model (Table 2's "7 models").
         finetune_epochs, finetune_batches: each few-shot head (Tables 3 and 4).
         diameter_errors: relative errors of the particle diameter given at pick time.
         baselines: name -> script run as ``SCRIPT MICROGRAPHS... --out DIR --diameter-px N
             --pixel-size A`` that writes ``DIR/picks.csv``; paths relative to the config file.
-        real: bundled real datasets (:func:`hydrapicker.demo.bundled_datasets`) picked zero-shot.
+        real: bundled real datasets (:func:`hydrapicker.apps.demo.bundled_datasets`) picked zero-shot.
         device, threads, processes: where the networks run; torch threads; simulation processes.
     """
 

@@ -331,7 +331,7 @@ def network_picks(
     """Pick the test micrographs of ``spec`` with one head into ``picks/<method>/<dataset>.csv`` (once);
     ``resolve`` gives the spec with its micrographs when they are needed.
 
-    Picked as ``hydrapicker pick`` picks a dataset (:class:`hydrapicker.pick.Picker`): with
+    Picked as ``hydrapicker pick`` picks a dataset (:class:`hydrapicker.picking.picker.Picker`): with
     ``correct_size`` and a size head, the generic head's diameter (given x ``diameter_factor``)
     is corrected once, from a sample of every micrograph of the dataset (images only, no
     labels: a user picking zero-shot has them all), and the test micrographs are picked at it.
