@@ -161,7 +161,7 @@ def junk(model, meta) -> dict:
         for diameter in JUNK_DIAMETERS_PX:
             picker = _picker(model, meta, diameter_px=diameter, fixed=fixed, threshold=PICK_THRESHOLD)
             picks, _ = _pick_all(picker, held_out)
-            counts = [len(p) for p in picks.values()]
+            counts = [len(p.above(PICK_THRESHOLD)) for p in picks.values()]
             out[f"{'fixed' if fixed else 'default'}@{diameter:g}px"] = {"median": float(np.median(counts)), "max": int(max(counts)), "counts": counts}
     return out
 
@@ -171,7 +171,7 @@ def contamination(model, meta) -> dict:
     mask = mrcfile.read(CONTAMINATION / "Ucsf_stack_1142_DW_contamination_mask.mrc") > 0.5
     picker = _picker(model, meta, diameter_px=CONTAMINATION_DIAMETER_PX, threshold=PICK_THRESHOLD)
     picks, _ = _pick_all(picker, [path])
-    got = next(iter(picks.values()))
+    got = next(iter(picks.values())).above(PICK_THRESHOLD)
     rows = np.clip(np.rint(got.y).astype(int), 0, mask.shape[0] - 1)
     cols = np.clip(np.rint(got.x).astype(int), 0, mask.shape[1] - 1)
     inside = int(mask[rows, cols].sum())
@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for validation.json and validation.md")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", nargs="+", help="set names to score (a quick look; junk and contamination are always run)")
+    parser.add_argument("--sets-from", type=Path, help="take the scores of the sets not scored now from this earlier validation.json of the same model")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -238,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         row = scored[labelled.name]
         print(f"  {labelled.name}: default@1 AP {row['default@1']['ap']:.3f}, fixed@1 {row['fixed@1']['ap']:.3f} "
               f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    if args.sets_from:
+        earlier = json.loads(args.sets_from.read_text())["sets"]
+        scored = {name: scored.get(name, row) for name, row in earlier.items()} | scored
     result = {
         "model": str(args.model or "shipped generic.pt"),
         "threshold": PICK_THRESHOLD,
