@@ -157,8 +157,7 @@ _MODELS: dict = {}
 def _work(task: tuple[DatasetPlan, int]) -> tuple[str, dict]:
     plan_, index = task
     key = (plan_.model_path, plan_.chains)
-    if key not in _MODELS:
-        _MODELS.clear()
+    if key not in _MODELS:  # every structure stays loaded: tasks come round-robin over datasets
         _MODELS[key] = load_model(plan_.model_path, plan_.chains)
     return plan_.name, write_micrograph(plan_, _MODELS[key], index, workers=1)
 
@@ -203,6 +202,35 @@ def real_negatives(out: Path) -> list[str]:
     return lines
 
 
+def write_project(plans: list[DatasetPlan], args: argparse.Namespace, path: Path, partial: bool) -> Path:
+    """The project file: every dataset, its last micrograph the validation split, and the real negatives.
+
+    ``partial``: only the micrographs already written (a dataset with one is train-only, one
+    with none is left out), so that training can start while the data is being made.
+    """
+    lines = ["# Written by scripts/campaign/make_data.py: generic model v2's training data.", ""]
+    for p in plans:
+        done = [i for i in range(args.micrographs) if _done(p, i)] if partial else list(range(args.micrographs))
+        if not done:
+            continue
+        folder = Path(p.out_dir).name
+        lines += [
+            "[[dataset]]",
+            f'name = "{p.name}"',
+            f'micrographs = "{folder}/micrographs/*{p.config.rendering.suffix}"',
+            f'coordinates = "{folder}/coordinates/*.star"',
+            'format = "star"',
+            f"pixel_size = {p.config.pixel_size:.6g}",
+            f"diameter = {p.diameter:.1f}",
+        ]
+        if len(done) > 1:
+            lines.append(f'val = ["{micrograph_name(p.name, done[-1])}"]')
+        lines.append("")
+    lines += real_negatives(args.out)
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "data-generated" / "campaign")
@@ -214,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--hollow", type=int, default=10, help="conditions per hollow structure (default: %(default)s)")
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument(
+        "--project-only",
+        action="store_true",
+        help="write OUT/campaign-partial.toml from what is there, simulate nothing",
+    )
     parser.add_argument(
         "--only", nargs="+", metavar="ID", help="structure ids (a quick check; default: all but the held-out)"
     )
@@ -233,7 +266,13 @@ def main(argv: list[str] | None = None) -> int:
             if any(p.name.split("-")[1] == s for s in args.only)
         ]
     )
-    tasks = [(p, i) for p in plans for i in range(args.micrographs)]
+    # Micrograph-index-major order: every dataset gets its first micrographs before any gets its
+    # last, so a training run started from a partial project (--project-only) sees every group.
+    tasks = [(p, i) for i in range(args.micrographs) for p in plans]
+    if args.project_only:
+        path = write_project(plans, args, args.out / "campaign-partial.toml", partial=True)
+        print(f"partial project: {path}", flush=True)
+        return 0
     todo = [t for t in tasks if not _done(*t)]
     print(
         f"campaign data: {len(plans)} datasets, {len(tasks)} micrographs, {len(todo)} to simulate into {args.out}",
@@ -243,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     done = 0
     if todo:
         with multiprocessing.get_context("fork").Pool(args.processes, initializer=_single_threaded) as pool:
-            for _name, _row in pool.imap_unordered(_work, todo, chunksize=1):
+            for _name, _row in pool.imap(_work, todo, chunksize=1):
                 done += 1
                 if done % 25 == 0 or done == len(todo):
                     rate = done / (time.perf_counter() - start)
@@ -251,32 +290,12 @@ def main(argv: list[str] | None = None) -> int:
                         f"  {done}/{len(todo)} micrographs, {rate * 60:.1f}/min, {(len(todo) - done) / rate / 60:.0f} min left",
                         flush=True,
                     )
-
-    lines = ["# Written by scripts/campaign/make_data.py: generic model v2's training data.", ""]
     for p in plans:
-        rows = [{"name": micrograph_name(p.name, i), "particles": None} for i in range(args.micrographs)]
         if not (Path(p.out_dir) / "dataset.toml").exists():
+            rows = [{"name": micrograph_name(p.name, i)} for i in range(args.micrographs)]
             finish_dataset(p, rows, meta={"campaign_seed": args.seed})
-        folder = Path(p.out_dir).name
-        suffix = p.config.rendering.suffix
-        lines += [
-            "[[dataset]]",
-            f'name = "{p.name}"',
-            f'micrographs = "{folder}/micrographs/*{suffix}"',
-            f'coordinates = "{folder}/coordinates/*.star"',
-            'format = "star"',
-            f"pixel_size = {p.config.pixel_size:.6g}",
-            f"diameter = {p.diameter:.1f}",
-            f'val = ["{micrograph_name(p.name, args.micrographs - 1)}"]',
-            "",
-        ]
-    lines += real_negatives(args.out)
-    atomic_write_text(args.out / "campaign.toml", "\n".join(lines))
-    print(
-        f"project: {args.out / 'campaign.toml'} ({len(plans)} simulated datasets + real negatives); "
-        f"{done} simulated in {(time.perf_counter() - start) / 60:.1f} min",
-        flush=True,
-    )
+    path = write_project(plans, args, args.out / "campaign.toml", partial=False)
+    print(f"project: {path}; {done} simulated in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     return 0
 
 

@@ -212,6 +212,26 @@ def test_eight_bit_rendering_uses_the_full_range():
     assert out.data.dtype == np.uint8 and out.data.min() == 0 and out.data.max() == 255
 
 
+def test_sixteen_bit_rendering_is_a_stretched_clipped_uint16_tiff(tmp_path):
+    from hydrapicker.io import read_micrograph
+    from hydrapicker.simulate.render import write_rendered
+
+    image = np.random.default_rng(0).normal(100, 10, (64, 64))
+    rendering = Rendering("tif16", sixteen_bit=True, stretch=(2.0, 98.0))
+    out = render_image(image, image, 1.0, rendering, np.random.default_rng(0))
+    assert out.data.dtype == np.uint16 and out.data.min() == 0 and out.data.max() == 65535
+    # clipped at the percentiles: about 2 % of the pixels sit at each end
+    assert 0.01 < np.mean(out.data == 0) < 0.03 and 0.01 < np.mean(out.data == 65535) < 0.03
+    path = write_rendered(tmp_path / f"m{rendering.suffix}", out)
+    assert path.suffix == ".tif"
+    np.testing.assert_array_equal(read_micrograph(path).data, out.data.astype(np.float32))
+
+
+def test_a_rendering_cannot_be_both_eight_and_sixteen_bit():
+    with pytest.raises(HydraPickerError, match="sixteen_bit"):
+        SimulationConfig(rendering=Rendering("x", eight_bit="png", sixteen_bit=True))
+
+
 def test_model_without_element_column_falls_back_to_atom_names():
     path = STRUCTURES / "4ake_adk_open.pdb.gz"
     expected: dict[str, int] = {}
