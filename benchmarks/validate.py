@@ -42,6 +42,7 @@ from hydrapicker.evaluate import evaluate
 from hydrapicker.io.coordinates import read_picks
 from hydrapicker.io.files import atomic_write_text
 from hydrapicker.particle_size import ParticleSize
+from hydrapicker.picking import size as size_module
 from hydrapicker.picking.picker import Picker, PickSettings
 from hydrapicker.simulate.collection import condition_config
 from hydrapicker.simulate.config import SimulationConfig
@@ -261,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.size_tolerance is not None:
+        size_module.SIZE_TOLERANCE = args.size_tolerance
     start = time.perf_counter()
     model, meta = checkpoint.load_model(args.model)
     sets = real_sets() + simulated_sets()
@@ -281,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         scored = {name: scored.get(name, row) for name, row in earlier.items()} | scored
     result = {
         "model": str(args.model or "shipped generic.pt"),
+        "size_tolerance": size_module.SIZE_TOLERANCE,
         "threshold": PICK_THRESHOLD,
         "sets": scored,
         "summary": summarise(scored),
