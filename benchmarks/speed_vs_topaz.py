@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             "hydrapicker (default)": lambda r: [*hp, "--out", f"{tmp}/d{r}"],
             "hydrapicker --fixed-diameter": lambda r: [*hp, "--fixed-diameter", "--out", f"{tmp}/f{r}"],
             "Topaz resnet16": lambda r: [
-                str(TOPAZ_PYTHON),
+                sys.executable,  # the wrapper reads with our reader, then runs Topaz from its venv
                 str(ROOT / "benchmarks" / "peers" / "topaz_pick.py"),
                 *map(str, sorted(folder.iterdir())),
                 "--out",

@@ -58,6 +58,7 @@ STRUCTURES = ROOT / "data" / "structures"
 FACTORS = (0.8, 1.0, 1.25)
 JUNK_DIAMETERS_PX = (12.0, 24.0)
 CONTAMINATION_DIAMETER_PX = 36.0
+THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)  # to re-derive the default threshold on this suite
 SIM_SIZE = 768
 SIM_SEED = 4242  # no training recipe uses it
 TARGETS = ("4hhb", "6b7n", "1igy", "4v1w", "5tby", "1r42", "7cr4")
@@ -159,6 +160,10 @@ def score_set(model, meta, labelled: LabelledSet) -> dict:
             if factor == 1.0:
                 at = {name: p.above(PICK_THRESHOLD) for name, p in picks.items()}
                 row[key]["f1_at_default_threshold"] = _f1(evaluate(at, truth, labelled.box_px))
+                row[key]["f1_by_threshold"] = {
+                    f"{t:g}": _f1(evaluate({n: p.above(t) for n, p in picks.items()}, truth, labelled.box_px))
+                    for t in THRESHOLDS
+                }
             if size_line:
                 row[key]["size"] = size_line
     return row
@@ -181,6 +186,9 @@ def junk(model, meta) -> dict:
                 "median": float(np.median(counts)),
                 "max": int(max(counts)),
                 "counts": counts,
+                "median_by_threshold": {
+                    f"{t:g}": float(np.median([len(p.above(t)) for p in picks.values()])) for t in THRESHOLDS
+                },
             }
     return out
 
@@ -223,6 +231,15 @@ def table(result: dict) -> str:
     for key, value in result["junk"].items():
         if key != "micrographs":
             lines.append(f"| {key} | {value['median']:g} | {value['max']} |")
+    lines += [
+        "",
+        "| threshold | mean F1 over the labelled sets (default@1) | junk median, worst of default@12/24 px |",
+        "|---|---|---|",
+    ]
+    for t in THRESHOLDS:
+        f1 = np.mean([row["default@1"]["f1_by_threshold"][f"{t:g}"] for row in result["sets"].values()])
+        worst = max(v["median_by_threshold"][f"{t:g}"] for k, v in result["junk"].items() if k.startswith("default@"))
+        lines.append(f"| {t:g} | {f1:.3f} | {worst:g} |")
     c = result["contamination"]
     lines += [
         "",
@@ -254,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--only", nargs="+", help="set names to score (a quick look; junk and contamination are always run)"
+    )
+    parser.add_argument(
+        "--size-tolerance",
+        type=float,
+        help="pick as if defaults.SIZE_TOLERANCE were this (correct the diameter only when the particles look "
+        "more than this factor off): to choose that default on this suite",
     )
     parser.add_argument(
         "--sets-from",
