@@ -36,7 +36,7 @@ from hydrapicker.io.coordinates import read_picks
 from hydrapicker.io.files import atomic_write_text
 from hydrapicker.io.micrograph import expand_micrographs, micrograph_stem, read_micrograph
 from hydrapicker.io.picks import Picks
-from hydrapicker.io.run_folder import RunRecord
+from hydrapicker.io.run_folder import RunRecord, read_sidecar, tables
 from hydrapicker.picking.overlay import overlay_image
 
 __all__ = ["REPORT_NAME", "RunPicks", "read_run_picks", "write_report"]
@@ -101,8 +101,8 @@ def read_run_picks(
     picks_dir = Path(picks_dir)
     if not picks_dir.is_dir():
         raise HydraPickerError(f"{picks_dir}: no such picks folder")
-    sources = {p.stem: p for p in sorted((picks_dir / "csv").glob("*.csv"))}
-    sources.update({p.stem: p for p in sorted((picks_dir / "candidates").glob("*.csv"))})  # candidates win
+    sources = {p.stem: p for p in tables(picks_dir / "csv")}
+    sources.update({p.stem: p for p in tables(picks_dir / "candidates")})  # candidates win
     if not sources:
         raise HydraPickerError(
             f"{picks_dir}: no picks in csv/ or candidates/ (run `hydrapicker pick --out {picks_dir}` first)"
@@ -113,10 +113,10 @@ def read_run_picks(
     for stem, source in sorted(sources.items()):
         picks = read_picks(source, "csv", micrograph=stem)[stem]
         sidecar = source.with_suffix(".json")
-        if sidecar.is_file():  # candidates/<stem>.json: box size and shape of the micrograph
-            meta = json.loads(sidecar.read_text(encoding="utf-8"))
-            picks.box_size = meta.get("box_size")
-            picks.shape = tuple(meta["shape"]) if meta.get("shape") else None
+        if (
+            source.parent.name == "candidates" and sidecar.is_file()
+        ):  # candidates/<stem>.json: box size and shape of the micrograph
+            picks.box_size, picks.shape = read_sidecar(sidecar)
         out.append(RunPicks(picks, paths.get(stem), source))
     return out, record
 

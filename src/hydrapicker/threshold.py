@@ -38,7 +38,9 @@ from hydrapicker.io.run_folder import (
     current_threshold,
     json_float,
     output_paths,
+    read_sidecar,
     rebuild_picks_csv,
+    tables,
 )
 
 __all__ = [
@@ -68,25 +70,18 @@ def read_candidates(out_dir: str | os.PathLike) -> dict[str, Picks]:
             candidates file without its ``.json`` (or the other way round).
     """
     out_dir = Path(out_dir)
-    tables = sorted((out_dir / "candidates").glob("*.csv"))
-    if not tables:
+    found = tables(out_dir / "candidates")
+    if not found:
         raise HydraPickerError(
             f"{out_dir}: no candidates/ files: picked by an older version of hydrapicker, which did not keep "
             "every candidate's score; pick again into it with --overwrite"
         )
     candidates = {}
-    for table in tables:
+    for table in found:
         stem = table.stem
-        _, sidecar = candidate_paths(out_dir, stem)
-        try:
-            info = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise HydraPickerError(
-                f"{sidecar}: missing or unreadable ({exc}); pick {stem} again with --overwrite"
-            ) from exc
+        box_size, shape = read_sidecar(candidate_paths(out_dir, stem)[1])
         picks = read_picks(table, "csv", micrograph=stem)[stem]
-        shape = tuple(info["shape"]) if info.get("shape") is not None else None
-        candidates[stem] = Picks(stem, picks.x, picks.y, picks.score, info.get("box_size"), shape)  # type: ignore[arg-type]
+        candidates[stem] = Picks(stem, picks.x, picks.y, picks.score, box_size, shape)
     return candidates
 
 
@@ -245,7 +240,7 @@ def rewrite_outputs(out_dir: str | os.PathLike, threshold: float) -> Rewrite:
             f"threshold {threshold}: must be between {CANDIDATE_FLOOR:g} (the lowest score kept in candidates/) and 1"
         )
     candidates = read_candidates(out_dir)
-    orphans = sorted({p.stem for p in (out_dir / "csv").glob("*.csv")} - candidates.keys())
+    orphans = sorted({p.stem for p in tables(out_dir / "csv")} - candidates.keys())
     if orphans:
         raise HydraPickerError(
             f"{out_dir}: {len(orphans)} micrograph(s) have picks but no candidates (picked by an older version), "

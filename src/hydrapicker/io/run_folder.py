@@ -42,8 +42,10 @@ __all__ = [
     "expected_outputs",
     "json_float",
     "output_paths",
+    "read_sidecar",
     "rebuild_picks_csv",
     "recorded_threshold",
+    "tables",
 ]
 
 #: The run record's file name in an output folder.
@@ -187,12 +189,48 @@ def candidate_paths(out_dir: str | os.PathLike, stem: str) -> tuple[Path, Path]:
     return folder / f"{stem}.csv", folder / f"{stem}.json"
 
 
+def read_sidecar(path: str | os.PathLike) -> tuple[float | None, tuple[int, int] | None]:
+    """``(box_size, shape)`` from a ``candidates/<stem>.json``; each may be null (unknown).
+
+    Raises:
+        HydraPickerError: missing, not JSON, or fields of the wrong kind; names the file and says how to mend it.
+    """
+    path = Path(path)
+    mend = f"pick {path.stem} again with --overwrite"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise HydraPickerError(f"{path}: missing or unreadable ({exc}); {mend}") from exc
+    if not isinstance(info, dict):
+        raise HydraPickerError(
+            f"{path}: expected a JSON object with box_size and shape, got {type(info).__name__}; {mend}"
+        )
+    box, shape = info.get("box_size"), info.get("shape")
+    if box is not None and not (
+        isinstance(box, (int, float)) and not isinstance(box, bool) and math.isfinite(box) and box > 0
+    ):
+        raise HydraPickerError(f"{path}: box_size must be a positive number of px, got {box!r}; {mend}")
+    if shape is not None and not (
+        isinstance(shape, list)
+        and len(shape) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+    ):
+        raise HydraPickerError(f"{path}: shape must be [rows, cols], got {shape!r}; {mend}")
+    return (None if box is None else float(box)), (None if shape is None else (shape[0], shape[1]))
+
+
 def expected_outputs(
     out_dir: str | os.PathLike, stem: str, formats: Sequence[str], overlay_dir: str | os.PathLike | None = None
 ) -> list[Path]:
     """Every file :func:`pick_files` writes for one micrograph: all there means it is done."""
     files = [*output_paths(out_dir, stem, formats).values(), *candidate_paths(out_dir, stem)]
     return files + ([Path(overlay_dir) / f"{stem}.png"] if overlay_dir is not None else [])
+
+
+def tables(folder: str | os.PathLike) -> list[Path]:
+    """The ``*.csv`` files of ``OUT/csv`` or ``OUT/candidates``, sorted, hidden ones left out: those are
+    a writer's temporaries (``.<stem>.<random>.tmp.csv``), incomplete, or left by a killed run."""
+    return sorted(p for p in Path(folder).glob("*.csv") if not p.name.startswith("."))
 
 
 def rebuild_picks_csv(out_dir: str | os.PathLike) -> Path:
@@ -203,7 +241,7 @@ def rebuild_picks_csv(out_dir: str | os.PathLike) -> Path:
     """
     out_dir = Path(out_dir)
     target = out_dir / "picks.csv"
-    paths = sorted(p for p in (out_dir / "csv").glob("*.csv") if not p.name.startswith("."))
+    paths = tables(out_dir / "csv")
     header = "micrograph,x,y,score\n"
     texts = [path.read_text(encoding="utf-8") for path in paths]
     if all(text.startswith(header) and text.endswith("\n") for text in texts):
