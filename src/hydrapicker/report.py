@@ -33,7 +33,7 @@ from hydrapicker import __version__
 from hydrapicker.defaults import CANDIDATE_FLOOR, PICK_THRESHOLD
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.coordinates import read_picks
-from hydrapicker.io.files import atomic_write_text
+from hydrapicker.io.files import atomic_write_text, refuse_overwriting_inputs
 from hydrapicker.io.micrograph import expand_micrographs, micrograph_stem, read_micrograph
 from hydrapicker.io.picks import Picks
 from hydrapicker.io.run_folder import RunRecord, read_sidecar, tables
@@ -208,7 +208,12 @@ def write_report(
         if run.path is None:
             missing.append(p.micrograph)
         elif i < thumbnails:
-            entry["src"], entry["factor"], _ = _thumbnail(run.path, thumbnail_size)
+            try:
+                entry["src"], entry["factor"], _ = _thumbnail(run.path, thumbnail_size)
+            except HydraPickerError:  # deleted or damaged since it was picked: counted, not drawn
+                missing.append(p.micrograph)
+                entries.append(entry)
+                continue
             entry.update(x=np.round(p.x, 1).tolist(), y=np.round(p.y, 1).tolist(), s=p.score.tolist())
         entries.append(entry)
     page = _PAGE.format(
@@ -223,7 +228,7 @@ def write_report(
         if any(r.source.parent.name == "candidates" for r in runs)
         else "csv (the picks at the run's threshold only)",
         missing=(
-            f'<p class="warn">No micrograph file found for {len(missing)} of them: '
+            f'<p class="warn">No readable micrograph file for {len(missing)} of them: '
             f"{html.escape(', '.join(missing[:10]))}{' ...' if len(missing) > 10 else ''}</p>"
         )
         if missing
@@ -238,6 +243,8 @@ def write_report(
         stamp=html.escape(f"hydrapicker {__version__}, {_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')}"),
     )
     target = Path(out) if out is not None else picks_dir / REPORT_NAME
+    inputs = [*(r.source for r in runs), *(r.source.with_suffix(".json") for r in runs), picks_dir / "command.json"]
+    refuse_overwriting_inputs([target], inputs + [r.path for r in runs if r.path is not None], "report")
     atomic_write_text(target, page)
     return target
 
