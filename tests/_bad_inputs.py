@@ -958,6 +958,8 @@ def _issue22_cases() -> list[Case]:
         Case("report", "a sidecar that is a JSON list", report_with(garbage("candidates/m1.json", "[1, 2]")), names="m1.json"),
         Case("report", "command.json that is not JSON", report_with(garbage("command.json", "{garbage")), names="command.json"),
         Case("report", "command.json that is a JSON list", report_with(garbage("command.json", "[]")), names="command.json"),
+        Case("report", "command.json whose command_line is a number",
+             report_with(garbage("command.json", '{"verb": "pick", "command_line": 5, "options": {}}')), names="command.json"),
         Case("report", "one micrograph deleted since it was picked", report_with(remove),
              expect="accepted", why="counted, listed as without a readable file, not drawn", pinned_by=pinned),
         Case("report", "one micrograph damaged since it was picked", report_with(damage),
