@@ -374,10 +374,10 @@ def _micrograph_cases() -> list[Case]:
             ], _finetune_outputs(root)
 
         pinned = {
-            "missing micrograph file": "test_io_micrograph::test_missing_file_names_the_file",
-            "truncated MRC (half its data)": "test_pick::test_corrupt_micrograph_is_reported_and_skipped_while_the_others_are_picked",
-            "NaN/Inf pixels": "test_io_micrograph::test_nan_pixels_are_refused",
-            "constant image": "test_io_micrograph::test_constant_image_is_refused",
+            "missing micrograph file": "io/test_micrograph::test_missing_file_names_the_file",
+            "truncated MRC (half its data)": "picking/test_picker::test_corrupt_micrograph_is_reported_and_skipped_while_the_others_are_picked",
+            "NaN/Inf pixels": "io/test_micrograph::test_nan_pixels_are_refused",
+            "constant image": "io/test_micrograph::test_constant_image_is_refused",
         }.get(item, "")
         cases.append(Case("pick", item, pick, expect="listed", names=bad, pinned_by=pinned))
         if item == "missing micrograph file":  # a project names micrographs by a glob
@@ -392,7 +392,7 @@ def _micrograph_cases() -> list[Case]:
                     "micrographs glob matching no file",
                     train_glob,
                     names="micrographs",
-                    pinned_by="test_data::test_bad_field_error_names_dataset_field_and_value",
+                    pinned_by="data/test_batches::test_bad_field_error_names_dataset_field_and_value",
                 )
             )
         else:
@@ -478,7 +478,7 @@ def _coordinate_cases() -> list[Case]:
             elif item == "coordinate file with a header and no rows" and role == "picks":
                 expect, why = "accepted", "no picks: AP 0"
             pinned = (
-                "test_io_coordinates::test_malformed_content_gives_one_line_naming_file_and_row_or_field"
+                "io/test_coordinates::test_malformed_content_gives_one_line_naming_file_and_row_or_field"
                 if "malformed" in item
                 else ""
             )
@@ -534,7 +534,7 @@ def _absent_micrograph_cases() -> list[Case]:
             f"{item} (its own file m9.csv)",
             train_own_file,
             names="m9.csv",
-            pinned_by="test_data::test_coordinate_file_without_micrograph_is_an_error",
+            pinned_by="data/test_batches::test_coordinate_file_without_micrograph_is_an_error",
         ),
         Case(
             "train",
@@ -550,7 +550,7 @@ def _absent_micrograph_cases() -> list[Case]:
             f"{item} (picks name m9, truth has none)",
             evaluate,
             names="m9",
-            pinned_by="test_cli_evaluate::test_picks_on_unlabelled_micrograph_fail_in_one_line_and_write_nothing",
+            pinned_by="cli/test_cli_evaluate::test_picks_on_unlabelled_micrograph_fail_in_one_line_and_write_nothing",
         ),
     ]
 
@@ -570,7 +570,7 @@ def _project_cases() -> list[Case]:
                 f"project file missing field {name!r}",
                 build,
                 names=name,
-                pinned_by="test_data::test_missing_field_error_names_project_dataset_and_field",
+                pinned_by="data/test_batches::test_missing_field_error_names_project_dataset_and_field",
             )
         )
 
@@ -660,7 +660,7 @@ def _simulate_cases() -> list[Case]:
             "missing atomic model file",
             model_file(_no_file),
             names="model.pdb.gz",
-            pinned_by="test_simulate::test_missing_model_file_names_it",
+            pinned_by="simulate/test_simulate::test_missing_model_file_names_it",
         ),
         Case("simulate", "empty atomic model file", model_file(_empty), names="model.pdb.gz"),
         Case(
