@@ -374,10 +374,10 @@ def _micrograph_cases() -> list[Case]:
             ], _finetune_outputs(root)
 
         pinned = {
-            "missing micrograph file": "test_io_micrograph::test_missing_file_names_the_file",
-            "truncated MRC (half its data)": "test_pick::test_corrupt_micrograph_is_reported_and_skipped_while_the_others_are_picked",
-            "NaN/Inf pixels": "test_io_micrograph::test_nan_pixels_are_refused",
-            "constant image": "test_io_micrograph::test_constant_image_is_refused",
+            "missing micrograph file": "io/test_micrograph::test_missing_file_names_the_file",
+            "truncated MRC (half its data)": "picking/test_picker::test_corrupt_micrograph_is_reported_and_skipped_while_the_others_are_picked",
+            "NaN/Inf pixels": "io/test_micrograph::test_nan_pixels_are_refused",
+            "constant image": "io/test_micrograph::test_constant_image_is_refused",
         }.get(item, "")
         cases.append(Case("pick", item, pick, expect="listed", names=bad, pinned_by=pinned))
         if item == "missing micrograph file":  # a project names micrographs by a glob
@@ -392,7 +392,7 @@ def _micrograph_cases() -> list[Case]:
                     "micrographs glob matching no file",
                     train_glob,
                     names="micrographs",
-                    pinned_by="test_data::test_bad_field_error_names_dataset_field_and_value",
+                    pinned_by="data/test_batches::test_bad_field_error_names_dataset_field_and_value",
                 )
             )
         else:
@@ -478,7 +478,7 @@ def _coordinate_cases() -> list[Case]:
             elif item == "coordinate file with a header and no rows" and role == "picks":
                 expect, why = "accepted", "no picks: AP 0"
             pinned = (
-                "test_io_coordinates::test_malformed_content_gives_one_line_naming_file_and_row_or_field"
+                "io/test_coordinates::test_malformed_content_gives_one_line_naming_file_and_row_or_field"
                 if "malformed" in item
                 else ""
             )
@@ -534,7 +534,7 @@ def _absent_micrograph_cases() -> list[Case]:
             f"{item} (its own file m9.csv)",
             train_own_file,
             names="m9.csv",
-            pinned_by="test_data::test_coordinate_file_without_micrograph_is_an_error",
+            pinned_by="data/test_batches::test_coordinate_file_without_micrograph_is_an_error",
         ),
         Case(
             "train",
@@ -550,7 +550,7 @@ def _absent_micrograph_cases() -> list[Case]:
             f"{item} (picks name m9, truth has none)",
             evaluate,
             names="m9",
-            pinned_by="test_cli_evaluate::test_picks_on_unlabelled_micrograph_fail_in_one_line_and_write_nothing",
+            pinned_by="cli/test_cli_evaluate::test_picks_on_unlabelled_micrograph_fail_in_one_line_and_write_nothing",
         ),
     ]
 
@@ -570,7 +570,7 @@ def _project_cases() -> list[Case]:
                 f"project file missing field {name!r}",
                 build,
                 names=name,
-                pinned_by="test_data::test_missing_field_error_names_project_dataset_and_field",
+                pinned_by="data/test_batches::test_missing_field_error_names_project_dataset_and_field",
             )
         )
 
@@ -660,7 +660,7 @@ def _simulate_cases() -> list[Case]:
             "missing atomic model file",
             model_file(_no_file),
             names="model.pdb.gz",
-            pinned_by="test_simulate::test_missing_model_file_names_it",
+            pinned_by="simulate/test_simulate::test_missing_model_file_names_it",
         ),
         Case("simulate", "empty atomic model file", model_file(_empty), names="model.pdb.gz"),
         Case(
@@ -758,3 +758,217 @@ CASES: list[Case] = [
     *_simulate_cases(),
     *_output_cases(),
 ]
+
+
+# --- issue 22: what a hostile probe found -------------------------------------------------------------
+
+
+def _size_checkpoint(path: Path) -> None:
+    """A tiny model with a size head: ``pick`` corrects the diameter with it by default."""
+    import torch
+    from _synthetic import write_checkpoint
+
+    from hydrapicker.model import HydraPicker
+    from hydrapicker.presets import get_preset
+
+    torch.manual_seed(0)
+    write_checkpoint(path, HydraPicker(get_preset("tiny"), size_head=True))
+
+
+def _png(path: Path, seed: int) -> None:
+    from PIL import Image
+
+    Image.fromarray((np.clip(_image(seed) + 1.5, 0, 3) * 80).astype(np.uint8)).save(path)
+
+
+def _picked(root: Path, *extra: str) -> None:
+    """``out/``: m0 and m1 picked (star and box too) as a finished run leaves them."""
+    from hydrapicker.cli import main
+
+    _scene(root)
+    _mrc(root / "m1.mrc", seed=1)
+    _checkpoint(root / "model.pt")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["pick", str(root / "m0.mrc"), str(root / "m1.mrc"), "--model", str(root / "model.pt")]
+                    + ["--out", str(root / "out"), "--diameter-px", "40", "--format", "star,box", *extra])  # fmt: skip
+    assert code == 0
+
+
+def _kill_leftovers(root: Path) -> None:
+    """The hidden temporaries a run killed mid-write leaves beside the files they were to become."""
+    for folder in ("csv", "candidates"):
+        text = (root / "out" / folder / "m1.csv").read_text()
+        (root / "out" / folder / ".m1.k2j3h4.tmp.csv").write_text(text[: len(text) // 2])
+
+
+@contextlib.contextmanager
+def _read_only_parent() -> Iterator[None]:
+    """Making a folder fails with EACCES, as under a read-only parent (the tests may run as root, whom modes do not stop)."""
+    real = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self.name == "out":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    Path.mkdir = mkdir  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Path.mkdir = real  # type: ignore[method-assign]
+
+
+def _issue22_cases() -> list[Case]:
+    pinned = "reliability/test_issue22.py"
+
+    def pick_with(
+        *options: str, model: Callable[[Path], None] = _checkpoint, bad: Callable[[Path], None] | None = None
+    ):
+        def build(root: Path) -> tuple[list[str], list[Path]]:
+            _scene(root)
+            model(root / "model.pt")
+            (bad or (lambda path: _mrc(path, seed=1)))(root / "m1.mrc")
+            return ["m0.mrc", "m1.mrc", "--model", "model.pt", "--out", "out", "--threshold", "0.0", *options], [
+                root / "out"
+            ]
+
+        return build
+
+    def header(pixel_size: float) -> Callable[[Path], None]:
+        def make(path: Path) -> None:
+            from hydrapicker.io import write_mrc
+
+            write_mrc(path, _image(1), pixel_size=pixel_size)
+
+        return make
+
+    def complex_mrc(path: Path) -> None:
+        import mrcfile
+
+        with mrcfile.new(path, overwrite=True) as mrc:
+            mrc.set_data((_image(1) + 1j * _image(2)).astype(np.complex64))
+
+    def uneven_tiff(root: Path) -> tuple[list[str], list[Path]]:
+        import tifffile
+
+        _scene(root)
+        _checkpoint(root / "model.pt")
+        with tifffile.TiffWriter(root / "m1.tif") as tiff:
+            tiff.write(_image(1))
+            tiff.write(_image(2)[:100])
+        return ["m0.mrc", "m1.tif", "--model", "model.pt", *_PICK], [root / "out"]
+
+    def dangling(root: Path) -> tuple[list[str], list[Path]]:
+        _scene(root)
+        _checkpoint(root / "model.pt")
+        (root / "m1.mrc").symlink_to(root / "raw" / "m1.mrc")
+        return [".", "--model", "model.pt", *_PICK], [root / "out"]
+
+    def overlay_into_inputs(root: Path) -> tuple[list[str], list[Path]]:
+        _checkpoint(root / "model.pt")
+        (root / "inout").mkdir()
+        _png(root / "inout" / "p0.png", 0)
+        return ["inout", "--out", "inout/picks", "--model", "model.pt", "--diameter-px", "40", "--overlay", "inout"], [
+            root / "inout" / "picks"
+        ]
+
+    def rerun(root: Path) -> tuple[list[str], list[Path]]:
+        _picked(root)
+        return ["m0.mrc", "m1.mrc", "--model", "model.pt", "--out", "out", "--diameter-px", "40"] + [
+            "--format", "star,box", "--threshold", "0.6"
+        ], [root / "out"]  # fmt: skip
+
+    def threshold_after_kill(*options: str) -> Callable[[Path], tuple[list[str], list[Path]]]:
+        def build(root: Path) -> tuple[list[str], list[Path]]:
+            _picked(root)
+            _kill_leftovers(root)
+            out = root / "out"
+            return ["out", *options], [out / "picks.csv", out / "star", out / "box", out / "threshold.json"]
+
+        return build
+
+    def sidecar_without_box(root: Path) -> tuple[list[str], list[Path]]:
+        _picked(root)
+        sidecar = root / "out" / "candidates" / "m1.json"
+        sidecar.write_text(sidecar.read_text().replace('"box_size": 40.0', '"box_size": null'))
+        return ["out", "--set", "0.3"], [root / "out"]
+
+    def report_with(damage: Callable[[Path], None]) -> Callable[[Path], tuple[list[str], list[Path]]]:
+        def build(root: Path) -> tuple[list[str], list[Path]]:
+            _picked(root)
+            damage(root)
+            return ["out", "--out", "report.html"], [root / "report.html"]
+
+        return build
+
+    def evaluate_star(root: Path) -> tuple[list[str], list[Path]]:
+        (root / "truth.star").write_text(
+            "data_\nloop_\n_rlnMicrographName\n_rlnCoordinateX\n_rlnCoordinateY\n"
+            + "".join(f"{d}/s0.mrc {x:g} {y:g}\n" for d in ("a", "b") for x, y in CENTRES)
+        )
+        _labels(root / "picks.csv", "s0")
+        return ["picks.csv", "--truth", "truth.star", "--box", "40", "--json", "scores.json"], [root / "scores.json"]
+
+    def evaluate_bom(root: Path) -> tuple[list[str], list[Path]]:
+        _labels(root / "truth.csv", "m1")
+        (root / "picks.csv").write_bytes((root / "truth.csv").read_text().encode("utf-8-sig"))
+        return ["picks.csv", "--truth", "truth.csv", "--box", "40", "--json", "scores.json"], [root / "scores.json"]
+
+    def evaluate_onto_truth(root: Path) -> tuple[list[str], list[Path]]:
+        _labels(root / "truth.csv", "m1")
+        _labels(root / "picks.csv", "m1")
+        return ["picks.csv", "--truth", "truth.csv", "--box", "40", "--json", "truth.csv"], []
+
+    def garbage(name: str, text: str) -> Callable[[Path], None]:
+        return lambda root: (root / "out" / name).write_text(text)
+
+    def remove(root: Path) -> None:
+        (root / "m1.mrc").unlink()
+
+    def damage(root: Path) -> None:
+        (root / "m1.mrc").write_bytes((root / "m1.mrc").read_bytes()[:600])
+
+    listed = {"expect": "listed", "names": "m1", "pinned_by": pinned}
+    return [
+        Case("pick", "--overlay into the folder of the PNG micrographs", overlay_into_inputs, names="p0.png", pinned_by=pinned),
+        Case("pick", "micrograph whose header says 0.001 Å/px (size correction on)",
+             pick_with("--diameter-A", "40", model=_size_checkpoint, bad=header(0.001)), **listed),
+        Case("pick", "micrograph whose header says 300 Å/px", pick_with("--diameter-A", "40", bad=header(300.0)), **listed),
+        Case("pick", "--diameter-px 0.5 (an 80x enlargement)", pick_with("--diameter-px", "0.5"), names="--diameter-px"),
+        Case("pick", "--diameter-px 1e-300", pick_with("--diameter-px", "1e-300"), names="--diameter-px"),
+        Case("pick", "--nms-iou -1", pick_with("--diameter-px", "40", "--nms-iou", "-1"), names="NMS IoU"),
+        Case("pick", "--nms-iou 5", pick_with("--diameter-px", "40", "--nms-iou", "5"), names="NMS IoU"),
+        Case("pick", "--nms-iou nan", pick_with("--diameter-px", "40", "--nms-iou", "nan"), names="NMS IoU"),
+        Case("pick", "--refine-radius 10", pick_with("--diameter-px", "40", "--refine-radius", "10"), names="refine radius"),
+        Case("pick", "--refine-radius 1e9", pick_with("--diameter-px", "40", "--refine-radius", "1e9"), names="refine radius"),
+        Case("pick", "--out under a read-only parent", pick_with("--diameter-px", "40"), names="Permission denied", wrap=_read_only_parent),
+        Case("pick", "complex-valued MRC", pick_with("--diameter-px", "40", bad=complex_mrc), **listed),
+        Case("pick", "TIFF with pages of two sizes", uneven_tiff, **listed),
+        Case("pick", "link to a file that does not exist, in the folder picked", dangling, **listed),
+        Case("pick", "rerun into a finished folder with --threshold 0.6", rerun, names="--threshold", pinned_by=pinned),
+        Case("threshold", "hidden temporaries a killed pick left in csv/ and candidates/", threshold_after_kill(),
+             expect="accepted", why="hidden files are another writer's temporaries: not read", pinned_by=pinned),
+        Case("threshold", "--set with hidden temporaries a killed pick left", threshold_after_kill("--set", "0.3"),
+             expect="accepted", why="hidden files are another writer's temporaries: not read", pinned_by=pinned),
+        Case("threshold", "--set with one sidecar without its box size (BOX files need it)", sidecar_without_box,
+             names="m1.json", pinned_by=pinned),
+        Case("report", "hidden temporaries a killed pick left", report_with(_kill_leftovers),
+             expect="accepted", why="hidden files are another writer's temporaries: not read", pinned_by=pinned),
+        Case("report", "a sidecar that is not JSON", report_with(garbage("candidates/m1.json", "{garbage")), names="m1.json"),
+        Case("report", "a sidecar that is a JSON list", report_with(garbage("candidates/m1.json", "[1, 2]")), names="m1.json"),
+        Case("report", "command.json that is not JSON", report_with(garbage("command.json", "{garbage")), names="command.json"),
+        Case("report", "command.json that is a JSON list", report_with(garbage("command.json", "[]")), names="command.json"),
+        Case("report", "command.json whose command_line is a number",
+             report_with(garbage("command.json", '{"verb": "pick", "command_line": 5, "options": {}}')), names="command.json"),
+        Case("report", "one micrograph deleted since it was picked", report_with(remove),
+             expect="accepted", why="counted, listed as without a readable file, not drawn", pinned_by=pinned),
+        Case("report", "one micrograph damaged since it was picked", report_with(damage),
+             expect="accepted", why="counted, listed as without a readable file, not drawn", pinned_by=pinned),
+        Case("evaluate", "STAR naming a/s0.mrc and b/s0.mrc (truth)", evaluate_star, names="'s0'", pinned_by="io/test_coordinates.py"),
+        Case("evaluate", "CSV saved with a byte-order mark (picks)", evaluate_bom,
+             expect="accepted", why="the BOM is not part of the header: AP 1", pinned_by=pinned),
+        Case("evaluate", "--json onto the truth file", evaluate_onto_truth, names="would overwrite the input"),
+    ]  # fmt: skip
+
+
+CASES += _issue22_cases()

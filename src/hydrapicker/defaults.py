@@ -29,6 +29,9 @@ __all__ = [
     "SIZE_SAMPLE_MICROGRAPHS",
     "NMS_IOU",
     "REFINE_RADIUS",
+    "MAX_REFINE_RADIUS",
+    "MAX_UPSCALE",
+    "MAX_RESCALED_PIXELS",
     "PICK_THRESHOLD",
     "PICK_TILE_SIZE",
     "CANDIDATE_FLOOR",
@@ -128,6 +131,20 @@ NMS_IOU: float = 0.3
 #: it off. Chosen on the benchmark's validation micrographs, at the true and at wrong diameters
 #: (benchmarks/scale_search.md records the comparison).
 REFINE_RADIUS: float = 0.4
+
+#: --refine-radius at most this many box sizes: farther, a pick would be pulled towards its
+#: neighbours' anchors (two particles are at least about a box apart).
+MAX_REFINE_RADIUS: float = 1.0
+
+#: A micrograph is enlarged at most this much to make its particle the model's PARTICLE_DIAMETER_PX
+#: (40 px) across: a particle under 5 stored px has no detail to pick, and enlarging creates none;
+#: a larger factor is a wrong diameter or pixel size (--diameter-px 0.5, a 300 Å/px header).
+MAX_UPSCALE: float = 8.0
+
+#: ... and a rescaled micrograph has at most this many pixels: 400 MP holds a K3 super-resolution
+#: frame (23040 x 16368, 377 MP) at scale 1, and is 1.6 GB per float32 copy, of which preparation
+#: holds a few at once. Picking tiles the network's input (PICK_TILE_SIZE), not this array.
+MAX_RESCALED_PIXELS: int = 400_000_000
 
 #: Default score (probability) a pick needs to be written. Best-F1 thresholds on the held-out
 #: EMPIAR-10017 micrograph: 0.18 for the shipped interim generic model (zero-shot), 0.36 for a

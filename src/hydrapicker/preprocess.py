@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from hydrapicker.defaults import LOCAL_NORM_WINDOW
+from hydrapicker.defaults import LOCAL_NORM_WINDOW, MAX_RESCALED_PIXELS, MAX_UPSCALE
 from hydrapicker.errors import HydraPickerError
 
 __all__ = [
     "antialias_sigma",
+    "check_rescale",
     "from_rescaled",
     "normalise_micrograph",
     "prepare_micrograph",
@@ -42,6 +43,7 @@ def prepare_micrograph(image: np.ndarray, scale: float, target_diameter_px: floa
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 2:
         raise HydraPickerError(f"{name or 'micrograph'}: expected a 2-D image, got shape {image.shape}")
+    check_rescale(image.shape, scale, target_diameter_px, name)
     try:
         return normalise_micrograph(rescale_image(image, scale), target_diameter_px)
     except HydraPickerError as exc:
@@ -49,6 +51,35 @@ def prepare_micrograph(image: np.ndarray, scale: float, target_diameter_px: floa
 
 
 # --- rescaling ----------------------------------------------------------------------------------
+
+
+def check_rescale(shape: tuple[int, ...], scale: float, target_diameter_px: float, name: str = "") -> None:
+    """Refuse a rescale that cannot be right, before any array is made: enlarging by more than
+    ``MAX_UPSCALE``, more than ``MAX_RESCALED_PIXELS`` pixels, or less than one particle across.
+
+    Raises:
+        HydraPickerError: names ``name`` (the micrograph), the particle size in stored px and what to check.
+    """
+    where = f"{name}: " if name else ""
+    if not (math.isfinite(scale) and scale > 0):
+        raise HydraPickerError(f"{where}rescale factor must be positive, got {scale!r}")
+    particle = f"the particle is {target_diameter_px / scale:.3g} px across"
+    rows, cols = (max(1, round(n * scale)) for n in shape[:2])
+    if scale > MAX_UPSCALE:
+        raise HydraPickerError(
+            f"{where}{particle}: it would be enlarged {scale:.3g}x to the model's {target_diameter_px:g} px, "
+            f"more than {MAX_UPSCALE:g}x (check the diameter and the pixel size)"
+        )
+    if rows * cols > MAX_RESCALED_PIXELS:
+        raise HydraPickerError(
+            f"{where}{particle}: rescaled to {rows} x {cols} px, more than {MAX_RESCALED_PIXELS / 1e6:g} megapixels "
+            "(check the diameter and the pixel size)"
+        )
+    if min(shape[0] * scale, shape[1] * scale) < target_diameter_px:
+        raise HydraPickerError(
+            f"{where}{particle}: the micrograph ({shape[0]} x {shape[1]} px) is smaller than one particle "
+            "(check the diameter and the pixel size)"
+        )
 
 
 def to_rescaled(xy: np.ndarray, scale: float) -> np.ndarray:

@@ -33,10 +33,10 @@ from hydrapicker import __version__
 from hydrapicker.defaults import CANDIDATE_FLOOR, PICK_THRESHOLD
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.coordinates import read_picks
-from hydrapicker.io.files import atomic_write_text
+from hydrapicker.io.files import atomic_write_text, refuse_overwriting_inputs
 from hydrapicker.io.micrograph import expand_micrographs, micrograph_stem, read_micrograph
 from hydrapicker.io.picks import Picks
-from hydrapicker.io.run_folder import RunRecord
+from hydrapicker.io.run_folder import RunRecord, read_sidecar, tables
 from hydrapicker.picking.overlay import overlay_image
 
 __all__ = ["REPORT_NAME", "RunPicks", "read_run_picks", "write_report"]
@@ -101,8 +101,8 @@ def read_run_picks(
     picks_dir = Path(picks_dir)
     if not picks_dir.is_dir():
         raise HydraPickerError(f"{picks_dir}: no such picks folder")
-    sources = {p.stem: p for p in sorted((picks_dir / "csv").glob("*.csv"))}
-    sources.update({p.stem: p for p in sorted((picks_dir / "candidates").glob("*.csv"))})  # candidates win
+    sources = {p.stem: p for p in tables(picks_dir / "csv")}
+    sources.update({p.stem: p for p in tables(picks_dir / "candidates")})  # candidates win
     if not sources:
         raise HydraPickerError(
             f"{picks_dir}: no picks in csv/ or candidates/ (run `hydrapicker pick --out {picks_dir}` first)"
@@ -113,10 +113,10 @@ def read_run_picks(
     for stem, source in sorted(sources.items()):
         picks = read_picks(source, "csv", micrograph=stem)[stem]
         sidecar = source.with_suffix(".json")
-        if sidecar.is_file():  # candidates/<stem>.json: box size and shape of the micrograph
-            meta = json.loads(sidecar.read_text(encoding="utf-8"))
-            picks.box_size = meta.get("box_size")
-            picks.shape = tuple(meta["shape"]) if meta.get("shape") else None
+        if (
+            source.parent.name == "candidates" and sidecar.is_file()
+        ):  # candidates/<stem>.json: box size and shape of the micrograph
+            picks.box_size, picks.shape = read_sidecar(sidecar)
         out.append(RunPicks(picks, paths.get(stem), source))
     return out, record
 
@@ -208,7 +208,12 @@ def write_report(
         if run.path is None:
             missing.append(p.micrograph)
         elif i < thumbnails:
-            entry["src"], entry["factor"], _ = _thumbnail(run.path, thumbnail_size)
+            try:
+                entry["src"], entry["factor"], _ = _thumbnail(run.path, thumbnail_size)
+            except HydraPickerError:  # deleted or damaged since it was picked: counted, not drawn
+                missing.append(p.micrograph)
+                entries.append(entry)
+                continue
             entry.update(x=np.round(p.x, 1).tolist(), y=np.round(p.y, 1).tolist(), s=p.score.tolist())
         entries.append(entry)
     page = _PAGE.format(
@@ -223,7 +228,7 @@ def write_report(
         if any(r.source.parent.name == "candidates" for r in runs)
         else "csv (the picks at the run's threshold only)",
         missing=(
-            f'<p class="warn">No micrograph file found for {len(missing)} of them: '
+            f'<p class="warn">No readable micrograph file for {len(missing)} of them: '
             f"{html.escape(', '.join(missing[:10]))}{' ...' if len(missing) > 10 else ''}</p>"
         )
         if missing
@@ -238,6 +243,8 @@ def write_report(
         stamp=html.escape(f"hydrapicker {__version__}, {_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')}"),
     )
     target = Path(out) if out is not None else picks_dir / REPORT_NAME
+    inputs = [*(r.source for r in runs), *(r.source.with_suffix(".json") for r in runs), picks_dir / "command.json"]
+    refuse_overwriting_inputs([target], inputs + [r.path for r in runs if r.path is not None], "report")
     atomic_write_text(target, page)
     return target
 

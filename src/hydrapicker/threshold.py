@@ -17,6 +17,7 @@ threshold.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -29,7 +30,7 @@ import numpy as np
 from hydrapicker.defaults import CANDIDATE_FLOOR, COORDINATE_FORMATS
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.coordinates import read_picks, write_picks
-from hydrapicker.io.files import atomic_write_text, save_figure
+from hydrapicker.io.files import atomic_path, save_figure
 from hydrapicker.io.picks import Picks
 from hydrapicker.io.run_folder import (
     THRESHOLD_RECORD,
@@ -38,7 +39,8 @@ from hydrapicker.io.run_folder import (
     current_threshold,
     json_float,
     output_paths,
-    rebuild_picks_csv,
+    read_sidecar,
+    tables,
 )
 
 __all__ = [
@@ -68,25 +70,18 @@ def read_candidates(out_dir: str | os.PathLike) -> dict[str, Picks]:
             candidates file without its ``.json`` (or the other way round).
     """
     out_dir = Path(out_dir)
-    tables = sorted((out_dir / "candidates").glob("*.csv"))
-    if not tables:
+    found = tables(out_dir / "candidates")
+    if not found:
         raise HydraPickerError(
             f"{out_dir}: no candidates/ files: picked by an older version of hydrapicker, which did not keep "
             "every candidate's score; pick again into it with --overwrite"
         )
     candidates = {}
-    for table in tables:
+    for table in found:
         stem = table.stem
-        _, sidecar = candidate_paths(out_dir, stem)
-        try:
-            info = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise HydraPickerError(
-                f"{sidecar}: missing or unreadable ({exc}); pick {stem} again with --overwrite"
-            ) from exc
+        box_size, shape = read_sidecar(candidate_paths(out_dir, stem)[1])
         picks = read_picks(table, "csv", micrograph=stem)[stem]
-        shape = tuple(info["shape"]) if info.get("shape") is not None else None
-        candidates[stem] = Picks(stem, picks.x, picks.y, picks.score, info.get("box_size"), shape)  # type: ignore[arg-type]
+        candidates[stem] = Picks(stem, picks.x, picks.y, picks.score, box_size, shape)
     return candidates
 
 
@@ -234,8 +229,9 @@ class Rewrite:
 def rewrite_outputs(out_dir: str | os.PathLike, threshold: float) -> Rewrite:
     """Re-write every per-micrograph coordinate file, ``picks.csv`` and ``threshold.json`` of ``OUT`` at ``threshold``.
 
-    Each file is replaced atomically; the candidates are read (and every check made) before
-    the first one is. Micrographs with picks in ``OUT/csv`` but no candidates (an older
+    All or nothing: every file is written under a temporary name before the first one is
+    replaced, so a failure (a sidecar without the box size BOX needs, a full disk) leaves ``OUT``
+    as it was. Micrographs with picks in ``OUT/csv`` but no candidates (an older
     version picked them) are an error: they cannot move to the new threshold. Overlays are
     not redrawn.
     """
@@ -245,7 +241,7 @@ def rewrite_outputs(out_dir: str | os.PathLike, threshold: float) -> Rewrite:
             f"threshold {threshold}: must be between {CANDIDATE_FLOOR:g} (the lowest score kept in candidates/) and 1"
         )
     candidates = read_candidates(out_dir)
-    orphans = sorted({p.stem for p in (out_dir / "csv").glob("*.csv")} - candidates.keys())
+    orphans = sorted({p.stem for p in tables(out_dir / "csv")} - candidates.keys())
     if orphans:
         raise HydraPickerError(
             f"{out_dir}: {len(orphans)} micrograph(s) have picks but no candidates (picked by an older version), "
@@ -253,13 +249,6 @@ def rewrite_outputs(out_dir: str | os.PathLike, threshold: float) -> Rewrite:
         )
     formats = _formats(out_dir)
     previous = current_threshold(out_dir)
-    n_picks = 0
-    for stem, every in candidates.items():
-        picks = every.above(threshold)
-        n_picks += len(picks)
-        for fmt, target in output_paths(out_dir, stem, formats).items():
-            write_picks(target, picks, fmt)
-    rebuild_picks_csv(out_dir)
     record = {
         "threshold": threshold,
         "previous": previous,
@@ -267,5 +256,26 @@ def rewrite_outputs(out_dir: str | os.PathLike, threshold: float) -> Rewrite:
         "suggested": json_float(suggest_threshold(candidates), 6),
         "rule": RULE,
     }
-    atomic_write_text(out_dir / THRESHOLD_RECORD, json.dumps(record, indent=2) + "\n")
-    return Rewrite(threshold, previous, formats, len(candidates), n_picks)
+    for stem, every in candidates.items():
+        needs = [
+            f
+            for f in formats
+            if (f in ("box", "cbox") and every.box_size is None) or (f == "cs" and every.shape is None)
+        ]
+        if needs:
+            raise HydraPickerError(
+                f"{candidate_paths(out_dir, stem)[1]}: no {'shape' if needs[0] == 'cs' else 'box_size'}, which the "
+                f"{needs[0]} files need; pick {stem} again with --overwrite (nothing was re-written)"
+            )
+    picks = {stem: every.above(threshold) for stem, every in candidates.items()}
+    # All or nothing: every file is written under its temporary name first; only when all are
+    # written does each replace its file (an ExitStack of atomic_path: one failure unlinks them all).
+    # They are replaced in reverse order of entering: the coordinate files, picks.csv, threshold.json last.
+    with contextlib.ExitStack() as staged:
+        tmp = staged.enter_context(atomic_path(out_dir / THRESHOLD_RECORD))
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        write_picks(staged.enter_context(atomic_path(out_dir / "picks.csv")), list(picks.values()), "csv")
+        for stem, chosen in picks.items():
+            for fmt, target in output_paths(out_dir, stem, formats).items():
+                write_picks(staged.enter_context(atomic_path(target)), chosen, fmt)
+    return Rewrite(threshold, previous, formats, len(candidates), sum(len(p) for p in picks.values()))

@@ -594,3 +594,47 @@ def test_property_cs_garbage_raises_only_our_error(data):
         return
     for picks in result.values():
         assert np.isfinite(picks.x).all() and np.isfinite(picks.y).all()
+
+
+# --- issue 22: a BOM, ambiguous micrograph names, RELION's own file names -------------------
+
+
+def test_a_csv_saved_with_a_byte_order_mark_keeps_its_micrograph_column(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_bytes("micrograph,x,y\nm0,10,20\nm1,30,40\n".encode("utf-8-sig"))
+    picks = read_picks(path)
+    assert sorted(picks) == ["m0", "m1"]
+    np.testing.assert_allclose(picks["m1"].x, [30.0])
+
+
+@pytest.mark.parametrize(
+    "fmt, text",
+    [
+        (
+            "star",
+            "data_\nloop_\n_rlnMicrographName\n_rlnCoordinateX\n_rlnCoordinateY\na/s0.mrc 10 20\nb/s0.mrc 30 40\n",
+        ),
+        ("csv", "micrograph,x,y\na/s0.mrc,10,20\nb/s0.mrc,30,40\n"),
+    ],
+)
+def test_two_micrographs_of_one_name_in_different_folders_are_refused_not_merged(tmp_path, fmt, text):
+    path = tmp_path / f"all.{fmt}"
+    path.write_text(text)
+    with pytest.raises(
+        HydraPickerError, match=r"all\.\w+: .*'a/s0\.mrc' \(row \d\) and 'b/s0\.mrc' \(row \d\) have the same name 's0'"
+    ):
+        read_picks(path)
+
+
+def test_one_micrograph_written_with_and_without_its_folder_or_suffix_is_one_micrograph(tmp_path):
+    path = tmp_path / "all.csv"
+    path.write_text("micrograph,x,y\nMicrographs/s0.mrc,10,20\n./Micrographs/s0.mrc,30,40\nt1,1,2\nt1.mrc,3,4\n")
+    picks = read_picks(path)
+    assert {k: len(v) for k, v in picks.items()} == {"s0": 2, "t1": 2}
+
+
+@pytest.mark.parametrize("suffix", ["_autopick", "_manualpick"])
+def test_relion_pick_star_files_are_named_after_their_micrograph(tmp_path, suffix):
+    path = tmp_path / f"FoilHole_1_Data{suffix}.star"
+    path.write_text("data_\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n10 20\n")
+    assert list(read_picks(path)) == ["FoilHole_1_Data"]

@@ -154,3 +154,67 @@ def test_unknown_suffix_is_refused(tmp_path):
     path.write_bytes(b"\0" * 100)
     with pytest.raises(HydraPickerError, match=r"mic\.dat: unknown micrograph type"):
         read_micrograph(path)
+
+
+# --- issue 22: links named as given, complex pixels, stacks refused from their header ----------
+
+
+def test_a_linked_micrograph_is_named_after_the_link_not_its_target(tmp_path):
+    from hydrapicker.io.micrograph import expand_micrographs
+
+    raw = tmp_path / "raw"
+    write_mrc(raw / "FoilHole_1_Data.mrc", _ramp())
+    imported = tmp_path / "J1" / "imported"
+    imported.mkdir(parents=True)
+    (imported / "012345_FoilHole_1_Data.mrc").symlink_to(raw / "FoilHole_1_Data.mrc")
+    (imported / "012346_FoilHole_1_Data.mrc").symlink_to(raw / "FoilHole_1_Data.mrc")
+    found = expand_micrographs([imported])
+    assert [micrograph_stem(p) for p in found] == ["012345_FoilHole_1_Data", "012346_FoilHole_1_Data"]
+    assert read_micrograph(found[0]).name == "012345_FoilHole_1_Data"
+
+
+def test_a_dangling_link_in_a_folder_is_found_and_its_read_names_the_missing_target(tmp_path):
+    from hydrapicker.io.micrograph import expand_micrographs
+
+    write_mrc(tmp_path / "m0.mrc", _ramp())
+    (tmp_path / "m1.mrc").symlink_to(tmp_path / "gone.mrc")
+    found = expand_micrographs([tmp_path])
+    assert [p.name for p in found] == ["m0.mrc", "m1.mrc"]
+    with pytest.raises(HydraPickerError, match=r"m1\.mrc: a link to .*gone\.mrc, which does not exist"):
+        read_micrograph(found[1])
+
+
+@pytest.mark.parametrize("suffix", [".mrc", ".tif"])
+def test_complex_pixels_are_refused(tmp_path, suffix):
+    import mrcfile
+
+    data = (_ramp() + 1j * _ramp()).astype(np.complex64)
+    path = tmp_path / f"fft{suffix}"
+    if suffix == ".mrc":
+        with mrcfile.new(path) as mrc:
+            mrc.set_data(data)
+    else:
+        tifffile.imwrite(path, data)
+    with pytest.raises(HydraPickerError, match=r"fft\.\w+: complex pixels"):
+        read_micrograph(path)
+
+
+def test_a_tiff_with_pages_of_different_sizes_is_refused_not_read_as_its_first_page(tmp_path):
+    path = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(path) as tiff:
+        tiff.write(_ramp(12, 20))
+        tiff.write(_ramp(30, 40))
+    with pytest.raises(HydraPickerError, match=r"pages\.tif: expected a 2-D micrograph, got 2 frames.*2 page sizes"):
+        read_micrograph(path)
+
+
+def test_a_movie_is_refused_from_its_header_before_its_frames_are_read(tmp_path):
+    import mrcfile
+
+    path = tmp_path / "movie.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(np.stack([_ramp()] * 3))
+    # Cut to its header: only the header can say it is a movie.
+    path.write_bytes(path.read_bytes()[:1024])
+    with pytest.raises(HydraPickerError, match=r"movie\.mrc: expected a 2-D micrograph, got 3 frames of 12 x 20 px"):
+        read_micrograph(path)

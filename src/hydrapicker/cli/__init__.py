@@ -57,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HydraPickerError as exc:
         print(f"hydrapicker {args.verb}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the environment (permissions, a file gone) where no check of ours caught it
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"hydrapicker {args.verb}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"hydrapicker {args.verb}: interrupted", file=sys.stderr)
         return 130

@@ -59,11 +59,14 @@ def main(args: argparse.Namespace) -> int:
     from hydrapicker.errors import HydraPickerError
     from hydrapicker.evaluate import evaluate, format_table, write_curves
     from hydrapicker.io.coordinates import read_picks_files
-    from hydrapicker.io.files import atomic_write_text
+    from hydrapicker.io.files import atomic_write_text, refuse_overwriting_inputs
 
     for flag, path in (("--json", args.json), ("--plots", args.plots)):
         if path is not None and (path.is_dir() if flag == "--json" else path.is_file()):
             raise HydraPickerError(f"{flag} {path}: is a {'folder' if flag == '--json' else 'file'}")
+    outputs = [args.json] if args.json is not None else []
+    outputs += [args.plots / name for name in ("pr.png", "roc.png", "command.json")] if args.plots is not None else []
+    refuse_overwriting_inputs(outputs, [*args.picks, *args.truth], "evaluate output")
     truth = read_picks_files(args.truth, args.truth_format)
     picks = read_picks_files(args.picks, args.picks_format)
     evaluation = evaluate(picks, truth, args.box, args.threshold, ignore_unlabelled=args.ignore_unlabelled)

@@ -7,7 +7,9 @@ for every --format, plus OUT/csv/<name>.csv and OUT/picks.csv (micrograph,x,y,sc
 Micrographs larger than --tile px (after rescaling) are picked in overlapping tiles.
 
 A rerun with the same OUT skips micrographs whose output files are all there (--overwrite redoes
-them). Unreadable micrographs are reported and skipped, and listed at the end; the exit status
+them); a rerun with other picking options (threshold, diameter, model, ...) into an OUT that holds
+picks is refused, naming what differs, unless --overwrite. No output may land on a micrograph
+(--overlay into a folder of PNG micrographs is refused). Unreadable micrographs are reported and skipped, and listed at the end; the exit status
 is 1 only when no micrograph could be picked.
 
 Every candidate down to score 0.01 is also kept in OUT/candidates/, whatever --threshold is:
@@ -59,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threshold",
         type=float,
         metavar="T",
-        help=f"lowest score written (default: the one set with `hydrapicker threshold OUT --set`, else {PICK_THRESHOLD}; "
+        help=f"lowest score written (default: OUT's, set with `hydrapicker threshold OUT --set` or by the run before, else {PICK_THRESHOLD}; "
         "a very low one, e.g. 0.001, keeps the ranking for AP)",
     )
     add_pick_placing_arguments(picking)
@@ -67,9 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     outputs.add_argument(
         "--format",
         type=_formats,
-        default=list(COORDINATE_FORMATS),
+        action="extend",  # --format star --format box: both (not the last one alone)
         metavar="LIST",
-        help=f"comma-separated coordinate formats (default: all of {','.join(COORDINATE_FORMATS)}; csv is always written)",
+        help=f"comma-separated coordinate formats, or --format given more than once "
+        f"(default: all of {','.join(COORDINATE_FORMATS)}; csv is always written)",
     )
     outputs.add_argument(
         "--overlay", type=Path, metavar="DIR", help="also write PNGs of the micrographs with the picks drawn"
@@ -123,38 +126,48 @@ def _pick(args: argparse.Namespace) -> int:
     from hydrapicker.errors import HydraPickerError
     from hydrapicker.io.coordinates import check_formats
     from hydrapicker.io.micrograph import expand_micrographs
-    from hydrapicker.io.run_folder import recorded_threshold
+    from hydrapicker.io.run_folder import check_outputs_apart, current_threshold, picking_changes
     from hydrapicker.picking.picker import Picker
     from hydrapicker.picking.runner import pick_files_sharded
     from hydrapicker.picking.watch import watch_folder
 
     if args.out.is_file():
         raise HydraPickerError(f"--out {args.out}: is a file, not a folder")
-    formats = check_formats(args.format)
+    formats = check_formats(args.format or list(COORDINATE_FORMATS))
     if args.watch and distributed.world_size() > 1:
         raise HydraPickerError("--watch runs in one process: start it without torchrun")
     paths = [] if args.watch else expand_micrographs(args.micrographs)  # a watched folder may be empty so far
-    if args.threshold is None:  # recorded in the run record as the value used
-        recorded = recorded_threshold(args.out)
+    if args.threshold is None:  # the folder's (a rerun goes on at it); recorded in the run record as the value used
+        recorded = current_threshold(args.out)
         args.threshold = PICK_THRESHOLD if recorded is None else recorded
     model, meta = load_model(args.model)
     settings = pick_settings(args)
     picker = Picker(model, meta, settings)
     picker.check_paths(paths)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if distributed.is_main():
-        options = pick_record_options(
-            settings,
-            micrographs=args.micrographs,
-            format=formats,
-            overlay=args.overlay,
-            model=args.model,
-            workers=args.workers,
-            overwrite=args.overwrite,
-            watch=args.watch,
-            idle=args.idle,
-            poll=args.poll,
+    check_outputs_apart(args.out, paths, formats, args.overlay)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HydraPickerError(f"--out {args.out}: cannot make the folder ({exc.strerror or exc})") from exc
+    options = pick_record_options(
+        settings,
+        micrographs=args.micrographs,
+        format=formats,
+        overlay=args.overlay,
+        model=args.model,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        watch=args.watch,
+        idle=args.idle,
+        poll=args.poll,
+    )
+    changes = [] if args.overwrite else picking_changes(args.out, options)
+    if changes:  # a rerun would skip the micrographs done and leave two kinds of picks in one folder
+        raise HydraPickerError(
+            f"--out {args.out}: holds picks made with other options ({'; '.join(changes)}); "
+            "pass --overwrite to pick them again with these, or give another --out"
         )
+    if distributed.is_main():
         write_run_record(args.out, args, options)
     if args.watch:
         report = watch_folder(

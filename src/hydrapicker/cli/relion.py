@@ -19,6 +19,7 @@ Example (from the RELION project folder):
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,7 +82,9 @@ def main(args: argparse.Namespace) -> int:
         model, meta = load_model(args.model)
         settings = pick_settings(args)
         # the run record names the micrographs picked, as `pick`'s does (hydrapicker report reads it)
-        micrographs = [str(m.path.resolve()) for m in read_micrographs_star(args.in_mics)]
+        micrographs = [
+            os.path.abspath(m.path) for m in read_micrographs_star(args.in_mics)
+        ]  # links kept: names as given
         args.job_dir.mkdir(parents=True, exist_ok=True)
         options = pick_record_options(
             settings,

@@ -21,6 +21,7 @@ import numpy as np
 
 from hydrapicker.defaults import COORDINATE_FORMATS
 from hydrapicker.errors import HydraPickerError
+from hydrapicker.io.checks import file_key
 from hydrapicker.io.coordinates import guess_format
 from hydrapicker.io.micrograph import is_micrograph_path, micrograph_stem
 
@@ -253,7 +254,7 @@ def _glob(folder: Path, pattern: str) -> list[Path]:
 def _match_coordinates(files: list[Path], stems: set[str], fail: Any) -> dict[str, Path]:
     by_stem = {}
     for path in files:
-        key = micrograph_stem(path.name[: -len(path.suffix)] if path.suffix else path.name)
+        key = file_key(path)
         by_stem.setdefault(key, path)
     unmatched = [p for k, p in by_stem.items() if k not in stems]
     if len(files) == 1 and unmatched:

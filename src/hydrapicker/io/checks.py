@@ -5,6 +5,8 @@ The coordinate convention is :mod:`hydrapicker.io.picks`'s: x the column, y the 
 
 from __future__ import annotations
 
+import posixpath
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ __all__ = [
     "flip",
     "format_number",
     "mic_name",
+    "NameCheck",
     "number",
     "one_box_size",
     "one_line",
@@ -29,13 +32,53 @@ __all__ = [
 ]
 
 
+#: What RELION appends to a micrograph's name in the coordinate files its picking jobs write
+#: (``<mic>_autopick.star``, ``<mic>_manualpick.star``): not part of the micrograph's name.
+RELION_PICK_SUFFIXES: tuple[str, ...] = ("_autopick", "_manualpick")
+
+
 def file_key(path: Path) -> str:
-    """Micrograph name for a file that holds one micrograph: its stem, micrograph suffix dropped too."""
-    return micrograph_stem(path.name[: -len(path.suffix)] if path.suffix else path.name)
+    """Micrograph name for a file that holds one micrograph: its stem, micrograph suffix dropped too,
+    and RELION's ``_autopick`` / ``_manualpick`` of a ``.star`` file."""
+    path = Path(path)
+    key = micrograph_stem(path.name[: -len(path.suffix)] if path.suffix else path.name)
+    if path.suffix.lower() == ".star":
+        for suffix in RELION_PICK_SUFFIXES:
+            if key.endswith(suffix) and len(key) > len(suffix):
+                return key[: -len(suffix)]
+    return key
 
 
 def mic_name(value: object) -> str:
     return micrograph_stem(Path(str(value).strip()).name)
+
+
+class NameCheck:
+    """The micrograph names of a file's rows (:func:`mic_name`); two different paths with one name are an error.
+
+    ``a/s0.mrc`` and ``b/s0.mrc`` would otherwise merge into one micrograph ``s0`` (``pick``
+    refuses the same two files); ``s0`` and ``s0.mrc``, or ``./a/s0.mrc`` and ``a/s0.mrc``, are
+    one micrograph written two ways.
+    """
+
+    def __init__(self, path: Path, label: str) -> None:
+        self.path, self.label = path, label
+        self.seen: dict[str, tuple[str, str, int]] = {}
+
+    def name(self, value: object, row: int) -> str:
+        text = str(value).strip()
+        name = mic_name(text)
+        where = posixpath.normpath(posixpath.join(posixpath.dirname(text), name)) if name else ""
+        first = self.seen.setdefault(name, (where, text, row))
+        if first[0] != where:
+            raise HydraPickerError(
+                f"{self.path}: {self.label} {first[1]!r} (row {first[2]}) and {text!r} (row {row}) have the same "
+                f"name {name!r} and would merge into one micrograph; give one coordinate file per folder"
+            )
+        return name
+
+    def names(self, values: Sequence[object]) -> list[str]:
+        return [self.name(v, row) for row, v in enumerate(values, start=1)]
 
 
 def flip(y: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray:
@@ -92,7 +135,7 @@ def check_inside(path: Path, name: str, x: np.ndarray, y: np.ndarray, shape: tup
 def read_text(path: Path, *, headerless: bool = False) -> str:
     """The file's text; empty is an error unless the format has no header (then it means no particles)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel's CSV) is not part of the header
     except UnicodeDecodeError as exc:
         raise HydraPickerError(f"{path}: not a text coordinate file ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:

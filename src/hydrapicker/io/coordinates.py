@@ -19,11 +19,11 @@ import numpy as np
 from hydrapicker.defaults import COORDINATE_FORMATS
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.checks import (
+    NameCheck,
     file_key,
     finish,
     flip,
     format_number,
-    mic_name,
     number,
     one_box_size,
     one_line,
@@ -207,13 +207,14 @@ def _read_table(
             )
     default_name = micrograph if micrograph is not None else file_key(path)
     by_name: dict[str, list[tuple[int, float, float, float, float]]] = {}
+    names = NameCheck(path, columns_of.get("micrograph", ""))
     for row_no, fields in enumerate(table[1:], start=2):
         if not fields or all(not f.strip() for f in fields):
             continue
         if len(fields) != len(header):
             raise HydraPickerError(f"{path}: row {row_no}: {len(fields)} fields, the header has {len(header)}")
         if "micrograph" in field_at:
-            name = mic_name(fields[field_at["micrograph"]])
+            name = names.name(fields[field_at["micrograph"]], row_no)
             if not name:
                 raise HydraPickerError(f"{path}: row {row_no}: empty {columns_of['micrograph']}")
         else:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from hydrapicker.errors import HydraPickerError
-from hydrapicker.io.checks import file_key, finish, mic_name, one_line
+from hydrapicker.io.checks import NameCheck, file_key, finish, one_line
 from hydrapicker.io.files import atomic_path
 from hydrapicker.io.picks import Picks
 
@@ -46,7 +46,7 @@ def read_cs(path: Path, *, micrograph, box_size, shape, invert_y) -> dict[str, P
             else:
                 raise HydraPickerError(f"{path}: no {_CS_SHAPE!r} field; give the micrograph shape")
             if _CS_PATH in table.dtype.names:
-                names = np.array([mic_name(_text(v)) for v in table[_CS_PATH]], dtype=object)
+                names = np.array(NameCheck(path, _CS_PATH).names([_text(v) for v in table[_CS_PATH]]), dtype=object)
             else:
                 names = np.full(len(table), micrograph if micrograph is not None else file_key(path), dtype=object)
     except (TypeError, ValueError) as exc:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from hydrapicker.errors import HydraPickerError
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "save_figure"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "refuse_overwriting_inputs", "save_figure"]
 
 
 @contextlib.contextmanager
@@ -75,3 +75,20 @@ def save_figure(fig, path: str | os.PathLike, **savefig: object) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def refuse_overwriting_inputs(
+    outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike], what: str = "output"
+) -> None:
+    """Refuse, before anything is written, an output that is one of the inputs (links followed: the file itself).
+
+    Raises:
+        HydraPickerError: names the output and the input it would overwrite.
+    """
+    real = {os.path.realpath(p): Path(p) for p in inputs}
+    for output in outputs:
+        hit = real.get(os.path.realpath(output))
+        if hit is not None:
+            raise HydraPickerError(
+                f"{output}: the {what} would overwrite the input {hit}; write it somewhere else (refusing)"
+            )

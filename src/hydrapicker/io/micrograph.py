@@ -80,6 +80,8 @@ def read_micrograph(path: str | os.PathLike) -> Micrograph:
     """
     path = Path(path)
     if not path.is_file():
+        if path.is_symlink():
+            raise HydraPickerError(f"{path}: a link to {os.readlink(path)}, which does not exist")
         raise HydraPickerError(f"{path}: no such micrograph file")
     suffix = path.suffix.lower()
     if suffix in (".mrc", ".mrcs"):
@@ -93,6 +95,10 @@ def read_micrograph(path: str | os.PathLike) -> Micrograph:
             f"{path}: unknown micrograph type {suffix!r} (expected one of {', '.join(MICROGRAPH_SUFFIXES)})"
         )
     data = _as_2d(path, data)
+    if np.iscomplexobj(data):
+        raise HydraPickerError(
+            f"{path}: complex pixels ({data.dtype}): a Fourier transform or a complex map, not a micrograph"
+        )
     data = np.ascontiguousarray(data, dtype=np.float32)
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
@@ -106,9 +112,15 @@ def read_micrograph(path: str | os.PathLike) -> Micrograph:
 
 def _read_mrc(path: Path) -> tuple[np.ndarray, float | None]:
     try:
+        # The header first: a movie is refused by its header, not after reading its gigabytes.
+        with mrcfile.open(path, mode="r", permissive=False, header_only=True) as mrc:
+            header = mrc.header
+            _refuse_stack(path, (int(header.nz), int(header.ny), int(header.nx)))
         with mrcfile.open(path, mode="r", permissive=False) as mrc:
             data = np.array(mrc.data)
             voxel = float(mrc.voxel_size.x)
+    except HydraPickerError:
+        raise
     except (ValueError, OSError, EOFError) as exc:
         raise HydraPickerError(f"{path}: not a readable MRC file ({exc})") from exc
     if data is None or data.ndim == 0:
@@ -118,9 +130,26 @@ def _read_mrc(path: Path) -> tuple[np.ndarray, float | None]:
 
 def _read_tiff(path: Path) -> np.ndarray:
     try:
-        return tifffile.imread(path)
+        with tifffile.TiffFile(path) as tiff:
+            shapes = [tuple(page.shape) for page in tiff.pages]
+            if len(shapes) > 1:  # tifffile reads only the first of pages that differ in size
+                _refuse_stack(
+                    path, (len(shapes), *shapes[0]), f" ({len(set(shapes))} page sizes)" if len(set(shapes)) > 1 else ""
+                )
+            return tiff.asarray()
+    except HydraPickerError:
+        raise
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise HydraPickerError(f"{path}: not a readable TIFF file ({exc})") from exc
+
+
+def _refuse_stack(path: Path, shape: tuple[int, ...], detail: str = "") -> None:
+    """A stack of several images is no micrograph: refused from its header, before its data is read."""
+    if len(shape) == 3 and shape[0] > 1:
+        raise HydraPickerError(
+            f"{path}: expected a 2-D micrograph, got {shape[0]} frames of {shape[1]} x {shape[2]} px (rows x cols){detail} "
+            "(a movie or stack? motion-correct or split it first)"
+        )
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -164,9 +193,10 @@ def write_mrc(path: str | os.PathLike, data: np.ndarray, pixel_size: float | Non
 
 def _matching(pattern: str) -> list[Path]:
     """Micrograph files a folder or glob names, sorted. Hidden files are left out: writers (ours
-    included) write under a hidden temporary name and rename, and that name keeps the suffix."""
+    included) write under a hidden temporary name and rename, and that name keeps the suffix.
+    A link that leads nowhere is kept, to be reported when read, not passed over in silence."""
     if Path(pattern).is_dir():
-        found = (p for p in Path(pattern).iterdir() if p.is_file())
+        found = (p for p in Path(pattern).iterdir() if p.is_file() or p.is_symlink())
     else:
         found = (Path(p) for p in glob.glob(pattern, recursive=True))
     return sorted(p for p in found if is_micrograph_path(p) and not p.name.startswith("."))
@@ -174,6 +204,9 @@ def _matching(pattern: str) -> list[Path]:
 
 def expand_micrographs(patterns: Sequence[str | os.PathLike]) -> list[Path]:
     """Micrograph files from files, folders (their micrograph files) and globs, in order, without repeats.
+
+    Paths are made absolute but links are not followed: outputs are named after the link, two
+    links to one file are two micrographs, and a link to nothing is read (and reported) like a missing file.
 
     A file named outright is kept even if missing (it is reported with the others when read).
 
@@ -195,7 +228,7 @@ def expand_micrographs(patterns: Sequence[str | os.PathLike]) -> list[Path]:
         if not matches:
             raise HydraPickerError(f"{text}: matches no micrograph files")
         found.extend(matches)
-    unique = list(dict.fromkeys(p.resolve() for p in found))
+    unique = list(dict.fromkeys(_absolute(p) for p in found))
     stems: dict[str, Path] = {}
     for path in unique:
         stem = micrograph_stem(path)
@@ -216,4 +249,10 @@ def list_micrographs(patterns: Sequence[str | os.PathLike]) -> list[Path]:
             found.extend(_matching(text))
         elif Path(text).is_file() and is_micrograph_path(text) and not Path(text).name.startswith("."):
             found.append(Path(text))
-    return list(dict.fromkeys(p.resolve() for p in found))
+    return list(dict.fromkeys(_absolute(p) for p in found))
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute without following links: a micrograph is named after the path the
+    user gave (cryoSPARC's ``imported/<uid>_<name>.mrc`` links), not after what a link points to."""
+    return Path(os.path.abspath(path))

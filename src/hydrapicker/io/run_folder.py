@@ -30,20 +30,26 @@ from hydrapicker import __version__
 from hydrapicker.defaults import COORDINATE_FORMATS
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.coordinates import read_picks, write_picks
-from hydrapicker.io.files import atomic_write_text
+from hydrapicker.io.files import atomic_write_text, refuse_overwriting_inputs
+from hydrapicker.io.micrograph import micrograph_stem
 
 __all__ = [
     "RUN_RECORD",
+    "PICKING_OPTIONS",
     "RUN_RECORD_FORMAT",
     "THRESHOLD_RECORD",
     "RunRecord",
     "candidate_paths",
+    "check_outputs_apart",
     "current_threshold",
     "expected_outputs",
     "json_float",
     "output_paths",
+    "picking_changes",
+    "read_sidecar",
     "rebuild_picks_csv",
     "recorded_threshold",
+    "tables",
 ]
 
 #: The run record's file name in an output folder.
@@ -123,18 +129,19 @@ class RunRecord:
             return None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            options = dict(data.get("options", {}))
+            if not isinstance(data, dict) or not isinstance(data.get("options", {}), dict):
+                raise ValueError("expected a JSON object with an 'options' object")
+            return cls(
+                verb=str(data.get("verb", "")),
+                options=dict(data.get("options", {})),
+                hydrapicker_version=str(data.get("hydrapicker_version", "")),
+                time=str(data.get("time", "")),
+                command_line=tuple(str(a) for a in data.get("command_line") or ()),
+                python=str(data.get("python", "")),
+                format=str(data.get("format", "hydrapicker-run/1")),
+            )
         except (OSError, ValueError, AttributeError, TypeError) as exc:
             raise HydraPickerError(f"{path}: not a readable run record ({exc})") from exc
-        return cls(
-            verb=str(data.get("verb", "")),
-            options=options,
-            hydrapicker_version=str(data.get("hydrapicker_version", "")),
-            time=str(data.get("time", "")),
-            command_line=tuple(data.get("command_line", ())),
-            python=str(data.get("python", "")),
-            format=str(data.get("format", "hydrapicker-run/1")),
-        )
 
     def _float(self, key: str) -> float | None:
         try:
@@ -175,6 +182,58 @@ class RunRecord:
         return diameter / pixel_size if diameter and pixel_size else None
 
 
+#: A picking run's options that change its picks, with the flag that sets each: a rerun into a folder
+#: that holds picks must agree on them, or the folder would mix picks made two ways.
+PICKING_OPTIONS: dict[str, str] = {
+    "model": "--model",
+    "head": "--head",
+    "diameter_A": "--diameter-A",
+    "diameter_px": "--diameter-px",
+    "pixel_size": "--pixel-size",
+    "threshold": "--threshold",
+    "nms_iou": "--nms-iou",
+    "refine_radius": "--refine-radius",
+    "whole_boxes": "--whole-boxes",
+    "correct_size": "--fixed-diameter",
+}
+
+
+def _same(key: str, old: Any, new: Any) -> bool:
+    if key == "model" and old is not None and new is not None:
+        return os.path.realpath(str(old)) == os.path.realpath(str(new))
+    if isinstance(old, (int, float)) and isinstance(new, (int, float)) and not isinstance(old, bool):
+        return math.isclose(float(old), float(new), rel_tol=1e-9, abs_tol=1e-12)
+    return old == new
+
+
+def picking_changes(out_dir: str | os.PathLike, options: Mapping[str, Any]) -> list[str]:
+    """How ``options`` (a new picking run's record options) differ from the picks already in ``out_dir``.
+
+    Empty when ``out_dir`` holds no picks or no record, or agrees. The threshold compared is the
+    one the files are at (:func:`current_threshold`: ``threshold --set`` moves it). Options an
+    older record lacks are not compared. Each change reads ``--flag OLD before, NEW now``.
+    """
+    out_dir = Path(out_dir)
+    if not tables(out_dir / "csv"):
+        return []
+    record = RunRecord.read(out_dir)
+    if record is None or record.verb not in ("pick", "relion"):
+        return []
+    old = dict(record.options)
+    if "threshold" in old:
+        old["threshold"] = current_threshold(out_dir)
+    if "fixed_diameter" in old and "correct_size" not in old:  # records before hydrapicker-run/2
+        old["correct_size"] = not old["fixed_diameter"]
+    changes = []
+    for key, flag in PICKING_OPTIONS.items():
+        before, now = old.get(key), _plain(options.get(key))
+        if key in old and key in options and not _same(key, before, now):
+            if key == "correct_size":
+                before, now = ("not given" if v else "given" for v in (before, now))
+            changes.append(f"{flag} {before} before, {now} now")
+    return changes
+
+
 def output_paths(out_dir: str | os.PathLike, stem: str, formats: Sequence[str]) -> dict[str, Path]:
     """Per-micrograph coordinate files: ``{format: OUT/<format>/<stem><suffix>}``; CSV always."""
     out_dir = Path(out_dir)
@@ -187,12 +246,71 @@ def candidate_paths(out_dir: str | os.PathLike, stem: str) -> tuple[Path, Path]:
     return folder / f"{stem}.csv", folder / f"{stem}.json"
 
 
+def read_sidecar(path: str | os.PathLike) -> tuple[float | None, tuple[int, int] | None]:
+    """``(box_size, shape)`` from a ``candidates/<stem>.json``; each may be null (unknown).
+
+    Raises:
+        HydraPickerError: missing, not JSON, or fields of the wrong kind; names the file and says how to mend it.
+    """
+    path = Path(path)
+    mend = f"pick {path.stem} again with --overwrite"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise HydraPickerError(f"{path}: missing or unreadable ({exc}); {mend}") from exc
+    if not isinstance(info, dict):
+        raise HydraPickerError(
+            f"{path}: expected a JSON object with box_size and shape, got {type(info).__name__}; {mend}"
+        )
+    box, shape = info.get("box_size"), info.get("shape")
+    if box is not None and not (
+        isinstance(box, (int, float)) and not isinstance(box, bool) and math.isfinite(box) and box > 0
+    ):
+        raise HydraPickerError(f"{path}: box_size must be a positive number of px, got {box!r}; {mend}")
+    if shape is not None and not (
+        isinstance(shape, list)
+        and len(shape) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+    ):
+        raise HydraPickerError(f"{path}: shape must be [rows, cols], got {shape!r}; {mend}")
+    return (None if box is None else float(box)), (None if shape is None else (shape[0], shape[1]))
+
+
 def expected_outputs(
     out_dir: str | os.PathLike, stem: str, formats: Sequence[str], overlay_dir: str | os.PathLike | None = None
 ) -> list[Path]:
     """Every file :func:`pick_files` writes for one micrograph: all there means it is done."""
     files = [*output_paths(out_dir, stem, formats).values(), *candidate_paths(out_dir, stem)]
     return files + ([Path(overlay_dir) / f"{stem}.png"] if overlay_dir is not None else [])
+
+
+def tables(folder: str | os.PathLike) -> list[Path]:
+    """The ``*.csv`` files of ``OUT/csv`` or ``OUT/candidates``, sorted, hidden ones left out: those are
+    a writer's temporaries (``.<stem>.<random>.tmp.csv``), incomplete, or left by a killed run."""
+    return sorted(p for p in Path(folder).glob("*.csv") if not p.name.startswith("."))
+
+
+def check_outputs_apart(
+    out_dir: str | os.PathLike,
+    paths: Sequence[str | os.PathLike],
+    formats: Sequence[str],
+    overlay_dir: str | os.PathLike | None = None,
+) -> None:
+    """Refuse a run whose outputs would land on one of its micrographs (``--overlay`` into a folder of PNGs).
+
+    Only the folders that hold micrographs are looked at file by file, so a run of thousands costs
+    a handful of ``realpath`` calls.
+    """
+    out_dir = Path(out_dir)
+    held = {os.path.dirname(os.path.realpath(p)) for p in paths}
+    folders = [out_dir, out_dir / "candidates", *(out_dir / fmt for fmt in [*formats, "csv"])]
+    folders += [Path(overlay_dir)] if overlay_dir is not None else []
+    if not any(os.path.realpath(folder) in held for folder in folders):
+        return
+    outputs = [out_dir / "picks.csv", out_dir / RUN_RECORD, out_dir / THRESHOLD_RECORD]
+    for path in paths:
+        outputs += expected_outputs(out_dir, micrograph_stem(path), formats, overlay_dir)
+    refuse_overwriting_inputs(outputs, paths, "pick output")
 
 
 def rebuild_picks_csv(out_dir: str | os.PathLike) -> Path:
@@ -203,7 +321,7 @@ def rebuild_picks_csv(out_dir: str | os.PathLike) -> Path:
     """
     out_dir = Path(out_dir)
     target = out_dir / "picks.csv"
-    paths = sorted(p for p in (out_dir / "csv").glob("*.csv") if not p.name.startswith("."))
+    paths = tables(out_dir / "csv")
     header = "micrograph,x,y,score\n"
     texts = [path.read_text(encoding="utf-8") for path in paths]
     if all(text.startswith(header) and text.endswith("\n") for text in texts):

@@ -13,11 +13,11 @@ import starfile
 
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.checks import (
+    NameCheck,
     check_sizes,
     file_key,
     finish,
     flip,
-    mic_name,
     one_box_size,
     one_line,
     read_corner_rows,
@@ -124,7 +124,7 @@ def read_star(path: Path, *, micrograph, box_size, shape, invert_y) -> dict[str,
     score = _numbers(path, block, frame, score_column) if score_column else np.ones_like(x)
     sizes = _numbers(path, block, frame, "rlnDiameter") if "rlnDiameter" in frame.columns else None
     if "rlnMicrographName" in frame.columns:
-        names = np.array([mic_name(v) for v in frame["rlnMicrographName"]], dtype=object)
+        names = np.array(NameCheck(path, "_rlnMicrographName").names(frame["rlnMicrographName"]), dtype=object)
     else:
         names = np.full(len(x), micrograph if micrograph is not None else file_key(path), dtype=object)
     rows = np.arange(1, len(x) + 1)

@@ -21,10 +21,13 @@ from hydrapicker.checkpoint import ModelMeta
 from hydrapicker.defaults import (
     CANDIDATE_FLOOR,
     GENERIC,
+    MAX_REFINE_RADIUS,
+    MAX_UPSCALE,
     NMS_IOU,
     PICK_THRESHOLD,
     PICK_TILE_SIZE,
     REFINE_RADIUS,
+    SIZE_CORRECTION_RANGE,
     SIZE_PASSES,
     SIZE_SAMPLE_MICROGRAPHS,
 )
@@ -38,7 +41,7 @@ from hydrapicker.particle_size import ParticleSize
 from hydrapicker.picking.decode import picks_from_outputs
 from hydrapicker.picking.inference import tile_margin
 from hydrapicker.picking.size import SizeEstimate, corrects_size, estimate_diameter, size_corrected_outputs
-from hydrapicker.preprocess import prepare_micrograph
+from hydrapicker.preprocess import check_rescale, prepare_micrograph
 
 __all__ = ["PickSettings", "Picker", "Prepared", "evenly_spaced", "pick_micrograph"]
 
@@ -99,15 +102,21 @@ class Picker:
         keep_large_blocks()
         if not (0 <= settings.threshold <= 1):
             raise HydraPickerError(f"threshold must be a score between 0 and 1, got {settings.threshold}")
-        if not settings.refine_radius >= 0:
+        if not 0 <= settings.refine_radius <= MAX_REFINE_RADIUS:
             raise HydraPickerError(
-                f"refine radius must be 0 (off) or a positive fraction of the box size, got {settings.refine_radius}"
+                f"refine radius must be 0 (off) up to {MAX_REFINE_RADIUS:g} box size, got {settings.refine_radius}"
             )
+        if not 0 < settings.nms_iou <= 1:
+            raise HydraPickerError(f"NMS IoU must be above 0 and at most 1, got {settings.nms_iou}")
         model.head(settings.head)
         if settings.size is None:
             raise HydraPickerError("picking needs the particle diameter")
         # Check the numbers now, not once per micrograph (a stand-in pixel size when the files give it).
-        settings.size.scale(meta.target_diameter_px, 1.0)
+        scale = settings.size.scale(meta.target_diameter_px, 1.0)
+        if not settings.size.needs_pixel_size and scale > MAX_UPSCALE:
+            check_rescale(
+                (1, 1), scale, meta.target_diameter_px, "--diameter-px" if settings.size.diameter_px else "--diameter-A"
+            )
         if settings.tile_size < 2 * tile_margin(model) + model.stride:
             raise HydraPickerError(
                 f"tile size {settings.tile_size} px is too small (at least {2 * tile_margin(model) + model.stride})"
@@ -137,7 +146,17 @@ class Picker:
             raise HydraPickerError(
                 f"{path}: no pixel size in the file header: give --pixel-size (Å/px) or --diameter-px"
             )
-        return micrograph, size.scale(self.meta.target_diameter_px, micrograph.pixel_size)
+        scale = size.scale(self.meta.target_diameter_px, micrograph.pixel_size)
+        # Every scale the run may pick at (the size correction's range too), from the header, before any array.
+        corrected = self.settings.correct_size and corrects_size(self.model, self.settings.head)
+        low, high = SIZE_CORRECTION_RANGE if corrected else (1.0, 1.0)
+        for factor in (low, high):
+            try:
+                check_rescale(micrograph.shape, scale / factor, self.meta.target_diameter_px, str(path))
+            except HydraPickerError as exc:
+                header = f"; the header gives {micrograph.pixel_size:g} Å/px" if size.needs_pixel_size else ""
+                raise HydraPickerError(f"{exc}{header}") from None
+        return micrograph, scale
 
     def prepare(self, path: Path) -> Prepared:
         """Read one micrograph and rescale + normalise it (at the calibrated diameter, if any); HydraPickerError names the file if it is unusable."""
@@ -170,9 +189,14 @@ class Picker:
             names.append(str(path))
         if not sample:
             return None
-        self.size_estimate = estimate_diameter(
-            self.model, self.meta, sample, s.head, names=names, tile_size=s.tile_size, device=s.device, bf16=s.bf16
-        )
+        try:
+            self.size_estimate = estimate_diameter(
+                self.model, self.meta, sample, s.head, names=names, tile_size=s.tile_size, device=s.device, bf16=s.bf16
+            )
+        except HydraPickerError:
+            # A sampled micrograph that fails in preparation must not stop the run: each micrograph
+            # is then corrected on its own, and that one is reported, with its cause, when picked.
+            return None
         return self.size_estimate
 
     def describe_size(self) -> str:

@@ -29,7 +29,13 @@ from hydrapicker.io.coordinates import check_formats, write_picks
 from hydrapicker.io.files import atomic_write_text
 from hydrapicker.io.micrograph import micrograph_stem
 from hydrapicker.io.picks import Picks
-from hydrapicker.io.run_folder import candidate_paths, expected_outputs, output_paths, rebuild_picks_csv
+from hydrapicker.io.run_folder import (
+    candidate_paths,
+    check_outputs_apart,
+    expected_outputs,
+    output_paths,
+    rebuild_picks_csv,
+)
 from hydrapicker.picking.overlay import write_overlay
 from hydrapicker.picking.picker import Picker, Prepared
 
@@ -89,6 +95,7 @@ def pick_files(
     out_dir = Path(out_dir)
     overlay = Path(overlay_dir) if overlay_dir is not None else None
     say = log or (lambda line: tqdm.write(line, file=sys.stderr))
+    check_outputs_apart(out_dir, paths, formats, overlay)
     report = PickReport()
     start = time.perf_counter()
 

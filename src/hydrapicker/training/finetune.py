@@ -39,6 +39,7 @@ from hydrapicker.checkpoint import ModelMeta, load_model
 from hydrapicker.data.project import DatasetSpec
 from hydrapicker.defaults import GENERIC
 from hydrapicker.errors import HydraPickerError
+from hydrapicker.io.checks import file_key
 from hydrapicker.io.coordinates import guess_format, read_picks
 from hydrapicker.io.files import atomic_path, atomic_write_text
 from hydrapicker.io.micrograph import expand_micrographs, micrograph_stem, read_micrograph
@@ -91,12 +92,8 @@ def _expand_coordinates(patterns: Sequence[str | os.PathLike]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def _coordinate_stem(path: Path) -> str:
-    return micrograph_stem(path.name[: -len(path.suffix)] if path.suffix else path.name)
-
-
 def _match(micrographs: list[Path], coordinates: list[Path], role: str) -> dict[str, Path]:
-    by_stem = {_coordinate_stem(p): p for p in coordinates}
+    by_stem = {file_key(p): p for p in coordinates}
     stems = [micrograph_stem(p) for p in micrographs]
     if len(coordinates) == 1 and stems[0] not in by_stem:
         # One file for the whole set (a RELION STAR or cryoSPARC .cs): each micrograph reads its rows.
