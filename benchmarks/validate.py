@@ -38,6 +38,7 @@ import torch
 
 from hydrapicker import checkpoint
 from hydrapicker.defaults import PICK_THRESHOLD
+from hydrapicker.errors import HydraPickerError
 from hydrapicker.evaluate import evaluate
 from hydrapicker.io.coordinates import read_picks
 from hydrapicker.io.files import atomic_write_text
@@ -325,4 +326,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except HydraPickerError as exc:  # a missing or unreadable model: one line, nothing written
+        print(f"validate: error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -266,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
             if any(p.name.split("-")[1] == s for s in args.only)
         ]
     )
+    if not plans:
+        print(f"make_data: error: no training structure matches {args.only}", file=sys.stderr)
+        return 1
     # Micrograph-index-major order: every dataset gets its first micrographs before any gets its
     # last, so a training run started from a partial project (--project-only) sees every group.
     tasks = [(p, i) for i in range(args.micrographs) for p in plans]
