@@ -19,7 +19,14 @@ The recipe, in groups of datasets (one dataset = one structure under one imaging
 - ``real-empty``: real particle-free micrographs (empty holes, crystalline ice) from
   ``data/real/cianfrocco_quality_examples`` (MIT; the first two of each class, sorted by
   name; the other three of each are held out for validation), all background, listed at
-  several particle diameters since they have no pixel size.
+  several particle diameters since they have no pixel size (12 entries: about one batch in
+  thirty comes from real empty ice).
+- ``realbg``: real texture under simulated particles (cycle 2): each structure's ``gen``
+  micrographs of one condition, cropped to 494 x 512, plus one of the four training real
+  negatives (flipped at random, weight 0.3-1.5 of the simulated image's spread), labels kept.
+  Real negatives alone would let the model learn "real pixels mean no particle"; with these,
+  real ice and hole texture is a nuisance seen under particles too. Made from the simulated
+  micrographs already on disk (no new simulation), also by ``--project-only``.
 
 Held out entirely: 1jnb and 6msm (the benchmark's unseen proteins) and 5a1a (beta-gal, so the
 bundled EMPIAR-10017 frames stay zero-shot). Writes OUT/campaign.toml: every dataset, its last
@@ -37,8 +44,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import starfile
 
 from hydrapicker.io.files import atomic_write_text
+from hydrapicker.io.micrograph import read_micrograph, write_mrc
+from hydrapicker.io.star import write_star
 from hydrapicker.simulate.collection import structure_files
 from hydrapicker.simulate.config import Rendering, SimulationConfig
 from hydrapicker.simulate.dataset import DatasetPlan, finish_dataset, micrograph_name, plan_dataset, write_micrograph
@@ -52,7 +62,8 @@ RINGS = ("4blo", "3wip")
 REAL_NEGATIVES = ROOT / "data" / "real" / "cianfrocco_quality_examples"
 NEGATIVE_CLASSES = ("3Empty_no_ice", "4Crystalline_ice")
 NEGATIVES_FOR_TRAINING = 2  # per class, first by name; the rest are the validation suite's
-NEGATIVE_DIAMETERS_PX = (12, 16, 24, 32, 44, 60)
+NEGATIVE_DIAMETERS_PX = (12, 14, 16, 20, 24, 28, 32, 38, 44, 52, 60, 72)
+REALBG_WEIGHT = (0.3, 1.5)  # real texture's spread relative to the simulated micrograph's
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -183,11 +194,10 @@ def real_negatives(out: Path) -> list[str]:
     (folder / "coordinates").mkdir(parents=True, exist_ok=True)
     shutil.copy(REAL_NEGATIVES / "LICENSE", folder / "LICENSE")
     stems = []
-    for cls in NEGATIVE_CLASSES:
-        for src in sorted((REAL_NEGATIVES / cls).glob("*.png"))[:NEGATIVES_FOR_TRAINING]:
-            shutil.copy(src, folder / "micrographs" / src.name)
-            atomic_write_text(folder / "coordinates" / f"{src.stem}.csv", "x,y\n")
-            stems.append(src.stem)
+    for src in _training_negatives():
+        shutil.copy(src, folder / "micrographs" / src.name)
+        atomic_write_text(folder / "coordinates" / f"{src.stem}.csv", "x,y\n")
+        stems.append(src.stem)
     for d in NEGATIVE_DIAMETERS_PX:
         lines += [
             "[[dataset]]",
@@ -197,6 +207,93 @@ def real_negatives(out: Path) -> list[str]:
             'format = "csv"',
             "pixel_size = 1.0",
             f"diameter = {float(d)!r}",
+            "",
+        ]
+    return lines
+
+
+def _training_negatives() -> list[Path]:
+    return [
+        src for cls in NEGATIVE_CLASSES for src in sorted((REAL_NEGATIVES / cls).glob("*.png"))[:NEGATIVES_FOR_TRAINING]
+    ]
+
+
+def _unit(image: np.ndarray) -> np.ndarray:
+    image = image.astype(np.float32)
+    return (image - image.mean()) / max(float(image.std()), 1e-6)
+
+
+def _flipped(real: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if rng.random() < 0.5:
+        real = real[::-1]
+    if rng.random() < 0.5:
+        real = real[:, ::-1]
+    return real.T if rng.random() < 0.5 else real
+
+
+def composite_plans(plans: list[DatasetPlan]) -> list[DatasetPlan]:
+    """The ``gen`` dataset each ``realbg`` dataset is made from: one condition per structure, in turn."""
+    gen = [p for p in plans if p.name.startswith("gen-")]
+    ids = sorted({p.name.split("-")[1] for p in gen}, key=lambda sid: [p.name for p in gen].index(f"gen-{sid}-c0"))
+    return [next(p for p in gen if p.name == f"gen-{sid}-c{k % 7}") for k, sid in enumerate(ids)]
+
+
+def realbg_name(source: DatasetPlan) -> str:
+    return "realbg-" + source.name.split("-")[1]
+
+
+def make_composites(plans: list[DatasetPlan], args: argparse.Namespace) -> int:
+    """Write the ``realbg`` micrographs whose simulated source is on disk; returns how many were new."""
+    negatives = [_unit(read_micrograph(p).data) for p in _training_negatives()]
+    made = 0
+    for k, source in enumerate(composite_plans(plans)):
+        folder = args.out / realbg_name(source)
+        for i in range(args.micrographs):
+            stem = micrograph_name(source.name, i)
+            target = folder / "micrographs" / f"{stem}.mrc"
+            if target.exists() or not _done(source, i):
+                continue
+            rng = np.random.default_rng(np.random.SeedSequence([args.seed, 99, k, i]))
+            src_dir = Path(source.out_dir)
+            sim = read_micrograph(src_dir / "micrographs" / (stem + source.config.rendering.suffix)).data
+            real = _flipped(negatives[int(rng.integers(len(negatives)))], rng)
+            # The simulated micrograph cropped to the real one's size (tiling the real one instead
+            # showed its mirror seams), each scaled to unit spread, the real texture weighted.
+            rows, cols = (min(a, b) for a, b in zip(sim.shape, real.shape))
+            r0 = int(rng.integers(0, sim.shape[0] - rows + 1))
+            c0 = int(rng.integers(0, sim.shape[1] - cols + 1))
+            sim = _unit(sim[r0 : r0 + rows, c0 : c0 + cols])
+            weight = float(rng.uniform(*REALBG_WEIGHT))
+            image = sim + weight * real[:rows, :cols]
+            table = starfile.read(src_dir / "coordinates" / f"{stem}.star", always_dict=True)
+            frame = next(iter(table.values()))
+            x, y = frame["rlnCoordinateX"] - c0, frame["rlnCoordinateY"] - r0
+            frame = frame[(x >= 0) & (x < cols) & (y >= 0) & (y < rows)].copy()
+            frame["rlnCoordinateX"] -= c0
+            frame["rlnCoordinateY"] -= r0
+            frame["rlnMicrographName"] = target.name
+            (folder / "coordinates").mkdir(parents=True, exist_ok=True)
+            write_star(folder / "coordinates" / f"{stem}.star", {"": frame}, float_format="%.3f")
+            write_mrc(target, image)  # coordinates first: a micrograph is only listed once whole
+            made += 1
+    return made
+
+
+def composite_lines(plans: list[DatasetPlan], args: argparse.Namespace) -> list[str]:
+    lines = []
+    for source in composite_plans(plans):
+        folder = args.out / realbg_name(source)
+        stems = sorted(p.stem for p in (folder / "micrographs").glob("*.mrc"))
+        if not stems:
+            continue
+        lines += [
+            "[[dataset]]",
+            f'name = "{realbg_name(source)}"',
+            f'micrographs = "{folder.name}/micrographs/*.mrc"',
+            f'coordinates = "{folder.name}/coordinates/*.star"',
+            'format = "star"',
+            f"pixel_size = {source.config.pixel_size:.6g}",
+            f"diameter = {source.diameter:.1f}",
             "",
         ]
     return lines
@@ -226,6 +323,7 @@ def write_project(plans: list[DatasetPlan], args: argparse.Namespace, path: Path
         if len(done) > 1:
             lines.append(f'val = ["{micrograph_name(p.name, done[-1])}"]')
         lines.append("")
+    lines += composite_lines(plans, args)
     lines += real_negatives(args.out)
     atomic_write_text(path, "\n".join(lines))
     return path
@@ -273,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     # last, so a training run started from a partial project (--project-only) sees every group.
     tasks = [(p, i) for i in range(args.micrographs) for p in plans]
     if args.project_only:
+        print(f"realbg: {make_composites(plans, args)} composite micrographs made", flush=True)
         path = write_project(plans, args, args.out / "campaign-partial.toml", partial=True)
         print(f"partial project: {path}", flush=True)
         return 0
@@ -297,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (Path(p.out_dir) / "dataset.toml").exists():
             rows = [{"name": micrograph_name(p.name, i)} for i in range(args.micrographs)]
             finish_dataset(p, rows, meta={"campaign_seed": args.seed})
+    print(f"realbg: {make_composites(plans, args)} composite micrographs made", flush=True)
     path = write_project(plans, args, args.out / "campaign.toml", partial=False)
     print(f"project: {path}; {done} simulated in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     return 0
