@@ -64,3 +64,17 @@ def test_save_figure_writes_a_complete_png_and_closes_the_figure(tmp_path):
         assert image.format == "PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.png"]
     assert not plt.fignum_exists(fig.number)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_outputs_honour_the_umask(tmp_path, umask):
+    """Lab-mates, a group's RELION project and a web server read what we write: 0644 under umask 022, not 0600."""
+    previous = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "picks.csv", "x,y\n")
+        with atomic_path(tmp_path / "image.png") as tmp:
+            tmp.write_bytes(b"png")
+    finally:
+        os.umask(previous)
+    for name in ("picks.csv", "image.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

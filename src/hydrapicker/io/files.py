@@ -2,14 +2,16 @@
 
 Writers produce the file under a temporary name in the destination folder, then
 ``os.replace`` it into place (atomic on POSIX within one filesystem), so a killed run or
-a full disk never leaves a truncated output behind.
+a full disk never leaves a truncated output behind. The temporary file is created with mode
+0666 less the umask, as ``open`` would (0644 under the usual 022), so outputs are as readable
+by a group or a web server as any other file the user writes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -30,11 +32,9 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
         raise HydraPickerError(f"{path}: already exists (refusing to overwrite)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-        os.close(fd)
+        tmp = _create_temporary(path)
     except OSError as exc:
         raise HydraPickerError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-    tmp = Path(tmp_name)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -43,6 +43,21 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _create_temporary(path: Path) -> Path:
+    """A new empty hidden file beside ``path`` (same suffix), mode 0666 less the umask.
+
+    Not ``tempfile.mkstemp``: it creates 0600 files, and a rename keeps the mode.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
