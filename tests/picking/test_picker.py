@@ -473,3 +473,19 @@ def test_box_files_and_overlays_draw_boxes_on_the_labelled_particles(bgal_dir, t
     # ... and every particle's outline is drawn (most of its 4 x 27 perimeter pixels are green)
     drawn = np.bincount([j for js in on_outline for j in js], minlength=len(t))
     assert np.all(drawn >= 0.5 * 4 * 27)
+
+
+def test_a_run_that_picks_nothing_leaves_nothing_behind(tmp_path, checkpoint, capsys):
+    """`pick nothere.mrc --out x1` exits 1 and leaves no x1/ (it used to leave command.json and a header-only
+    picks.csv); in a folder that was there, the earlier run's record comes back and no picks.csv is added."""
+    out = tmp_path / "new" / "x1"
+    assert _run(tmp_path / "nothere.mrc", "--out", out, "--model", checkpoint, "--diameter-px", 20) == 1
+    assert not (tmp_path / "new").exists()
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "command.json").write_text('{"verb": "pick"}\n')
+    (kept / "notes.txt").write_text("mine\n")
+    assert _run(tmp_path / "nothere.mrc", "--out", kept, "--model", checkpoint, "--diameter-px", 20) == 1
+    assert sorted(p.name for p in kept.iterdir()) == ["command.json", "notes.txt"]
+    assert (kept / "command.json").read_text() == '{"verb": "pick"}\n'

@@ -9,8 +9,9 @@ Micrographs larger than --tile px (after rescaling) are picked in overlapping ti
 A rerun with the same OUT skips micrographs whose output files are all there (--overwrite redoes
 them); a rerun with other picking options (threshold, diameter, model, ...) into an OUT that holds
 picks is refused, naming what differs, unless --overwrite. No output may land on a micrograph
-(--overlay into a folder of PNG micrographs is refused). Unreadable micrographs are reported and skipped, and listed at the end; the exit status
-is 1 only when no micrograph could be picked.
+(--overlay into a folder of PNG micrographs is refused). Unreadable micrographs are reported and skipped,
+and listed at the end; the exit status is 1 only when no micrograph could be picked, and such a run
+leaves nothing behind (no OUT it created, no run record or picks.csv of its own).
 
 Every candidate down to score 0.01 is also kept in OUT/candidates/, whatever --threshold is:
 `hydrapicker threshold OUT` shows the score histogram, suggests a threshold and re-writes the
@@ -145,6 +146,7 @@ def _pick(args: argparse.Namespace) -> int:
     picker = Picker(model, meta, settings)
     picker.check_paths(paths)
     check_outputs_apart(args.out, paths, formats, args.overlay)
+    undo = None if args.watch else _Undo.before(args.out)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -185,8 +187,11 @@ def _pick(args: argparse.Namespace) -> int:
         report = pick_files_sharded(
             paths, args.out, picker, formats, overlay_dir=args.overlay, workers=args.workers, overwrite=args.overwrite
         )
+    nothing = report.failed and not report.picked and not report.skipped
     if not distributed.is_main():  # rank 0 reports the whole run; every rank exits with its status
-        return 1 if report.failed and not report.picked and not report.skipped else 0
+        return 1 if nothing else 0
+    if nothing and undo is not None:
+        undo.run()
     rate = len(report.picked) / report.seconds if report.seconds > 0 else float("nan")
     print(
         f"picked {len(report.picked)} micrographs ({report.n_picks} particles, {rate:.2f} micrographs/s), "
@@ -196,6 +201,39 @@ def _pick(args: argparse.Namespace) -> int:
         print(f"{len(report.failed)} micrograph(s) could not be picked:", file=sys.stderr)
         for reason in report.failed.values():
             print(f"  {reason}", file=sys.stderr)  # each names its micrograph
-    if report.failed and not report.picked and not report.skipped:
-        return 1
-    return 0
+    return 1 if nothing else 0
+
+
+class _Undo:
+    """What a run that picks nothing takes back: the folders it created, or its files in a folder that was there."""
+
+    def __init__(self, out: Path, created: Path | None, record: bytes | None, new_files: list[Path]) -> None:
+        self.out, self.created, self.record, self.new_files = out, created, record, new_files
+
+    @classmethod
+    def before(cls, out: Path) -> _Undo:
+        """Note what there is before the run writes anything into ``out``."""
+        from hydrapicker.io.run_folder import RUN_RECORD
+
+        created = None
+        for folder in (out, *out.parents):  # the outermost folder that mkdir(parents=True) will create
+            if folder.exists():
+                break
+            created = folder
+        record = out / RUN_RECORD
+        previous = record.read_bytes() if record.is_file() else None
+        return cls(out, created, previous, [p for p in (record, out / "picks.csv") if not p.exists()])
+
+    def run(self) -> None:
+        import shutil
+
+        from hydrapicker.io.files import atomic_write_bytes
+        from hydrapicker.io.run_folder import RUN_RECORD
+
+        if self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
+            return
+        if self.record is not None:
+            atomic_write_bytes(self.out / RUN_RECORD, self.record)
+        for path in self.new_files:
+            path.unlink(missing_ok=True)
