@@ -165,3 +165,32 @@ def test_named_format_overrides_the_suffix(tmp_path, capsys):
     )
     assert status == 0
     assert "1.000" in capsys.readouterr().out
+
+
+def test_reads_the_truth_folder_that_simulate_writes(tmp_path, capsys):
+    """`evaluate ... --truth sim/coordinates/*.star` (the shell's expansion, decoy files included) scores against
+    the particles only; it used to stop at "micrograph ... appears in both NAME.star and NAME_decoys.star". The
+    same glob gives fine-tuning its labels."""
+    from pathlib import Path
+
+    from hydrapicker.particle_size import ParticleSize
+    from hydrapicker.training.finetune import labelled_micrographs
+
+    structure = Path(__file__).resolve().parents[2] / "data" / "structures" / "1hvr.pdb.gz"
+    sim = tmp_path / "sim"
+    argv = ["simulate", str(structure), "--out", str(sim), "--n-micrographs", "2", "--size", "256", "--quiet"]
+    assert cli.main(argv + ["--carbon-probability", "1"]) == 0
+    every = sorted((sim / "coordinates").glob("*.star"))
+    particles = [p for p in every if not p.stem.endswith("_decoys")]
+    assert len(every) == 4 and len(particles) == 2
+    capsys.readouterr()
+    assert cli.main(["evaluate", *map(str, particles), "--truth", *map(str, every), "--box", "20"]) == 0
+    assert "1.000" in capsys.readouterr().out  # the particles picked exactly: AP 1, decoys not counted as missed
+
+    data = labelled_micrographs(
+        "sim",
+        [str(sim / "micrographs" / "*.mrc")],
+        [str(sim / "coordinates" / "*.star")],
+        size=ParticleSize(diameter_px=20),
+    )
+    assert set(data.spec.coordinates.values()) == set(particles)

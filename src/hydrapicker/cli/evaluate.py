@@ -2,7 +2,8 @@
 
 Picks and truth may be in any supported coordinate format (RELION STAR, EMAN/crYOLO BOX,
 crYOLO CBOX, Topaz, cryoSPARC .cs, CSV), chosen from each file's suffix unless named.
-Micrographs are matched by name (the micrograph file's stem). Every pick and true particle
+Micrographs are matched by name (the micrograph file's stem). `simulate`'s coordinates folder
+reads as it is: its NAME_decoys.star files (carbon edges, contamination ...) are skipped. Every pick and true particle
 is a square box of --box px; a pick is a true positive when it overlaps a free true box
 with IoU >= --threshold, highest score first, pooled over all micrographs.
 
@@ -58,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
     from hydrapicker.cli._common import write_run_record
     from hydrapicker.errors import HydraPickerError
     from hydrapicker.evaluate import evaluate, format_table, write_curves
-    from hydrapicker.io.coordinates import read_picks_files
+    from hydrapicker.io.coordinates import read_picks_files, without_decoys
     from hydrapicker.io.files import atomic_write_text, refuse_overwriting_inputs
 
     for flag, path in (("--json", args.json), ("--plots", args.plots)):
@@ -67,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
     outputs = [args.json] if args.json is not None else []
     outputs += [args.plots / name for name in ("pr.png", "roc.png", "command.json")] if args.plots is not None else []
     refuse_overwriting_inputs(outputs, [*args.picks, *args.truth], "evaluate output")
-    truth = read_picks_files(args.truth, args.truth_format)
+    truth = read_picks_files(without_decoys(args.truth, "--truth"), args.truth_format)
     picks = read_picks_files(args.picks, args.picks_format)
     evaluation = evaluate(picks, truth, args.box, args.threshold, ignore_unlabelled=args.ignore_unlabelled)
     print(format_table(evaluation))

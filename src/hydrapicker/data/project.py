@@ -22,7 +22,7 @@ import numpy as np
 from hydrapicker.defaults import COORDINATE_FORMATS
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.checks import file_key
-from hydrapicker.io.coordinates import guess_format
+from hydrapicker.io.coordinates import guess_format, is_decoys_file
 from hydrapicker.io.micrograph import is_micrograph_path, micrograph_stem
 
 __all__ = ["SPLITS", "DatasetSpec", "load_project", "split_stems"]
@@ -210,9 +210,7 @@ def _parse_dataset(project: Path, index: int, entry: dict[str, Any]) -> DatasetS
 
     coord_glob = text("coordinates")
     coord_files = [
-        p
-        for p in _glob(folder, coord_glob)
-        if p.is_file() and not is_micrograph_path(p) and not p.name[: -len(p.suffix) or None].endswith("_decoys")
+        p for p in _glob(folder, coord_glob) if p.is_file() and not is_micrograph_path(p) and not is_decoys_file(p)
     ]
     if not coord_files:
         raise fail("coordinates", f"{coord_glob!r} matches no coordinate files in {folder}")

@@ -36,7 +36,16 @@ from hydrapicker.io.files import atomic_write_text
 from hydrapicker.io.picks import Picks
 from hydrapicker.io.star import read_cbox, read_star, write_cbox, write_star_picks
 
-__all__ = ["FORMATS", "check_formats", "guess_format", "read_picks", "read_picks_files", "write_picks"]
+__all__ = [
+    "FORMATS",
+    "check_formats",
+    "guess_format",
+    "is_decoys_file",
+    "read_picks",
+    "read_picks_files",
+    "without_decoys",
+    "write_picks",
+]
 
 #: Format names accepted by ``fmt`` (see :data:`hydrapicker.defaults.COORDINATE_FORMATS`).
 FORMATS: tuple[str, ...] = tuple(COORDINATE_FORMATS)
@@ -71,6 +80,21 @@ def guess_format(path: str | os.PathLike) -> str:
             f"(expected one of {', '.join(sorted(_SUFFIX_FORMATS))}, or name the format)"
         )
     return _SUFFIX_FORMATS[suffix]
+
+
+def is_decoys_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a ``NAME_decoys.*`` file (``simulate``'s carbon edges, contamination ...): not particles."""
+    name = Path(path).name
+    return name[: -len(Path(name).suffix) or None].endswith("_decoys")
+
+
+def without_decoys(paths: Sequence[str | os.PathLike], role: str = "coordinate files") -> list[Path]:
+    """``paths`` less the decoy files (:func:`is_decoys_file`), so that ``simulate``'s coordinates folder reads as
+    its particles; a user error when nothing else is left."""
+    kept = [Path(p) for p in paths if not is_decoys_file(p)]
+    if paths and not kept:
+        raise HydraPickerError(f"{role}: {Path(paths[0])} ... are all *_decoys.* files, which hold no particles")
+    return kept
 
 
 def _check_format(path: str | os.PathLike, fmt: str | None) -> str:

@@ -40,7 +40,7 @@ from hydrapicker.data.project import DatasetSpec
 from hydrapicker.defaults import GENERIC
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.checks import file_key
-from hydrapicker.io.coordinates import guess_format, read_picks
+from hydrapicker.io.coordinates import guess_format, read_picks, without_decoys
 from hydrapicker.io.files import atomic_path, atomic_write_text
 from hydrapicker.io.micrograph import expand_micrographs, micrograph_stem, read_micrograph
 from hydrapicker.memory import keep_large_blocks
@@ -89,7 +89,8 @@ def _expand_coordinates(patterns: Sequence[str | os.PathLike]) -> list[Path]:
             if not Path(text).is_file():
                 raise HydraPickerError(f"{text}: no such coordinate file")
             files.append(Path(text))
-    return list(dict.fromkeys(files))
+    # `simulate`'s coordinates folder as it is (a glob, or the shell's expansion of one): decoys are not particles
+    return without_decoys(list(dict.fromkeys(files)), "--coords")
 
 
 def _match(micrographs: list[Path], coordinates: list[Path], role: str) -> dict[str, Path]:
