@@ -496,8 +496,10 @@ def test_property_any_valid_picks_round_trip_one(fmt, data):
     _assert_same(got, p, scores=False)
     if fmt != "box":
         np.testing.assert_allclose(got.score, p.score, rtol=1e-9, atol=1e-30)
-    if fmt != "star" and len(p):
+    if fmt == "cbox" and len(p):
         assert got.box_size == p.box_size
+    if fmt == "box" and len(p):  # whole pixels, the nearest
+        assert got.box_size == max(1, np.floor(p.box_size + 0.5))
 
 
 _VOCABULARY = {
@@ -638,3 +640,20 @@ def test_relion_pick_star_files_are_named_after_their_micrograph(tmp_path, suffi
     path = tmp_path / f"FoilHole_1_Data{suffix}.star"
     path.write_text("data_\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n10 20\n")
     assert list(read_picks(path)) == ["FoilHole_1_Data"]
+
+
+def test_box_sizes_are_whole_pixels_and_the_centre_stays_exact(tmp_path):
+    """EMAN and crYOLO expect whole-pixel BOX sizes (it used to write `71.0067 71.0067`): the nearest whole edge,
+    the corner written so that corner + edge/2 is the centre as picked; CBOX keeps the size as it is."""
+    picks = Picks("mic", [100.25, 37.5], [50.0, 61.75], [0.9, 0.8], box_size=71.0067, shape=(200, 300))
+    write_picks(tmp_path / "mic.box", picks)
+    rows = [line.split("\t") for line in (tmp_path / "mic.box").read_text().splitlines()]
+    assert [row[2:] for row in rows] == [["71", "71"], ["71", "71"]]
+    back = read_picks(tmp_path / "mic.box")["mic"]
+    np.testing.assert_allclose(back.x, picks.x, atol=1e-4)
+    np.testing.assert_allclose(back.y, picks.y, atol=1e-4)
+    assert back.box_size == 71
+    write_picks(tmp_path / "even.box", Picks("mic", [100.0], [50.0], box_size=25.6))
+    assert (tmp_path / "even.box").read_text() == "87\t37\t26\t26\n"
+    write_picks(tmp_path / "mic.cbox", picks)
+    assert read_picks(tmp_path / "mic.cbox")["mic"].box_size == pytest.approx(71.0067, abs=1e-3)

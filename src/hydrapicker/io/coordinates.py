@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -310,9 +311,12 @@ def _read_box(path: Path, *, micrograph, box_size, shape, invert_y) -> dict[str,
 
 
 def _write_box(path: Path, many: list[Picks], *, single: bool, invert_y: bool) -> None:
+    """The box edge in whole pixels (EMAN and crYOLO tools expect them), the nearest to ``box_size``; the corner
+    is ``centre - edge / 2`` as a decimal (a half pixel for odd edges), so ``corner + edge / 2`` gives the centre back
+    exactly (to the 1e-4 px every format keeps)."""
     p = single_picks(path, many, "BOX")
     y = flip(p.y, p.shape) if invert_y else p.y
-    w = float(p.box_size)
+    w = float(max(1, math.floor(float(p.box_size) + 0.5)))
     lines = (
         f"{format_number(a - w / 2)}\t{format_number(b - w / 2)}\t{format_number(w)}\t{format_number(w)}\n"
         for a, b in zip(p.x, y)
