@@ -37,6 +37,7 @@ __all__ = [
     "CANDIDATE_FLOOR",
     "WATCH_POLL_S",
     "WATCH_IDLE_S",
+    "PROGRESS_LINE_S",
     "PRETRAINED_MODEL",
     "LOCAL_NORM_WINDOW",
     "MALLOC_MMAP_THRESHOLD",
@@ -171,6 +172,11 @@ WATCH_POLL_S: float = 5.0
 
 #: `pick --watch`: stop after this many seconds with nothing new (None: only on Ctrl-C).
 WATCH_IDLE_S: float | None = None
+
+#: When stderr is not a terminal (a batch job's log file), long loops write a plain progress line
+#: (count, total, rate, time left; hydrapicker.progress) after each micrograph or epoch, but at
+#: most one per this many seconds, and one at the end.
+PROGRESS_LINE_S: float = 5.0
 
 #: The shipped pretrained generic model, relative to the installed package folder.
 PRETRAINED_MODEL: str = "assets/models/generic.pt"

@@ -9,6 +9,7 @@ ranks held-out micrographs better than the generic head.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -205,7 +206,9 @@ def test_cli_adapt_then_pick_with_the_new_head(blobs, tmp_path, capsys):
         ]
     )
     assert status == 0 and out.is_file()
-    assert "round 1:" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "round 1:" in said.out
+    assert re.search(r"^features and teacher: \d+/\d+ micrographs, .+, done in ", said.err, re.MULTILINE), said.err
     assert (run_folder(out) / "command.json").is_file()
     picked = tmp_path / "picked"
     status = cli_main(

@@ -7,6 +7,7 @@ measures that on the real micrographs).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,7 @@ def test_one_micrograph_finetune_then_pick_with_the_new_head_through_the_cli(lab
         "2",
     ]
     assert cli_main(argv) == 0
+    assert re.search(r"^stage \d: 1/1 epochs, ", capsys.readouterr().err, re.MULTILINE)  # a line per epoch in a log
     assert "held back" in (run_folder(out) / "finetune.json").read_text()  # no val micrographs: said so
     assert load_checkpoint(out)[1].head_names == ("sim", "one")
     picks_dir = tmp_path / "picks"

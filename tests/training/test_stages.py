@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -214,6 +215,9 @@ def test_cli_train_runs_stage1_and_writes_the_run_record(project, tmp_path, caps
     assert cli_main(argv) == 0
     assert (out / "model.pt").is_file() and (out / "command.json").is_file()
     assert json.loads((out / "command.json").read_text())["options"]["preset"] == "tiny"
-    assert "model.pt" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "model.pt" in said.out
+    # stderr is not a terminal here, as in a batch job's log: a plain line per epoch (count, total, rate, time left)
+    assert re.search(r"^stage 1: 1/1 epochs, .+, done in \S+; val loss ", said.err, re.MULTILINE), said.err
     assert cli_main(argv) == 1  # the same folder again without --resume
     assert "--resume" in capsys.readouterr().err

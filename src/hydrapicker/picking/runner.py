@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm
 
 from hydrapicker import distributed
 from hydrapicker.defaults import COORDINATE_FORMATS
@@ -38,6 +35,7 @@ from hydrapicker.io.run_folder import (
 )
 from hydrapicker.picking.overlay import write_overlay
 from hydrapicker.picking.picker import Picker, Prepared
+from hydrapicker.progress import Progress
 
 __all__ = ["PickReport", "pick_files", "pick_files_sharded"]
 
@@ -87,14 +85,14 @@ def pick_files(
     micrograph is then picked at that diameter.
     ``stop`` (asked before each micrograph; ``pick --watch`` sets it on Ctrl-C) ends the run
     early, after the micrographs in flight are written. ``merge=False`` leaves ``picks.csv``
-    alone (one rank's share under torchrun: :func:`pick_files_sharded`).
+    alone (one rank's share under torchrun: :func:`pick_files_sharded`). ``progress=False`` shows no
+    progress; otherwise a bar on a terminal, plain lines in a log file (:class:`hydrapicker.progress.Progress`).
     """
     formats = check_formats(formats)
     if workers < 1:
         raise HydraPickerError(f"--workers must be at least 1, got {workers}")
     out_dir = Path(out_dir)
     overlay = Path(overlay_dir) if overlay_dir is not None else None
-    say = log or (lambda line: tqdm.write(line, file=sys.stderr))
     check_outputs_apart(out_dir, paths, formats, overlay)
     report = PickReport()
     start = time.perf_counter()
@@ -108,6 +106,9 @@ def pick_files(
         else:
             todo.append(path)
 
+    # a bar on a terminal; in a log file a line per micrograph, at most every PROGRESS_LINE_S
+    bar = Progress(len(todo), "picking", enabled=progress)
+    say = log or bar.write
     if todo and picker.calibrate(paths) is not None:
         say(picker.describe_size())
 
@@ -131,7 +132,6 @@ def pick_files(
         ahead = workers + 1  # micrographs in flight: enough to keep the network fed, memory bounded
         reads = {i: readers.submit(picker.prepare, todo[i]) for i in range(min(ahead, len(todo)))}
         writes = []
-        bar = tqdm(total=len(todo), unit="mic", desc="picking", disable=None if progress is None else not progress)
         for i, path in enumerate(todo):
             if stop is not None and stop():
                 for future in reads.values():

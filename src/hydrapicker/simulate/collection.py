@@ -124,13 +124,13 @@ def simulate_collection(
     """Simulate ``micrographs`` per condition, ``conditions`` per structure, into ``out_dir``."""
     import multiprocessing
 
-    from tqdm import tqdm
+    from hydrapicker.progress import Progress
 
     start = time.perf_counter()
     plans = plan_collection(structures, out_dir, conditions, seed, size)
     tasks = [(plan, i) for plan in plans for i in range(micrographs)]
     summaries: dict[str, list[dict]] = {plan.name: [] for plan in plans}
-    bar = tqdm(total=len(tasks), desc="training collection", unit="mic", disable=not progress)
+    bar = Progress(len(tasks), "training collection", enabled=progress)
     if processes > 1:
         context = multiprocessing.get_context("spawn" if os.name == "nt" else "fork")
         with context.Pool(processes, initializer=_single_threaded) as pool:

@@ -209,7 +209,7 @@ def simulate_dataset(
     Raises:
         HydraPickerError: bad model file or settings, or an occupied ``out_dir`` (one line).
     """
-    from tqdm import tqdm
+    from hydrapicker.progress import Progress
 
     if int(n_micrographs) != n_micrographs or n_micrographs < 1:
         raise HydraPickerError(f"number of micrographs {n_micrographs!r}: must be a whole number >= 1")
@@ -224,8 +224,10 @@ def simulate_dataset(
     if workers == -1:
         workers = os.cpu_count() or 1
     summaries = []
-    for index in tqdm(range(n_micrographs), desc=f"simulate {plan.name}", unit="mic", disable=not progress):
-        summaries.append(write_micrograph(plan, model, index, workers=workers))
+    with Progress(n_micrographs, f"simulate {plan.name}", enabled=progress) as bar:
+        for index in range(n_micrographs):
+            summaries.append(write_micrograph(plan, model, index, workers=workers))
+            bar.update()
     return finish_dataset(plan, summaries)
 
 

@@ -53,6 +53,7 @@ from hydrapicker.model import HydraPicker
 from hydrapicker.particle_size import ParticleSize
 from hydrapicker.picking.decode import picks_from_outputs
 from hydrapicker.picking.picker import Picker, PickSettings, evenly_spaced
+from hydrapicker.progress import Progress
 from hydrapicker.training.config import AdaptConfig
 from hydrapicker.training.finetune import add_frozen_head
 
@@ -216,6 +217,7 @@ def _train_head(
     head.train()  # dropout on in the head only
     losses = []
     report_every = max(1, config.steps // 5)
+    bar = Progress(config.steps, f"training head {name}", "steps", leave=False)
     for step in range(config.steps):
         crops, targets = [], []
         for _ in range(config.batch_size):
@@ -232,8 +234,10 @@ def _train_head(
         optimiser.step()
         schedule.step()
         losses.append(loss.item())
+        bar.update()
         if (step + 1) % report_every == 0:
             say(f"  step {step + 1}/{config.steps}: loss {np.mean(losses[-report_every:]):.4f}")
+    bar.close()
     return model.eval(), float(np.mean(losses[-report_every:]))
 
 
@@ -283,6 +287,7 @@ def adapt(
         )
     )
     mics, teachers = [], []
+    reading = Progress(len(chosen), "features and teacher")
     for path in chosen:
         prepared = picker.prepare(path)
         image = torch.from_numpy(np.ascontiguousarray(prepared.image))
@@ -297,6 +302,8 @@ def adapt(
         mics.append(
             _Micrograph(prepared.name, image, features.to(torch.float16), prepared.scale, tuple(prepared.data.shape))
         )
+        reading.update()
+    reading.close()
     report = AdaptReport([m.name for m in mics])
     say(f"features and {config.turns}-turn teacher of {len(mics)} micrograph(s): {time.perf_counter() - start:.0f} s")
 

@@ -41,7 +41,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from hydrapicker import distributed
 from hydrapicker.checkpoint import checkpoint_payload, read_checkpoint, save_checkpoint
@@ -52,6 +51,7 @@ from hydrapicker.errors import HydraPickerError
 from hydrapicker.io.files import atomic_write_text, save_figure
 from hydrapicker.loss import detection_loss, head_bias_loss, size_loss
 from hydrapicker.model import HydraPicker
+from hydrapicker.progress import Progress
 from hydrapicker.training.config import TrainConfig
 
 __all__ = ["LOG_FIELDS", "StagePlan", "fit", "seed_everything"]
@@ -361,18 +361,21 @@ def fit(
         datasets, "train", config, config.batches_per_epoch * world * per_rank, train=True, seed=config.seed
     )
     val_batches = _batches(datasets, "val", config, config.val_batches, train=False, seed=config.seed + 1)
+    # rank 0 reports: a bar per epoch on a terminal; in a log file lines per epoch (at most every PROGRESS_LINE_S)
+    epochs = Progress(n_epochs - start, f"stage {stage}", "epochs", enabled=rank == 0, bar=False)
     for epoch in range(start, n_epochs):
         t0 = time.perf_counter()
         model.train()
         train_batches.set_epoch(epoch)
         values, biases = [], []
-        bar = tqdm(
-            range(config.batches_per_epoch),
-            desc=f"stage {stage} epoch {epoch + 1}/{n_epochs}",
+        bar = Progress(
+            config.batches_per_epoch,
+            f"stage {stage} epoch {epoch + 1}/{n_epochs}",
+            "batches",
             leave=False,
-            disable=None if rank == 0 else True,
+            enabled=rank == 0,
         )
-        for step in bar:
+        for step in range(config.batches_per_epoch):
             optimiser.zero_grad(set_to_none=True)
             for k in range(per_rank):
                 index = (step * world + rank) * per_rank + k
@@ -396,7 +399,8 @@ def fit(
             if scheduler is not None:
                 scheduler.step(epoch + (step + 1) / config.batches_per_epoch)
             biases.append(bias.item())
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.update(note=f"loss {loss.item():.3f}")
+        bar.close()
         if not values:
             raise HydraPickerError("the training split yielded no batches (no training micrographs?)")
         _, locs, clss, sizes = zip(*_in_batch_order(values))  # every rank's batches
@@ -434,7 +438,9 @@ def fit(
                 ),
             )
             _write_logs(out_dir, rows, stage, val_split)
+        epochs.update(note=f"val loss {row['val_loss']:.4f}")
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
+    epochs.close()
     distributed.barrier()  # the next stage reads best.pt on every rank
     return best_path

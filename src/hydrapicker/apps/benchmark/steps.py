@@ -19,6 +19,7 @@ from hydrapicker.io import Picks, read_micrograph, read_picks, write_picks
 from hydrapicker.io.files import atomic_path, atomic_write_text
 from hydrapicker.particle_size import ParticleSize
 from hydrapicker.picking.picker import Picker, PickSettings
+from hydrapicker.progress import Progress
 from hydrapicker.simulate.collection import simulate_collection, structure_files
 from hydrapicker.simulate.structure import structure_id
 from hydrapicker.training.config import FinetuneConfig, TrainConfig
@@ -112,7 +113,7 @@ def group_datasets(config: BenchmarkConfig, out_dir: Path, group: str, say: Call
             seed=config.seed,
             processes=config.processes,
             size=config.size,
-            progress=False,
+            progress=True,  # a bar on a terminal, lines in a log file
         )
         atomic_write_text(stamp, json.dumps(params) + "\n")
     specs = load_project(folder / "collection.toml")
@@ -350,7 +351,11 @@ def network_picks(
     )
     picker = Picker(model, meta, settings)
     picker.calibrate(list(spec.micrographs))
-    every = [picker.pick(picker.prepare(spec.micrograph_path(stem))) for stem in spec.splits["test"]]
+    every = []
+    with Progress(len(spec.splits["test"]), f"picking {spec.name} ({method})") as bar:
+        for stem in spec.splits["test"]:
+            every.append(picker.pick(picker.prepare(spec.micrograph_path(stem))))
+            bar.update()
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(_diameters_path(target), json.dumps({p.micrograph: p.box_size for p in every}) + "\n")
     write_picks(target, every, "csv")
