@@ -28,6 +28,7 @@ __all__ = [
     "SIZE_MIN_SCORE",
     "SIZE_SAMPLE_MICROGRAPHS",
     "NMS_IOU",
+    "WHOLE_BOXES",
     "REFINE_RADIUS",
     "MAX_REFINE_RADIUS",
     "MAX_UPSCALE",
@@ -126,6 +127,13 @@ SIZE_SAMPLE_MICROGRAPHS: int = 8
 #: Picks whose boxes overlap a better pick by more than this IoU are suppressed. Two true
 #: particles at least half a box apart in x overlap by at most 1/3.
 NMS_IOU: float = 0.3
+
+#: Drop picks whose box (the box size written, BOX's whole pixels included) reaches past the
+#: micrograph's edge: RELION's extraction drops them anyway, and on real micrographs many sit on
+#: the padding stripes at the border (50 of 848 default picks within 20 px of the edge on a
+#: bundled β-gal micrograph). `pick --keep-edge-picks` keeps them. What it does to AP:
+#: benchmarks/edge_picks.md.
+WHOLE_BOXES: bool = True
 
 #: After NMS each pick moves to the score²-weighted mean of the centres predicted by the anchors
 #: within this fraction of the box size of it (:func:`hydrapicker.boxes.refine_centres`); 0 turns

@@ -145,13 +145,34 @@ def test_picks_off_the_micrograph_are_dropped_and_whole_boxes_keeps_only_boxes_i
     outputs[0, 3, 0] = -1.0  # this one's offset puts its centre left of column -0.5
     outputs[2, 4, 4] = 10.0  # one well inside
     shape = (128, 128)
-    picks = picks_from_outputs(outputs, meta, 1.0, shape, 0.5, nms_iou=1.0, refine_radius=0.0)
+    picks = picks_from_outputs(outputs, meta, 1.0, shape, 0.5, nms_iou=1.0, whole_boxes=False, refine_radius=0.0)
     assert len(picks) == 8 + 8 - 1 - 1 + 1  # the corner anchor counted once, the pushed-out one dropped
     assert np.all(picks.x >= -0.5)
     whole = picks_from_outputs(outputs, meta, 1.0, shape, 0.5, nms_iou=1.0, whole_boxes=True, refine_radius=0.0)
     half = meta.target_diameter_px / 2
     assert len(whole) >= 1 and np.all(whole.x - half >= -0.5) and np.all(whole.y - half >= -0.5)
     assert len(whole) < len(picks)
+
+
+def test_no_edge_picks_by_default_and_keep_edge_picks_keeps_them(checkpoint, micrographs, tmp_path):
+    """A pick whose box (as written: BOX's whole pixels too) reaches past the micrograph's edge is dropped unless
+    --keep-edge-picks: RELION's extraction would drop it, and on real micrographs many sit on the padding stripes."""
+    counts = {}
+    for flag in ((), ("--keep-edge-picks",)):
+        out = tmp_path / f"out{len(flag)}"
+        argv = (*micrographs, "--out", out, "--model", checkpoint, "--diameter-px", 31.3, "--threshold", 0.0, *flag)
+        assert _run(*argv, "--format", "box") == 0
+        counts[flag] = 0
+        for path in micrographs:
+            rows, cols = read_micrograph(path).shape
+            boxes = np.loadtxt(out / "box" / f"{path.stem}.box", ndmin=2)
+            inside = (boxes[:, 0] >= -0.5) & (boxes[:, 1] >= -0.5)
+            inside &= (boxes[:, 0] + boxes[:, 2] <= cols - 0.5) & (boxes[:, 1] + boxes[:, 3] <= rows - 0.5)
+            assert flag or inside.all(), path
+            counts[flag] += int((~inside).sum())
+            record = json.loads((out / "command.json").read_text())["options"]
+            assert record["whole_boxes"] is not bool(flag)
+    assert counts[()] == 0 and counts[("--keep-edge-picks",)] > 0
 
 
 def test_a_pick_is_refined_to_where_the_anchors_around_it_agree_the_particle_is():

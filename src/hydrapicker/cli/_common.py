@@ -60,8 +60,13 @@ def add_pick_placing_arguments(picking: argparse._ArgumentGroup) -> None:
         help="move each pick to the consensus of the anchors' centres within R box sizes; 0: off (default: %(default)s)",
     )
     picking.add_argument(
-        "--whole-boxes", action="store_true", help="drop picks whose box reaches past the micrograph edge"
+        "--keep-edge-picks",
+        action="store_true",
+        help="keep picks whose box reaches past the micrograph edge (by default they are dropped: RELION's "
+        "extraction would drop them, and many sit on the border's padding stripes)",
     )
+    # the default since edge picks are dropped; still accepted from older scripts
+    picking.add_argument("--whole-boxes", action="store_true", help=argparse.SUPPRESS)
     picking.add_argument(
         "--fixed-diameter",
         action="store_true",
@@ -82,7 +87,7 @@ def pick_settings(args: argparse.Namespace) -> PickSettings:
         nms_iou=args.nms_iou,
         refine_radius=args.refine_radius,
         tile_size=args.tile,
-        whole_boxes=args.whole_boxes,
+        whole_boxes=not args.keep_edge_picks,
         correct_size=not args.fixed_diameter,
         device=args.device,
         bf16=args.bf16,

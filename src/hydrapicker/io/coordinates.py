@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ from hydrapicker.io.checks import (
 )
 from hydrapicker.io.cryosparc import read_cs, write_cs
 from hydrapicker.io.files import atomic_write_text
-from hydrapicker.io.picks import Picks
+from hydrapicker.io.picks import Picks, whole_pixel_box
 from hydrapicker.io.star import read_cbox, read_star, write_cbox, write_star_picks
 
 __all__ = [
@@ -316,7 +315,7 @@ def _write_box(path: Path, many: list[Picks], *, single: bool, invert_y: bool) -
     exactly (to the 1e-4 px every format keeps)."""
     p = single_picks(path, many, "BOX")
     y = flip(p.y, p.shape) if invert_y else p.y
-    w = float(max(1, math.floor(float(p.box_size) + 0.5)))
+    w = float(whole_pixel_box(p.box_size))
     lines = (
         f"{format_number(a - w / 2)}\t{format_number(b - w / 2)}\t{format_number(w)}\t{format_number(w)}\n"
         for a, b in zip(p.x, y)

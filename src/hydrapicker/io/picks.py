@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Picks"]
+__all__ = ["Picks", "whole_pixel_box"]
 
 
 @dataclass
@@ -74,3 +74,8 @@ class Picks:
     def sorted_by_score(self) -> Picks:
         """Picks in descending score (stable for ties)."""
         return self.select(np.argsort(-self.score, kind="stable"))
+
+
+def whole_pixel_box(box_size: float) -> int:
+    """The whole-pixel box edge nearest ``box_size`` (at least 1): what BOX files carry (EMAN and crYOLO expect it)."""
+    return max(1, int(np.floor(float(box_size) + 0.5)))

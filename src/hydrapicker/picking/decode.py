@@ -7,8 +7,8 @@ import torch
 
 from hydrapicker.boxes import decode_outputs, nms, refine_centres
 from hydrapicker.checkpoint import ModelMeta
-from hydrapicker.defaults import NMS_IOU, PICK_THRESHOLD, REFINE_RADIUS
-from hydrapicker.io.picks import Picks
+from hydrapicker.defaults import NMS_IOU, PICK_THRESHOLD, REFINE_RADIUS, WHOLE_BOXES
+from hydrapicker.io.picks import Picks, whole_pixel_box
 from hydrapicker.preprocess import from_rescaled
 
 __all__ = ["picks_from_outputs"]
@@ -23,7 +23,7 @@ def picks_from_outputs(
     *,
     name: str = "",
     nms_iou: float = NMS_IOU,
-    whole_boxes: bool = False,
+    whole_boxes: bool = WHOLE_BOXES,
     refine_radius: float = REFINE_RADIUS,
 ) -> Picks:
     """Decode a head output ``[3, h, w]``: threshold, NMS at the box size, refine, map back to the stored frame.
@@ -32,8 +32,8 @@ def picks_from_outputs(
     ``refine_radius`` box sizes of it (:func:`hydrapicker.boxes.refine_centres`; 0: off). That
     uses every anchor, whatever ``threshold`` is, so the picks at a threshold are the picks at a
     lower one cut at it. Picks whose centre falls outside the stored micrograph are dropped;
-    with ``whole_boxes`` also those whose box reaches past its edge (RELION's extraction drops
-    them anyway).
+    with ``whole_boxes`` (the default) also those whose box, as any format writes it (BOX's whole
+    pixels too), reaches past its edge: RELION's extraction drops them anyway.
     """
     every_centre, every_score = decode_outputs(outputs, meta.anchor_stride)
     every_centre, every_score = every_centre.numpy().astype(np.float64), every_score.numpy().astype(np.float64)
@@ -46,7 +46,7 @@ def picks_from_outputs(
     xy = from_rescaled(kept, scale).reshape(-1, 2)
     box_size = meta.target_diameter_px / scale
     rows, cols = shape
-    edge = box_size / 2 if whole_boxes else 0.0
+    edge = max(box_size, whole_pixel_box(box_size)) / 2 if whole_boxes else 0.0  # every format's box inside
     inside = (
         (xy[:, 0] - edge >= -0.5)
         & (xy[:, 0] + edge < cols - 0.5)

@@ -30,6 +30,7 @@ from hydrapicker.defaults import (
     SIZE_CORRECTION_RANGE,
     SIZE_PASSES,
     SIZE_SAMPLE_MICROGRAPHS,
+    WHOLE_BOXES,
 )
 from hydrapicker.device import check_device
 from hydrapicker.errors import HydraPickerError
@@ -56,7 +57,7 @@ class PickSettings:
         threshold: lowest score (probability) kept.
         nms_iou: duplicate suppression IoU.
         tile_size: largest square (rescaled px) run at once; see :func:`hydrapicker.picking.inference.head_outputs`.
-        whole_boxes: drop picks whose box reaches past the micrograph's edge.
+        whole_boxes: drop picks whose box reaches past the micrograph's edge (default; ``--keep-edge-picks``: False).
         refine_radius: see :func:`hydrapicker.picking.decode.picks_from_outputs` (0: each pick stays on its anchor's guess).
         correct_size: with a model that has a size head and the generic head, correct the
             diameter given when the particles look another size
@@ -69,7 +70,7 @@ class PickSettings:
     threshold: float = PICK_THRESHOLD
     nms_iou: float = NMS_IOU
     tile_size: int = PICK_TILE_SIZE
-    whole_boxes: bool = False
+    whole_boxes: bool = WHOLE_BOXES
     refine_radius: float = REFINE_RADIUS
     correct_size: bool = True
     device: str = "cpu"
