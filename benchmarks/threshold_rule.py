@@ -1,24 +1,30 @@
-"""How good is `hydrapicker threshold`'s suggestion? F1 at the suggested threshold vs the best F1, on labelled micrographs.
+"""How good is `hydrapicker threshold`'s suggestion? F1 at the suggested threshold vs the best F1, on labelled sets.
 
-For each labelled set (the bundled EMPIAR-10017 β-gal micrographs, 27-px boxes, and the T20S one,
-18-px boxes) and each model: ``hydrapicker pick`` at the default threshold (so OUT/candidates/
-holds every candidate down to CANDIDATE_FLOOR), then, from the candidates alone, the suggested
-threshold (:func:`hydrapicker.threshold.suggest_threshold`) and, against the labels
-(:func:`hydrapicker.evaluate.evaluate`, all micrographs of a set pooled): the best F1 and its
-threshold, and F1 at the suggestion and at the default PICK_THRESHOLD. The suggestion never
-sees the labels. Per micrograph as well, each with its own suggestion.
+Labelled sets: the bundled real micrographs (EMPIAR-10017 β-gal, 3 micrographs, 27-px boxes;
+EMPIAR-10025 T20S, 1 micrograph, 18-px boxes, partial labels) and small simulated sets
+(``hydrapicker simulate``, fixed seeds, 3 micrographs of 768² each) of different structures,
+crowding and renderings (:data:`SIM_SETS`). For each set and model: ``hydrapicker pick`` at the
+default settings (so OUT/candidates/ holds every candidate down to CANDIDATE_FLOOR), then, from
+the candidates alone, the suggested threshold (:func:`hydrapicker.threshold.suggest_threshold`)
+and, against the labels (:func:`hydrapicker.evaluate.evaluate`, the set's micrographs pooled):
+the best F1 and its threshold, and F1 at the suggestion and at the default PICK_THRESHOLD. The
+suggestion never sees the labels. ``--rules`` also scores the alternatives in :data:`RULES`.
 
-Usage (about 1 min per model on a busy 2-core machine):
+Usage (simulating the sets takes ~5 min once, picking ~1 min per model on a busy 2-core machine):
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/threshold_rule.py --work /tmp/threshold_rule [--model NAME=CKPT ...]
 
 The shipped generic model is always included ("generic"); a --model trained on β-gal (e.g.
 benchmarks/pick_real/train.py's) is scored on β-gal only, and its figures are training-set figures
-for the micrographs it was trained on.
+for the micrographs it was trained on. benchmarks/edge_picks.py reuses these sets.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +32,85 @@ import numpy as np
 from hydrapicker.cli import main as cli
 from hydrapicker.defaults import PICK_THRESHOLD
 from hydrapicker.evaluate import Evaluation, evaluate
-from hydrapicker.io import read_picks
+from hydrapicker.io import Picks, read_picks
+from hydrapicker.io.coordinates import is_decoys_file
 from hydrapicker.threshold import read_candidates, suggest_threshold
 
-ASSETS = Path(__file__).resolve().parents[1] / "src" / "hydrapicker" / "assets" / "real"
-SETS = {  # name: (folder, particle diameter = box, in px)
-    "bgal": (ASSETS / "empiar10017_bgal_bin4", 27.0),
-    "t20s": (ASSETS / "empiar10025_t20s_1mic", 18.0),
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "src" / "hydrapicker" / "assets" / "real"
+STRUCTURES = ROOT / "data" / "structures"
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    name: str
+    micrographs: list[Path]
+    truth: dict[str, Picks]
+    box: float  # px: the particle diameter, the box for picking and matching
+    real: bool
+
+
+#: The simulated sets: structure, `simulate` options. 768² x 3, seeds fixed; diameters 33-75 px.
+SIM_SETS: dict[str, tuple[str, list[str]]] = {
+    "sim-6vxx-float": ("6vxx.pdb.gz", ["--pixel-size", "3.0", "--seed", "11"]),
+    "sim-5a1a-crowded-binned": (
+        "5a1a.cif.gz",
+        ["--pixel-size", "3.5", "--particles-per-micrograph", "70", "110", "--rendering", "binned", "--seed", "12"],
+    ),
+    "sim-4hhb-sparse-jpg": (
+        "4hhb.pdb.gz",
+        ["--pixel-size", "1.5", "--particles-per-micrograph", "8", "20", "--rendering", "jpg", "--seed", "13"],
+    ),
+    "sim-1hvr-lowpass-png": ("1hvr.pdb.gz", ["--pixel-size", "1.5", "--rendering", "lowpass-png", "--seed", "14"]),
+    "sim-4v1w-crowded-denoised": (
+        "4v1w.cif.gz",
+        ["--pixel-size", "2.5", "--particles-per-micrograph", "60", "90", "--rendering", "denoised", "--seed", "15"],
+    ),
 }
+
+
+def real_sets() -> list[LabelledSet]:
+    sets = []
+    for name, folder, box in (
+        ("bgal", ASSETS / "empiar10017_bgal_bin4", 27.0),
+        ("t20s", ASSETS / "empiar10025_t20s_1mic", 18.0),
+    ):
+        truth = {p.stem: read_picks(p, "csv", micrograph=p.stem)[p.stem] for p in sorted(folder.glob("*.csv"))}
+        sets.append(LabelledSet(name, sorted(folder.glob("*.png")), truth, box, True))
+    return sets
+
+
+def simulated_set(name: str, work: Path) -> LabelledSet:
+    """The simulated set ``name`` (:data:`SIM_SETS`), simulated into ``work/sets/name`` once."""
+    structure, options = SIM_SETS[name]
+    folder = work / "sets" / name
+    if not (folder / "dataset.toml").is_file():
+        argv = ["simulate", str(STRUCTURES / structure), "--out", str(folder), "--name", name]
+        argv += ["--n-micrographs", "3", "--size", "768", "--overwrite", *options]
+        if cli(argv) != 0:
+            raise SystemExit(f"simulating {name} failed")
+    import tomllib
+
+    entry = tomllib.loads((folder / "dataset.toml").read_text())["dataset"][0]
+    truth = {}
+    for path in sorted((folder / "coordinates").glob("*.star")):
+        if not is_decoys_file(path):
+            truth.update(read_picks(path, "star", micrograph=path.stem))
+    micrographs = sorted(p for p in (folder / "micrographs").iterdir() if not p.name.startswith("."))
+    return LabelledSet(name, micrographs, truth, entry["diameter"] / entry["pixel_size"], False)
+
+
+def labelled_sets(work: Path, simulated: bool = True) -> list[LabelledSet]:
+    return real_sets() + ([simulated_set(name, work) for name in SIM_SETS] if simulated else [])
+
+
+def pick(sets: LabelledSet, model: Path | None, out: Path, *extra: str) -> Path:
+    """``hydrapicker pick`` of the set's micrographs into ``out`` (once), at the set's box as the diameter."""
+    argv = ["pick", *map(str, sets.micrographs), "--out", str(out), "--diameter-px", f"{sets.box:g}"]
+    argv += ["--format", "csv", "--workers", "1", *(["--model", str(model)] if model else []), *extra]
+    if not (out / "picks.csv").is_file() and cli(argv) != 0:
+        raise SystemExit(f"picking {sets.name} failed")
+    return out
 
 
 def f1_at(evaluation: Evaluation, threshold: float) -> float:
@@ -45,45 +122,64 @@ def f1_at(evaluation: Evaluation, threshold: float) -> float:
     return float(2 * p * r / (p + r)) if p + r > 0 else 0.0
 
 
-def run(name: str, model: Path | None, dataset: str, work: Path) -> list[str]:
-    folder, box = SETS[dataset]
-    out = work / f"{name}-{dataset}"
-    argv = ["pick", str(folder), "--out", str(out), "--diameter-px", f"{box:g}", "--format", "csv", "--workers", "1"]
-    if cli(argv + (["--model", str(model)] if model else [])) != 0:
-        raise SystemExit(f"picking {dataset} with {name} failed")
+#: Alternatives scored with --rules (name: candidates -> threshold); "suggested" is the shipped rule.
+RULES: dict[str, Callable[[dict[str, Picks]], float]] = {"suggested": suggest_threshold}
+
+
+def model_hash(model: Path | None) -> str:
+    path = model or ROOT / "src" / "hydrapicker" / "assets" / "models" / "generic.pt"
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()[:10]  # = `git hash-object`
+
+
+def run(name: str, model: Path | None, sets: LabelledSet, work: Path, rules: bool) -> tuple[list[str], dict]:
+    out = pick(sets, model, work / f"{name}-{sets.name}")
     candidates = read_candidates(out)
-    truth = {p.stem: read_picks(p, "csv", micrograph=p.stem)[p.stem] for p in sorted(folder.glob("*.csv"))}
-    rows = []
-    for label, subset in [("all", candidates)] + (
-        [(s, {s: c}) for s, c in candidates.items()] if len(candidates) > 1 else []
-    ):
-        scored = evaluate(subset, {s: truth[s] for s in subset}, box)
-        suggested = suggest_threshold(subset)
-        rows.append(
-            f"| {name} | {dataset} | {label if label == 'all' else label[-20:]} | {scored.ap:.3f} | {scored.best_f1:.3f} | "
-            f"{scored.best_threshold:.3f} | {suggested:.3f} | {f1_at(scored, suggested):.3f} | {f1_at(scored, PICK_THRESHOLD):.3f} |"
-        )
-    return rows
+    scored = evaluate(candidates, {s: sets.truth[s] for s in candidates}, sets.box)
+    suggested = suggest_threshold(candidates)
+    gap = scored.best_f1 - f1_at(scored, suggested)
+    row = (
+        f"| {name} | {sets.name} | {len(candidates)} | {sum(len(t) for t in sets.truth.values())} | {scored.ap:.3f} | "
+        f"{scored.best_f1:.3f} | {scored.best_threshold:.3f} | {suggested:.3f} | {f1_at(scored, suggested):.3f} | "
+        f"{gap:.3f} | {f1_at(scored, PICK_THRESHOLD):.3f} |"
+    )
+    figures = {"best_f1": scored.best_f1, "suggested": suggested, "gap": gap}
+    if rules:
+        figures["rules"] = {
+            rule: (t := choose(candidates), scored.best_f1 - f1_at(scored, t)) for rule, choose in RULES.items()
+        }
+    return [row], figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="folder for the pick outputs")
+    parser.add_argument("--work", type=Path, required=True, help="folder for the simulated sets and pick outputs")
     parser.add_argument(
         "--model", action="append", default=[], metavar="NAME=CKPT", help="another model, scored on β-gal only"
     )
+    parser.add_argument("--real-only", action="store_true", help="only the bundled real micrographs")
+    parser.add_argument("--rules", action="store_true", help="also score the alternatives in RULES (F1 gaps)")
     args = parser.parse_args()
     rows = [
-        "| model | set | micrographs | AP | best F1 | at score | suggested | F1 there | F1 at default "
+        f"generic = the shipped model, git hash-object {model_hash(None)}",
+        "",
+        "| model | set | micrographs | particles | AP | best F1 | at score | suggested | F1 there | gap | F1 at default "
         f"{PICK_THRESHOLD:g} |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for dataset in SETS:
-        rows += run("generic", None, dataset, args.work)
+    figures = {}
+    for sets in labelled_sets(args.work, simulated=not args.real_only):
+        lines, figures[f"generic/{sets.name}"] = run("generic", None, sets, args.work, args.rules)
+        rows += lines
     for spec in args.model:
         name, _, path = spec.partition("=")
-        rows += run(name, Path(path), "bgal", args.work)
+        bgal = real_sets()[0]
+        lines, figures[f"{name}/bgal"] = run(name, Path(path), bgal, args.work, args.rules)
+        rows += lines
+    worst = max(f["gap"] for f in figures.values())
+    rows += ["", f"largest gap (best F1 - F1 at the suggestion): {worst:.3f}"]
     print("\n".join(rows))
+    (args.work / "threshold_rule.json").write_text(json.dumps(figures, indent=2, default=float) + "\n")
 
 
 if __name__ == "__main__":

@@ -83,8 +83,8 @@ def test_pick_keeps_every_candidate_with_box_size_and_shape(micrographs, checkpo
         table, sidecar = candidate_paths(out, path.stem)
         info = json.loads(sidecar.read_text())
         assert info["shape"] == list(read_micrograph(path).shape) and info["box_size"] == pytest.approx(40.0)
-        every = read_picks(table, "csv")[path.stem]
-        picked = read_picks(output_paths(out, path.stem, ())["csv"], "csv")[path.stem]
+        every = read_picks(table, "csv", micrograph=path.stem)[path.stem]
+        picked = read_picks(output_paths(out, path.stem, ())["csv"], "csv", micrograph=path.stem)[path.stem]
         assert every.score.min() >= CANDIDATE_FLOOR and len(every) > len(picked)
         np.testing.assert_array_equal(every.above(0.5).x, picked.x)
 
@@ -184,9 +184,20 @@ def test_pick_into_the_folder_later_without_threshold_uses_the_one_set(micrograp
     assert json.loads((out / "command.json").read_text())["options"]["threshold"] == 0.2
 
 
-def test_set_says_that_overlays_still_show_the_old_picks(micrographs, checkpoint, tmp_path, capsys):
-    out = tmp_path / "out"
-    _pick(micrographs[:1], out, checkpoint, 0.5, "--format", "csv", "--overlay", str(tmp_path / "overlays"))
+def test_set_redraws_the_overlays_from_the_candidates_without_the_network(
+    micrographs, checkpoint, tmp_path, capsys, monkeypatch
+):
+    """`threshold --set` used to leave the overlays stale ("pick again with --overwrite"), though the candidates and
+    the micrographs are there: now each overlay is what `pick --overlay` at the new threshold draws."""
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    _pick(micrographs, out, checkpoint, 0.5, "--format", "csv", "--overlay", str(tmp_path / "overlays"))
+    _pick(micrographs, fresh, checkpoint, 0.2, "--format", "csv", "--overlay", str(tmp_path / "fresh_overlays"))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "overlays").glob("*.png")}
     capsys.readouterr()
+    monkeypatch.setattr(Picker, "candidates", lambda *a: pytest.fail("redrawing the overlays ran the network"))
     assert cli_main(["threshold", str(out), "--set", "0.2"]) == 0
-    assert "overlays" in capsys.readouterr().out
+    assert f"redrew 2 overlay(s) in {(tmp_path / 'overlays').resolve()}" in capsys.readouterr().out
+    for path in micrographs:
+        redrawn = (tmp_path / "overlays" / f"{path.stem}.png").read_bytes()
+        assert redrawn != before[f"{path.stem}.png"]
+        assert redrawn == (tmp_path / "fresh_overlays" / f"{path.stem}.png").read_bytes()

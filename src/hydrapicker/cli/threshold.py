@@ -5,7 +5,8 @@ OUT is a folder written by `hydrapicker pick`, which keeps every candidate's sco
 micrograph at a range of thresholds and a suggested threshold, and writes
 score_histogram.png and picks_per_micrograph.png (into --plots, default OUT). With --set T:
 re-writes every coordinate file (each format the pick run wrote), OUT/csv/ and
-OUT/picks.csv at threshold T, and records it in OUT/threshold.json. Overlays are not redrawn.
+OUT/picks.csv at threshold T, records it in OUT/threshold.json, and redraws the overlays
+(pick --overlay) from the stored candidates and the micrographs, without the network.
 
 The suggestion is Otsu's threshold on the candidate scores: the valley between the background
 and the particle scores. With the shipped generic model on the bundled labelled micrographs it
@@ -50,6 +51,7 @@ def _recorded_overlays(out: Path) -> str | None:
 def main(args: argparse.Namespace) -> int:
     from hydrapicker.errors import HydraPickerError
     from hydrapicker.io.run_folder import current_threshold
+    from hydrapicker.picking.overlay import redraw_overlays
     from hydrapicker.threshold import format_summary, read_candidates, rewrite_outputs, suggest_threshold, write_plots
 
     if not args.out.is_dir():
@@ -63,9 +65,17 @@ def main(args: argparse.Namespace) -> int:
             f"re-wrote {done.n_micrographs} micrograph(s) at threshold {done.threshold:g} (was {previous}): "
             f"{done.n_picks} picks in {', '.join(done.formats)} and {args.out / 'picks.csv'}"
         )
+        drawn, missed = redraw_overlays(
+            args.out, {k: v.above(done.threshold) for k, v in read_candidates(args.out).items()}
+        )
+        if drawn:
+            print(f"redrew {len(drawn)} overlay(s) in {drawn[0].parent}")
         overlays = _recorded_overlays(args.out)
-        if overlays is not None and Path(overlays).is_dir():
-            print(f"the overlays in {overlays} still show the old picks: pick again with --overwrite to redraw them")
+        if missed and overlays is not None and Path(overlays).is_dir():
+            print(
+                f"{len(missed)} overlay(s) in {overlays} still show the old picks (e.g. {missed[0]}): "
+                "pick them again with --overwrite to redraw them"
+            )
         return 0
     candidates = read_candidates(args.out)
     suggested = suggest_threshold(candidates)

@@ -6,7 +6,7 @@ and ``relion`` read it::
     OUT/command.json            the run record (:class:`RunRecord`)
     OUT/<format>/<stem><suffix> coordinates per micrograph and format (csv always)
     OUT/candidates/<stem>.csv   every candidate down to CANDIDATE_FLOOR, whatever the threshold
-    OUT/candidates/<stem>.json  its box size and micrograph shape
+    OUT/candidates/<stem>.json  its box size, micrograph shape, micrograph path and overlay (if drawn)
     OUT/picks.csv               every micrograph's picks (micrograph,x,y,score), rebuilt from csv/
     OUT/threshold.json          the threshold last set with ``hydrapicker threshold --set``
 

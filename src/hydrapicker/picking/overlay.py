@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -10,7 +13,7 @@ from PIL import Image, ImageDraw
 from hydrapicker.io.files import atomic_path
 from hydrapicker.io.picks import Picks
 
-__all__ = ["OVERLAY_COLOUR", "OVERLAY_MAX_SIZE", "overlay_image", "write_overlay"]
+__all__ = ["OVERLAY_COLOUR", "OVERLAY_MAX_SIZE", "overlay_image", "redraw_overlays", "write_overlay"]
 
 
 #: Overlays are at most this many pixels on their long side (micrographs are block-averaged).
@@ -43,3 +46,36 @@ def write_overlay(path: str | os.PathLike, data: np.ndarray, picks: Picks, max_s
     image = overlay_image(data, picks, max_size)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
+
+
+def redraw_overlays(out_dir: str | os.PathLike, picks: Mapping[str, Picks]) -> tuple[list[Path], list[str]]:
+    """Redraw the overlays of a pick output folder with ``picks`` (e.g. its candidates at a new threshold).
+
+    Each micrograph's ``OUT/candidates/<stem>.json`` says where its micrograph and its overlay are
+    (written by ``pick`` with ``--overlay``); the micrograph is read again, the network is not run.
+    Returns the overlays redrawn and the micrographs whose overlay could not be (no overlay
+    recorded by an older version, or the micrograph is gone), each as one line.
+    """
+    from hydrapicker.errors import HydraPickerError
+    from hydrapicker.io.micrograph import read_micrograph
+    from hydrapicker.io.run_folder import candidate_paths
+
+    drawn, missed = [], []
+    for stem, chosen in picks.items():
+        _, sidecar = candidate_paths(out_dir, stem)
+        try:
+            info = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            info = {}
+        if "overlay" not in info:
+            if "path" not in info:  # picked by an older version: whether it drew an overlay is not known
+                missed.append(f"{stem}: picked by an older version (no micrograph path in {sidecar.name})")
+            continue
+        try:
+            data = read_micrograph(info["path"]).data
+        except (HydraPickerError, OSError) as exc:
+            missed.append(f"{stem}: cannot read {info['path']} ({exc})")
+            continue
+        write_overlay(info["overlay"], data, chosen)
+        drawn.append(Path(info["overlay"]))
+    return drawn, missed

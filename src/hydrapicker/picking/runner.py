@@ -115,10 +115,12 @@ def pick_files(
     def write(picks: Picks, candidates: Picks, prepared: Prepared) -> None:
         # Candidates first: a micrograph whose outputs exist then always has its candidates too.
         table, sidecar = candidate_paths(out_dir, picks.micrograph)
-        atomic_write_text(
-            sidecar,
-            json.dumps({"micrograph": picks.micrograph, "box_size": picks.box_size, "shape": picks.shape}) + "\n",
-        )
+        info = {"micrograph": picks.micrograph, "box_size": picks.box_size, "shape": picks.shape}
+        # where the micrograph and its overlay are: `threshold --set` redraws the overlay without the network
+        info["path"] = str(prepared.path.resolve())
+        if overlay is not None:
+            info["overlay"] = str((overlay / f"{picks.micrograph}.png").resolve())
+        atomic_write_text(sidecar, json.dumps(info) + "\n")
         write_picks(table, candidates, "csv")
         for fmt, target in output_paths(out_dir, picks.micrograph, formats).items():
             write_picks(target, picks, fmt)
