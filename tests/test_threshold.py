@@ -97,6 +97,17 @@ def test_otsu_threshold_falls_between_two_separated_groups_of_scores():
     assert np.isnan(otsu_threshold(np.full(5, 0.3))) and np.isnan(otsu_threshold(np.zeros(0)))
 
 
+def test_the_suggestion_is_not_pulled_down_by_the_bulk_of_background_candidates():
+    """Otsu on every candidate split the many near-floor background scores from the rest, far below the particles
+    (a simulated spike set: 0.17 suggested, best-F1 at 0.33); above THRESHOLD_RULE_FLOOR it separates the
+    confident background from the particles (benchmarks/threshold_rule.md)."""
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.uniform(0.01, 0.08, 20000), rng.uniform(0.1, 0.22, 1500), rng.uniform(0.28, 0.5, 300)])
+    candidates = {"m": Picks("m", np.zeros(len(scores)), np.zeros(len(scores)), scores, box_size=10.0)}
+    assert otsu_threshold(scores) < 0.22  # the old rule: inside the confident background
+    assert 0.22 <= suggest_threshold(candidates) <= 0.28
+
+
 def test_picks_per_micrograph_counts_scores_at_or_above_each_threshold():
     a = Picks("a", np.zeros(4), np.zeros(4), [0.1, 0.2, 0.2, 0.9])
     b = Picks("b", np.zeros(1), np.zeros(1), [0.5])

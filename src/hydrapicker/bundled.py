@@ -30,6 +30,7 @@ class BundledDataset:
     folder: Path
     pixel_size: float  # Å/px of the stored images
     box_size: float  # particle box edge in stored pixels
+    partial_labels: bool = False  # some particles unlabelled: AP, AUROC and precision are lower bounds
 
     def micrographs(self) -> list[Path]:
         return sorted(self.folder.glob("*.png"))
@@ -46,5 +47,7 @@ def bundled_datasets() -> list[BundledDataset]:
     root = Path(str(resources.files("hydrapicker") / "assets" / "real"))
     return [
         BundledDataset("empiar10017_bgal_bin4", root / "empiar10017_bgal_bin4", pixel_size=7.08, box_size=27.0),
-        BundledDataset("empiar10025_t20s_1mic", root / "empiar10025_t20s_1mic", pixel_size=7.9, box_size=18.0),
+        BundledDataset(
+            "empiar10025_t20s_1mic", root / "empiar10025_t20s_1mic", pixel_size=7.9, box_size=18.0, partial_labels=True
+        ),
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import starfile
 
@@ -52,6 +53,16 @@ def test_demo_picks_finetunes_and_reports(tmp_path, capsys, monkeypatch):
     assert len(list((zero_shot / "overlays").glob("*.png"))) == 3
     star = starfile.read(next((zero_shot / "star").glob("*.star")))
     assert {"rlnCoordinateX", "rlnCoordinateY"} <= set(star.columns)
+
+    # the report's and the summary's pick counts are the STAR files' (it used to count every candidate down to 0.01)
+    in_star = sum(len(starfile.read(p)) for p in (zero_shot / "star").glob("*.star"))
+    row = next(line for line in report.splitlines() if line.startswith("| empiar10017_bgal_bin4 |"))
+    assert row.split("|")[5].strip() == str(in_star)
+    assert re.search(rf"zero-shot  empiar10017_bgal_bin4 +AP .* {in_star} picks", out), out
+    # it says what it does as it goes (it was silent for a minute), and the T20S caveat
+    assert "1/3 empiar10017_Falcon" in out and "3/3 empiar10017_Falcon" in out and "picks scoring >= 0.25" in out
+    t20s = out[out.index("zero-shot  empiar10025_t20s_1mic") :].splitlines()
+    assert "partial labels" in t20s[1] and "lower bounds" in t20s[1]
 
     held_out = tmp_path / "few_shot" / "held_out"
     assert json.loads((held_out / "evaluation.json").read_text())["n_true"] > 0

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from hydrapicker.apps.demo import format_figure, run_demo
+    from hydrapicker.apps.demo import caveat, format_figure, run_demo
     from hydrapicker.cli._common import write_run_record
     from hydrapicker.errors import HydraPickerError
 
@@ -37,7 +37,12 @@ def main(args: argparse.Namespace) -> int:
     write_run_record(args.out, args)
     print()
     for dataset, evaluation in result.zero_shot.items():
-        print(f"zero-shot  {dataset:24s} AP {format_figure(evaluation.ap)}  AUROC {format_figure(evaluation.auroc)}")
+        print(
+            f"zero-shot  {dataset:24s} AP {format_figure(evaluation.ap)}  AUROC {format_figure(evaluation.auroc)}  "
+            f"{result.zero_shot_picks[dataset]} picks"
+        )
+        if caveat(dataset):
+            print(f"           ({caveat(dataset)})")
     print(f"held-out {result.held_out}:")
     print(f"  generic head (zero-shot)  AP {format_figure(result.held_out_generic.ap)}")
     print(f"  fine-tuned head (2 mics)  AP {format_figure(result.held_out_finetuned.ap)}")

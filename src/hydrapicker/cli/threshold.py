@@ -8,12 +8,12 @@ re-writes every coordinate file (each format the pick run wrote), OUT/csv/ and
 OUT/picks.csv at threshold T, records it in OUT/threshold.json, and redraws the overlays
 (pick --overlay) from the stored candidates and the micrographs, without the network.
 
-The suggestion is Otsu's threshold on the candidate scores: the valley between the background
-and the particle scores. With the shipped generic model on the bundled labelled micrographs it
-gave F1 0.736 against the best 0.740 (β-gal, 3 micrographs; the default 0.25 gives 0.678) and
-0.182 against 0.202 (T20S, 1 micrograph, where the model itself is poor); for a model trained on
-β-gal, whose scores run higher, 0.731 against 0.745 (benchmarks/threshold_rule.md). A starting point:
-look at the overlays, or use `hydrapicker evaluate` (best-F1 threshold) where you have labels.
+The suggestion is Otsu's threshold on the candidate scores of at least 0.1: the valley between
+the background and the particle scores. With the shipped generic model it came within 0.03 F1 of
+the best-F1 threshold on the bundled β-gal and T20S micrographs and on four of five small
+simulated sets, but 0.27 under it on a sparse set of a small protein (benchmarks/threshold_rule.md).
+A starting point: look at the overlays, or use `hydrapicker evaluate` (best-F1 threshold) where
+you have labels.
 
 T is recorded in OUT/threshold.json: a later `pick` into OUT without --threshold uses it, and a
 running `pick --watch` switches to it for the micrographs it picks next.
