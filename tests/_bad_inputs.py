@@ -14,7 +14,6 @@ import gzip
 import io
 import json
 import os
-import types
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -253,24 +252,23 @@ def disk_full(after: int = 0) -> Iterator[None]:
     """
     import hydrapicker.io.files as files
 
-    real = files.tempfile
+    real = files._create_temporary
     writes = [0]
 
-    def mkstemp(*args, **kwargs):
-        fd, name = real.mkstemp(*args, **kwargs)
+    def create_temporary(path):
+        name = real(path)
         writes[0] += 1
         if writes[0] <= after:
-            return fd, name
-        os.close(fd)
+            return name
         os.unlink(name)
         os.symlink("/dev/full", name)
-        return os.open(os.devnull, os.O_RDONLY), name
+        return name
 
-    files.tempfile = types.SimpleNamespace(mkstemp=mkstemp)
+    files._create_temporary = create_temporary
     try:
         yield
     finally:
-        files.tempfile = real
+        files._create_temporary = real
 
 
 # --- the verbs' command lines around a bad thing ---------------------------------------------

@@ -69,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
             args.out, {k: v.above(done.threshold) for k, v in read_candidates(args.out).items()}
         )
         if drawn:
-            print(f"redrew {len(drawn)} overlay(s) in {drawn[0].parent}")
+            print(f"redrew {len(drawn)} overlay(s) in {drawn[0].parent.resolve()}")
         overlays = _recorded_overlays(args.out)
         if missed and overlays is not None and Path(overlays).is_dir():
             print(

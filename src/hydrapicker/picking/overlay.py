@@ -51,8 +51,8 @@ def write_overlay(path: str | os.PathLike, data: np.ndarray, picks: Picks, max_s
 def redraw_overlays(out_dir: str | os.PathLike, picks: Mapping[str, Picks]) -> tuple[list[Path], list[str]]:
     """Redraw the overlays of a pick output folder with ``picks`` (e.g. its candidates at a new threshold).
 
-    Each micrograph's ``OUT/candidates/<stem>.json`` says where its micrograph and its overlay are
-    (written by ``pick`` with ``--overlay``); the micrograph is read again, the network is not run.
+    Each micrograph's ``OUT/candidates/<stem>.json`` says where its micrograph is and where its
+    overlay is, relative to OUT (written by ``pick`` with ``--overlay``); the micrograph is read again, the network is not run.
     Returns the overlays redrawn and the micrographs whose overlay could not be (no overlay
     recorded by an older version, or the micrograph is gone), each as one line.
     """
@@ -76,6 +76,7 @@ def redraw_overlays(out_dir: str | os.PathLike, picks: Mapping[str, Picks]) -> t
         except (HydraPickerError, OSError) as exc:
             missed.append(f"{stem}: cannot read {info['path']} ({exc})")
             continue
-        write_overlay(info["overlay"], data, chosen)
-        drawn.append(Path(info["overlay"]))
+        target = Path(out_dir) / info["overlay"]  # relative to OUT (an absolute one stays as it is)
+        write_overlay(target, data, chosen)
+        drawn.append(target)
     return drawn, missed

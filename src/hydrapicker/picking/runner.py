@@ -118,8 +118,8 @@ def pick_files(
         info = {"micrograph": picks.micrograph, "box_size": picks.box_size, "shape": picks.shape}
         # where the micrograph and its overlay are: `threshold --set` redraws the overlay without the network
         info["path"] = str(prepared.path.resolve())
-        if overlay is not None:
-            info["overlay"] = str((overlay / f"{picks.micrograph}.png").resolve())
+        if overlay is not None:  # relative to OUT: the same wherever OUT is, and found again if OUT moves with it
+            info["overlay"] = os.path.relpath((overlay / f"{picks.micrograph}.png").resolve(), out_dir.resolve())
         atomic_write_text(sidecar, json.dumps(info) + "\n")
         write_picks(table, candidates, "csv")
         for fmt, target in output_paths(out_dir, picks.micrograph, formats).items():
