@@ -24,7 +24,7 @@ import datetime as _dt
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +230,8 @@ class Rewrite:
     formats: list[str]
     n_micrographs: int
     n_picks: int
+    #: each micrograph's picks as written (what ``threshold --set`` redraws the overlays with)
+    picks: dict[str, Picks] = field(default_factory=dict, repr=False, compare=False)
 
 
 def rewrite_outputs(out_dir: str | os.PathLike, threshold: float) -> Rewrite:
@@ -239,7 +241,7 @@ def rewrite_outputs(out_dir: str | os.PathLike, threshold: float) -> Rewrite:
     replaced, so a failure (a sidecar without the box size BOX needs, a full disk) leaves ``OUT``
     as it was. Micrographs with picks in ``OUT/csv`` but no candidates (an older
     version picked them) are an error: they cannot move to the new threshold. Overlays are
-    not redrawn.
+    not redrawn here (:func:`hydrapicker.picking.overlay.redraw_overlays`, with :attr:`Rewrite.picks`).
     """
     out_dir = Path(out_dir)
     if not (CANDIDATE_FLOOR <= threshold <= 1):
@@ -284,4 +286,4 @@ def rewrite_outputs(out_dir: str | os.PathLike, threshold: float) -> Rewrite:
         for stem, chosen in picks.items():
             for fmt, target in output_paths(out_dir, stem, formats).items():
                 write_picks(staged.enter_context(atomic_path(target)), chosen, fmt)
-    return Rewrite(threshold, previous, formats, len(candidates), sum(len(p) for p in picks.values()))
+    return Rewrite(threshold, previous, formats, len(candidates), sum(len(p) for p in picks.values()), picks)

@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -146,11 +147,6 @@ def _pick(args: argparse.Namespace) -> int:
     picker = Picker(model, meta, settings)
     picker.check_paths(paths)
     check_outputs_apart(args.out, paths, formats, args.overlay)
-    undo = None if args.watch else _Undo.before(args.out)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HydraPickerError(f"--out {args.out}: cannot make the folder ({exc.strerror or exc})") from exc
     options = pick_record_options(
         settings,
         micrographs=args.micrographs,
@@ -169,24 +165,44 @@ def _pick(args: argparse.Namespace) -> int:
             f"--out {args.out}: holds picks made with other options ({'; '.join(changes)}); "
             "pass --overwrite to pick them again with these, or give another --out"
         )
-    if distributed.is_main():
-        write_run_record(args.out, args, options)
-    if args.watch:
-        report = watch_folder(
-            args.micrographs,
-            args.out,
-            picker,
-            formats,
-            poll=args.poll,
-            idle=args.idle,
-            overlay_dir=args.overlay,
-            workers=args.workers,
-            overwrite=args.overwrite,
-        )
-    else:
-        report = pick_files_sharded(
-            paths, args.out, picker, formats, overlay_dir=args.overlay, workers=args.workers, overwrite=args.overwrite
-        )
+    undo = None if args.watch else _Undo.before(args.out)
+    try:
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HydraPickerError(f"--out {args.out}: cannot make the folder ({exc.strerror or exc})") from exc
+        if distributed.is_main():
+            write_run_record(args.out, args, options)
+        if args.watch:
+            report = watch_folder(
+                args.micrographs,
+                args.out,
+                picker,
+                formats,
+                poll=args.poll,
+                idle=args.idle,
+                overlay_dir=args.overlay,
+                workers=args.workers,
+                overwrite=args.overwrite,
+            )
+        else:
+            report = pick_files_sharded(
+                paths,
+                args.out,
+                picker,
+                formats,
+                overlay_dir=args.overlay,
+                workers=args.workers,
+                overwrite=args.overwrite,
+            )
+    except BaseException:
+        # A run that stops on an error (or Ctrl-C) before it picked anything takes back what it wrote: the
+        # folder it created, or its record and picks.csv in one that was there. One that picked some keeps
+        # them (complete files: a rerun goes on from there). In one process only: other ranks may be writing.
+        if undo is not None and distributed.world_size() == 1 and not undo.picked_any():
+            with contextlib.suppress(Exception):  # the error that stopped the run is the one to report
+                undo.run()
+        raise
     nothing = report.failed and not report.picked and not report.skipped
     if not distributed.is_main():  # rank 0 reports the whole run; every rank exits with its status
         return 1 if nothing else 0
@@ -207,8 +223,15 @@ def _pick(args: argparse.Namespace) -> int:
 class _Undo:
     """What a run that picks nothing takes back: the folders it created, or its files in a folder that was there."""
 
-    def __init__(self, out: Path, created: Path | None, record: bytes | None, new_files: list[Path]) -> None:
-        self.out, self.created, self.record, self.new_files = out, created, record, new_files
+    def __init__(
+        self,
+        out: Path,
+        created: Path | None,
+        record: bytes | None,
+        new_files: list[Path],
+        tables: dict[str, int],
+    ) -> None:
+        self.out, self.created, self.record, self.new_files, self.tables = out, created, record, new_files, tables
 
     @classmethod
     def before(cls, out: Path) -> _Undo:
@@ -222,7 +245,12 @@ class _Undo:
             created = folder
         record = out / RUN_RECORD
         previous = record.read_bytes() if record.is_file() else None
-        return cls(out, created, previous, [p for p in (record, out / "picks.csv") if not p.exists()])
+        new_files = [p for p in (record, out / "picks.csv") if not p.exists()]
+        return cls(out, created, previous, new_files, _picks_tables(out))
+
+    def picked_any(self) -> bool:
+        """Whether the run has written a micrograph's picks (a picks table new or re-written since :meth:`before`)."""
+        return _picks_tables(self.out) != self.tables
 
     def run(self) -> None:
         import shutil
@@ -237,3 +265,14 @@ class _Undo:
             atomic_write_bytes(self.out / RUN_RECORD, self.record)
         for path in self.new_files:
             path.unlink(missing_ok=True)
+
+
+def _picks_tables(out: Path) -> dict[str, int]:
+    """``OUT/csv``'s picks tables, each with its modification time (ns)."""
+    from hydrapicker.io.run_folder import tables
+
+    found = {}
+    for path in tables(out / "csv"):
+        with contextlib.suppress(OSError):
+            found[path.name] = path.stat().st_mtime_ns
+    return found

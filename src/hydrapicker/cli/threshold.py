@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 __all__ = ["add_arguments", "main"]
@@ -65,17 +66,21 @@ def main(args: argparse.Namespace) -> int:
             f"re-wrote {done.n_micrographs} micrograph(s) at threshold {done.threshold:g} (was {previous}): "
             f"{done.n_picks} picks in {', '.join(done.formats)} and {args.out / 'picks.csv'}"
         )
-        drawn, missed = redraw_overlays(
-            args.out, {k: v.above(done.threshold) for k, v in read_candidates(args.out).items()}
-        )
+        # from the picks just written: a micrograph whose overlay cannot be redrawn is named, not fatal
+        drawn, missed = redraw_overlays(args.out, done.picks)
         if drawn:
             print(f"redrew {len(drawn)} overlay(s) in {drawn[0].parent.resolve()}")
         overlays = _recorded_overlays(args.out)
-        if missed and overlays is not None and Path(overlays).is_dir():
+        if missed and (drawn or overlays is not None):  # the run drew overlays: these ones are stale
             print(
-                f"{len(missed)} overlay(s) in {overlays} still show the old picks (e.g. {missed[0]}): "
-                "pick them again with --overwrite to redraw them"
+                f"warning: {len(missed)} overlay(s) in {overlays} still show the old picks; "
+                "pick them again with --overwrite to redraw them:",
+                file=sys.stderr,
             )
+            for line in missed[:10]:
+                print(f"  {line}", file=sys.stderr)
+            if len(missed) > 10:
+                print(f"  ... and {len(missed) - 10} more", file=sys.stderr)
         return 0
     candidates = read_candidates(args.out)
     suggested = suggest_threshold(candidates)

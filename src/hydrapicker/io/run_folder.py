@@ -193,9 +193,12 @@ PICKING_OPTIONS: dict[str, str] = {
     "threshold": "--threshold",
     "nms_iou": "--nms-iou",
     "refine_radius": "--refine-radius",
-    "whole_boxes": "--whole-boxes",
+    "whole_boxes": "--keep-edge-picks",  # True unless --keep-edge-picks (before issue 20: only with --whole-boxes)
     "correct_size": "--fixed-diameter",
 }
+
+#: Options set by a flag whose presence turns them off: told as the flag "given" / "not given".
+_NEGATED_FLAGS = ("whole_boxes", "correct_size")
 
 
 def _same(key: str, old: Any, new: Any) -> bool:
@@ -228,7 +231,7 @@ def picking_changes(out_dir: str | os.PathLike, options: Mapping[str, Any]) -> l
     for key, flag in PICKING_OPTIONS.items():
         before, now = old.get(key), _plain(options.get(key))
         if key in old and key in options and not _same(key, before, now):
-            if key == "correct_size":
+            if key in _NEGATED_FLAGS:
                 before, now = ("not given" if v else "given" for v in (before, now))
             changes.append(f"{flag} {before} before, {now} now")
     return changes

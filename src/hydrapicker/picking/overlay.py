@@ -52,9 +52,11 @@ def redraw_overlays(out_dir: str | os.PathLike, picks: Mapping[str, Picks]) -> t
     """Redraw the overlays of a pick output folder with ``picks`` (e.g. its candidates at a new threshold).
 
     Each micrograph's ``OUT/candidates/<stem>.json`` says where its micrograph is and where its
-    overlay is, relative to OUT (written by ``pick`` with ``--overlay``); the micrograph is read again, the network is not run.
-    Returns the overlays redrawn and the micrographs whose overlay could not be (no overlay
-    recorded by an older version, or the micrograph is gone), each as one line.
+    overlay is, relative to OUT (written by ``pick`` with ``--overlay``); the micrograph is read again,
+    the network is not run. Returns the overlays redrawn and the micrographs whose overlay could not
+    be, each as one line naming it and why: no overlay path recorded (an older version), a sidecar
+    missing, unreadable or with fields of the wrong kind, the micrograph gone, or the overlay not
+    writable. None of these stops the others.
     """
     from hydrapicker.errors import HydraPickerError
     from hydrapicker.io.micrograph import read_micrograph
@@ -65,18 +67,30 @@ def redraw_overlays(out_dir: str | os.PathLike, picks: Mapping[str, Picks]) -> t
         _, sidecar = candidate_paths(out_dir, stem)
         try:
             info = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            info = {}
+        except (OSError, ValueError) as exc:
+            missed.append(f"{stem}: {sidecar} missing or unreadable ({exc})")
+            continue
+        if not isinstance(info, dict):
+            missed.append(f"{stem}: {sidecar} is not a JSON object")
+            continue
         if "overlay" not in info:
             if "path" not in info:  # picked by an older version: whether it drew an overlay is not known
                 missed.append(f"{stem}: picked by an older version (no micrograph path in {sidecar.name})")
             continue
-        try:
-            data = read_micrograph(info["path"]).data
-        except (HydraPickerError, OSError) as exc:
-            missed.append(f"{stem}: cannot read {info['path']} ({exc})")
+        micrograph, overlay = info.get("path"), info["overlay"]
+        if not isinstance(micrograph, str) or not isinstance(overlay, str) or not micrograph or not overlay:
+            missed.append(f"{stem}: {sidecar} gives no micrograph path or overlay path as text")
             continue
-        target = Path(out_dir) / info["overlay"]  # relative to OUT (an absolute one stays as it is)
-        write_overlay(target, data, chosen)
+        try:
+            data = read_micrograph(micrograph).data
+        except (HydraPickerError, OSError, ValueError) as exc:
+            missed.append(f"{stem}: cannot read {micrograph} ({exc})")
+            continue
+        target = Path(out_dir) / overlay  # relative to OUT (an absolute one stays as it is)
+        try:
+            write_overlay(target, data, chosen)
+        except (HydraPickerError, OSError) as exc:
+            missed.append(f"{stem}: cannot write {target} ({exc})")
+            continue
         drawn.append(target)
     return drawn, missed

@@ -117,7 +117,7 @@ def pick_files(
         table, sidecar = candidate_paths(out_dir, picks.micrograph)
         info = {"micrograph": picks.micrograph, "box_size": picks.box_size, "shape": picks.shape}
         # where the micrograph and its overlay are: `threshold --set` redraws the overlay without the network
-        info["path"] = str(prepared.path.resolve())
+        info["path"] = os.path.abspath(prepared.path)  # links as named (a link may point elsewhere later)
         if overlay is not None:  # relative to OUT: the same wherever OUT is, and found again if OUT moves with it
             info["overlay"] = os.path.relpath((overlay / f"{picks.micrograph}.png").resolve(), out_dir.resolve())
         atomic_write_text(sidecar, json.dumps(info) + "\n")
