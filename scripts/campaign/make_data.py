@@ -268,7 +268,8 @@ def make_composites(plans: list[DatasetPlan], args: argparse.Namespace) -> int:
             table = starfile.read(src_dir / "coordinates" / f"{stem}.star", always_dict=True)
             frame = next(iter(table.values()))
             x, y = frame["rlnCoordinateX"] - c0, frame["rlnCoordinateY"] - r0
-            frame = frame[(x >= 0) & (x < cols) & (y >= 0) & (y < rows)].copy()
+            # centres on the crop's pixels (the loaders refuse one past the last pixel's centre + 0.5)
+            frame = frame[(x >= 0) & (x <= cols - 1) & (y >= 0) & (y <= rows - 1)].copy()
             frame["rlnCoordinateX"] -= c0
             frame["rlnCoordinateY"] -= r0
             frame["rlnMicrographName"] = target.name
