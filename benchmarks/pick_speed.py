@@ -1,8 +1,24 @@
-"""Picking speed per 1024² (rescaled) micrograph for each preset, against the conv FLOP floor; peak memory.
+"""Picking speed and memory: side by side with Topaz, against the conv FLOP floor; per preset; peak RSS.
 
 Usage:
+  python benchmarks/pick_speed.py vs-topaz [--model CKPT] [--copies 3] [--rounds 2] [--threads 2]
+  python benchmarks/pick_speed.py memory [--model CKPT] [--sizes 1024x1024,4096x4096,4092x5760]
   python benchmarks/pick_speed.py speed [--presets paper,small,tiny] [--model CKPT] [--repeats 2] [--size 1024]
-  python benchmarks/pick_speed.py memory [--sizes 4096,8192] [--preset paper] [--tile 2048]
+
+``vs-topaz`` (issue 21's measure): the bundled EMPIAR-10017 frames (1024², 7.08 Å/px, 191 Å
+particles; ``--copies`` of each under other names, so a run holds several micrographs), picked
+in one run by ``hydrapicker pick`` at its defaults (the size read once for the run), with
+``--fixed-diameter``, and by Topaz's pretrained resnet16 at its documented settings
+(``benchmarks/peers/topaz_pick.py``; needs ``bash benchmarks/peers/topaz_setup.sh``). Each is a
+fresh process with ``OMP_NUM_THREADS`` = ``--threads``, timed as a user waits for it (start-up
+included), alternating over ``--rounds`` so load on a shared machine hits all alike. Prints
+seconds per micrograph (best round), the ratio to Topaz, each command's peak RSS, and the FLOP
+floor: the model's conv FLOPs on the micrograph as the network sees it, at the conv rate this
+machine reaches in the same run.
+
+``memory``: peak RSS of ``hydrapicker pick`` (the shipped model unless ``--model``, default
+settings) on one noise micrograph of each size (MRC, float32, a 40 px particle so the network
+sees it at its stored size), a fresh process each.
 
 ``speed`` measures, in one process (so the ratios compare like with like on a shared machine):
 - the conv rate: a 64->64 3x3 conv on a 1024² map, NCHW fp32, channels-last fp32, channels-last
@@ -16,28 +32,35 @@ Usage:
 - the bf16 score error: max |score(bf16) - score(fp32)| over every anchor (--model: a trained
   checkpoint, whose scores mean something; else a random-weight tiny model perturbed so that
   scores spread over (0, 1)).
-``memory`` picks a random SIZE² micrograph at 1 rescaled px per stored px (so SIZE² rescaled px,
-tiles of --tile px) in a fresh subprocess per size and reports its peak RSS: with the micrograph
-in memory, after preparing it (rescale + normalisation, whole-micrograph NumPy arrays), after
-the network (tiles), after decoding.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from hydrapicker.checkpoint import load_checkpoint, load_model
+from hydrapicker.io.micrograph import read_micrograph, write_mrc
 from hydrapicker.model import HydraPicker
 from hydrapicker.picking.inference import head_outputs
+from hydrapicker.preprocess import prepare_micrograph
 from hydrapicker.presets import get_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+BGAL = ROOT / "src" / "hydrapicker" / "assets" / "real" / "empiar10017_bgal_bin4"
+BGAL_PIXEL_A, BGAL_DIAMETER_A = 7.08, 191.0
+TOPAZ_PYTHON = ROOT / "benchmarks" / "peers" / ".topaz-venv" / "bin" / "python"
 
 
 def _best_time(fn, repeats: int) -> float:
@@ -66,8 +89,8 @@ def conv_rate(layout: str, repeats: int) -> float:
     return flops / _best_time(run, repeats) / 1e9
 
 
-def conv_flops(model: HydraPicker, size: int = 1024) -> float:
-    """Multiply-adds x 2 of every conv in trunk + generic head on a size² input."""
+def conv_flops(model: HydraPicker, size: int | tuple[int, int] = 1024) -> float:
+    """Multiply-adds x 2 of every conv in trunk + generic head on a size² (or rows x cols) input."""
     total = 0.0
 
     def hook(module: nn.Conv2d, inputs, output) -> None:
@@ -77,7 +100,8 @@ def conv_flops(model: HydraPicker, size: int = 1024) -> float:
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     with torch.inference_mode():
-        model(torch.zeros(1, 1, size, size))
+        rows, cols = (size, size) if isinstance(size, int) else size
+        model(torch.zeros(1, 1, rows, cols))
     for h in handles:
         h.remove()
     return total
@@ -131,8 +155,6 @@ def speed(args: argparse.Namespace) -> None:
 
 def bf16_error(args: argparse.Namespace) -> None:
     if args.model:
-        from hydrapicker.checkpoint import load_checkpoint
-
         model, _ = load_checkpoint(args.model)
         source = args.model
     else:
@@ -153,55 +175,119 @@ def bf16_error(args: argparse.Namespace) -> None:
     )
 
 
-def _memory_child(size: int, preset: str, tile: int) -> None:
-    from hydrapicker.checkpoint import ModelMeta
-    from hydrapicker.picking.decode import picks_from_outputs
-    from hydrapicker.preprocess import prepare_micrograph
+def _run_measured(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall-clock seconds and peak RSS (MiB) of one command, as a user would run it."""
+    with tempfile.TemporaryFile("w+") as errors:
+        start = time.perf_counter()
+        child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak, not the largest child's so far
+        seconds = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode != 0:
+            errors.seek(0)
+            raise SystemExit(f"failed ({child.returncode}): {' '.join(command)}\n{errors.read()[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024  # Linux: KiB
 
-    def peak() -> int:
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
-    torch.manual_seed(0)
-    model = HydraPicker(get_preset(preset)).eval().to(memory_format=torch.channels_last)
-    meta = ModelMeta(preset=model.preset, head_names=(), target_diameter_px=40.0, anchor_stride=model.stride)
-    image = np.random.default_rng(0).normal(size=(size, size)).astype(np.float32)
-    row = {"size": size, "preset": preset, "tile": tile, "rss_with_micrograph_mib": peak()}
-    t0 = time.perf_counter()
-    prepared = prepare_micrograph(image, 1.0, meta.target_diameter_px)
-    row["peak_after_prepare_mib"] = peak()
-    outputs = head_outputs(model, prepared, tile_size=tile)
-    row["peak_after_network_mib"] = peak()
-    picks = picks_from_outputs(outputs, meta, 1.0, image.shape, 0.5)
-    row.update(peak_total_mib=peak(), seconds=round(time.perf_counter() - t0, 1), picks=len(picks))
-    print(json.dumps(row))
+def _model(path: str | None) -> tuple[HydraPicker, object]:
+    return load_checkpoint(path) if path else load_model(None)
+
+
+def flop_floor(args: argparse.Namespace, env: dict[str, str]) -> tuple[float, float, tuple[int, int]]:
+    """(seconds, GFLOP) the network needs per bundled frame at the conv rate of this machine, and the shape it sees."""
+    torch.set_num_threads(args.threads)
+    model, meta = _model(args.model)
+    frame = read_micrograph(sorted(BGAL.glob("*.png"))[0])
+    scale = meta.target_diameter_px / (BGAL_DIAMETER_A / BGAL_PIXEL_A)
+    shape = prepare_micrograph(frame.data, scale, meta.target_diameter_px).shape
+    flops = conv_flops(model.eval(), shape)
+    rate = conv_rate("nchw", 2)
+    return flops / (rate * 1e9), flops / 1e9, shape
+
+
+def vs_topaz(args: argparse.Namespace) -> None:
+    if not TOPAZ_PYTHON.exists():
+        raise SystemExit(f"no Topaz venv at {TOPAZ_PYTHON}: run bash benchmarks/peers/topaz_setup.sh")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "mics"
+        folder.mkdir()
+        for k in range(args.copies):
+            for path in sorted(BGAL.glob("*.png")):
+                shutil.copy(path, folder / f"c{k}_{path.name}")
+        n = len(list(folder.iterdir()))
+        model = ["--model", str(args.model)] if args.model else []
+        size = ["--pixel-size", f"{BGAL_PIXEL_A:g}", "--diameter-A", f"{BGAL_DIAMETER_A:g}"]
+        hp = [sys.executable, "-m", "hydrapicker", "pick", str(folder), *size, *model]
+        commands = {
+            "hydrapicker (default)": lambda r: [*hp, "--out", f"{tmp}/d{r}"],
+            "hydrapicker --fixed-diameter": lambda r: [*hp, "--fixed-diameter", "--out", f"{tmp}/f{r}"],
+            "Topaz resnet16": lambda r: [
+                sys.executable,  # the wrapper reads with our reader, then runs Topaz from its venv
+                str(ROOT / "benchmarks" / "peers" / "topaz_pick.py"),
+                *map(str, sorted(folder.iterdir())),
+                "--out",
+                f"{tmp}/t{r}",
+                "--diameter-px",
+                f"{BGAL_DIAMETER_A / BGAL_PIXEL_A:.0f}",
+                "--pixel-size",
+                f"{BGAL_PIXEL_A:g}",
+            ],
+        }
+        best: dict[str, float] = {}
+        rss: dict[str, float] = {}
+        for r in range(args.rounds):
+            for name, command in commands.items():
+                seconds, peak = _run_measured(command(r), env)
+                best[name] = min(best.get(name, float("inf")), seconds)
+                rss[name] = max(rss.get(name, 0.0), peak)
+                print(f"  round {r + 1}: {name}: {seconds:.1f} s for {n} micrographs", file=sys.stderr, flush=True)
+    floor, gflop, shape = flop_floor(args, env)
+    topaz = best["Topaz resnet16"]
+    print(
+        f"{n} micrographs of 1024² (the network sees {shape[0]}x{shape[1]}), {args.threads} threads, "
+        f"best of {args.rounds} rounds, whole commands; model: {args.model or 'shipped generic.pt'}"
+    )
+    print("| picker | s per micrograph | vs Topaz | peak RSS (MiB) |")
+    print("|---|---|---|---|")
+    for name, seconds in best.items():
+        print(f"| {name} | {seconds / n:.2f} | {seconds / topaz:.2f}x | {rss[name]:.0f} |")
+    print(f"| FLOP floor: {gflop:.1f} GFLOP at this machine's conv rate | {floor:.2f} | {floor * n / topaz:.2f}x | |")
 
 
 def memory(args: argparse.Namespace) -> None:
-    for size in map(int, args.sizes.split(",")):
-        out = subprocess.run(
-            [sys.executable, __file__, "_memory_child", str(size), args.preset, str(args.tile)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        print(out.stdout.strip(), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    model = ["--model", str(args.model)] if args.model else []
+    print("| micrograph | peak RSS of `hydrapicker pick` (MiB) | seconds |")
+    print("|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes.split(","):
+            rows, cols = map(int, size.split("x"))
+            path = Path(tmp) / f"noise_{rows}x{cols}.mrc"
+            write_mrc(path, np.random.default_rng(0).normal(size=(rows, cols)).astype(np.float32), pixel_size=1.0)
+            command = [sys.executable, "-m", "hydrapicker", "pick", str(path), "--diameter-px", "40"]
+            seconds, peak = _run_measured([*command, "--out", f"{tmp}/out_{size}", *model], env)
+            path.unlink()
+            print(f"| {rows} x {cols} | {peak:.0f} | {seconds:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_memory_child":
-        _memory_child(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
-        sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("vs-topaz")
+    t.add_argument("--model", help="checkpoint (default: the shipped generic model)")
+    t.add_argument("--copies", type=int, default=3, help="copies of each of the 3 frames (default: %(default)s)")
+    t.add_argument("--rounds", type=int, default=2)
+    t.add_argument("--threads", type=int, default=2)
+    m = sub.add_parser("memory")
+    m.add_argument("--model", help="checkpoint (default: the shipped generic model)")
+    m.add_argument("--sizes", default="1024x1024,4096x4096,4092x5760")
+    m.add_argument("--threads", type=int, default=2)
     s = sub.add_parser("speed")
     s.add_argument("--presets", default="paper,small,tiny")
     s.add_argument("--model")
     s.add_argument("--repeats", type=int, default=2)
     s.add_argument("--size", type=int, default=1024, help="micrograph edge timed (seconds are scaled to 1024²)")
     s.add_argument("--configs", default="nchw_fp32,cl_fp32,cl_bf16,cl_fp32_1thread")
-    m = sub.add_parser("memory")
-    m.add_argument("--sizes", default="4096,8192")
-    m.add_argument("--preset", default="paper")
-    m.add_argument("--tile", type=int, default=2048)
     args = parser.parse_args()
-    speed(args) if args.what == "speed" else memory(args)
+    {"vs-topaz": vs_topaz, "memory": memory, "speed": speed}[args.what](args)

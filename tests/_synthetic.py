@@ -79,6 +79,11 @@ class StandInPicker(Picker):
     def calibrate(self, paths):
         return None
 
+    sampled: frozenset[Path] = frozenset()  # no size estimate, so nothing already run
+
+    def keep_sampled(self, paths) -> None:
+        pass
+
     def prepare(self, path: Path) -> Prepared:
         mic = read_micrograph(path)
         return Prepared(mic.name, path, mic.data, mic.data, 1.0)

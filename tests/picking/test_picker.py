@@ -129,6 +129,18 @@ def test_whole_image_outputs_equal_the_models_own_forward(whole_image):
     torch.testing.assert_close(whole[:2] * 16, native[:2] * 16, atol=1e-2, rtol=0)
 
 
+def test_a_model_in_training_mode_is_run_as_in_eval_mode_and_left_in_training_mode(whole_image):
+    model, image, whole = whole_image
+    assert not model.training  # the whole-image pass of an eval model uses its own GroupNorms
+    model.train()
+    try:
+        again = head_outputs(model, image, tile_size=1024)  # a copy, in eval mode (dropout off)
+        assert all(m.training for m in model.modules())
+    finally:
+        model.eval()
+    torch.testing.assert_close(again, whole, atol=1e-4, rtol=0)
+
+
 def test_tiles_with_statistics_of_a_smaller_window_differ(whole_image):
     """The whole-image GroupNorm statistics, frozen, are what makes tiles equal; a window's do not."""
     model, image, whole = whole_image
@@ -299,6 +311,59 @@ def test_a_run_reads_the_size_once_from_a_sample_and_picks_every_micrograph_at_o
     boxes = {json.loads((tmp_path / "out" / "candidates" / f"{p.stem}.json").read_text())["box_size"] for p in paths}
     assert len(boxes) == 1 and boxes.pop() == pytest.approx(40 * 1.44)
     assert any("picking at 57.6 px, 1.44x the 40 px given" in line for line in said)
+
+
+def test_the_size_estimates_last_passes_are_the_samples_picks_each_micrograph_read_and_run_once(tmp_path, monkeypatch):
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / "mics" / f"mic_{i}.mrc")
+        paths[-1].parent.mkdir(exist_ok=True)
+        write_mrc(paths[-1], _blobs((160, 160), np.array([[50.0, 50.0], [110.0, 100.0]]), 20, seed=i), pixel_size=2.0)
+    model = _constant_size_model(0.0)
+    # At the diameter given (160 px prepared) the particles look 1.2x; at the corrected one they agree.
+    monkeypatch.setattr(
+        size_module,
+        "size_map",
+        lambda model, image, device="cpu": torch.full(
+            (-(-image.shape[0] // 32), -(-image.shape[1] // 32)), float(np.log(1.2 if image.shape[0] == 160 else 1.0))
+        ),
+    )
+    runs, reads = [], []
+    monkeypatch.setattr(size_module, "head_outputs", lambda *a, **k: runs.append(1) or head_outputs(*a, **k))
+    monkeypatch.setattr(picker_module, "read_micrograph", lambda path: reads.append(path) or read_micrograph(path))
+    monkeypatch.setattr(picker_module, "SIZE_SAMPLE_MICROGRAPHS", 2)
+    picker = Picker(model, _meta(model), PickSettings(ParticleSize(diameter_px=40.0), threshold=0.0))
+    report = pick_files(paths, tmp_path / "out", picker, ("csv",), progress=False, log=lambda line: None)
+    assert picker.size_estimate.factor == pytest.approx(1.2)
+    # 2 sampled x 2 rounds (the second at the run's diameter gives their picks) + the 3 others once
+    assert len(runs) == 2 + 2 + 3 and sorted(reads) == sorted(paths)
+    assert report.picked == [paths[i].stem for i in (0, 4, 1, 2, 3)]  # the sample first, its outputs at hand
+    assert not picker.sampled
+    # The same picks as running each micrograph again at the run's diameter.
+    fixed = Picker(
+        model, _meta(model), PickSettings(ParticleSize(diameter_px=40.0 * 1.2), threshold=0.0, correct_size=False)
+    )
+    for path in paths:
+        again = fixed.candidates(fixed.prepare(path))
+        got = read_picks(tmp_path / "out" / "candidates" / f"{path.stem}.csv")[path.stem]
+        assert len(got) == len(again) > 0
+        np.testing.assert_allclose(np.c_[got.x, got.y], np.c_[again.x, again.y], atol=0.01)  # CSV precision
+        np.testing.assert_allclose(got.score, again.score, atol=1e-4)
+
+
+def test_a_rank_lets_go_of_sampled_micrographs_it_does_not_pick(tmp_path):
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"mic_{i}.mrc")
+        write_mrc(paths[-1], _blobs((160, 160), np.array([[50.0, 50.0], [110.0, 100.0]]), 20, seed=i), pixel_size=2.0)
+    model = _constant_size_model(0.0)
+    picker = Picker(model, _meta(model), PickSettings(ParticleSize(diameter_px=40.0), threshold=0.0))
+    assert picker.calibrate(paths).factor == 1.0 and picker.sampled == frozenset(paths)
+    picker.keep_sampled(paths[1:2])
+    assert picker.sampled == {paths[1]}
+    prepared = picker.prepare(paths[1])
+    assert prepared.outputs is not None and prepared.image is None and not picker.sampled
+    assert picker.prepare(paths[1]).outputs is None  # handed out once; asked again, it is read and prepared
 
 
 def test_cli_fixed_diameter_keeps_the_given_box_size(micrographs, tmp_path):

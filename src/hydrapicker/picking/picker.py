@@ -11,11 +11,12 @@ frame (:mod:`hydrapicker.picking.decode`). A folder of micrographs is picked to 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from hydrapicker.checkpoint import ModelMeta
 from hydrapicker.defaults import (
@@ -41,7 +42,7 @@ from hydrapicker.model import HydraPicker
 from hydrapicker.particle_size import ParticleSize
 from hydrapicker.picking.decode import picks_from_outputs
 from hydrapicker.picking.inference import tile_margin
-from hydrapicker.picking.size import SizeEstimate, corrects_size, estimate_diameter, size_corrected_outputs
+from hydrapicker.picking.size import SizeEstimate, corrects_size, estimate_diameter_and_outputs, size_corrected_outputs
 from hydrapicker.preprocess import check_rescale, prepare_micrograph
 
 __all__ = ["PickSettings", "Picker", "Prepared", "evenly_spaced", "pick_micrograph"]
@@ -79,13 +80,15 @@ class PickSettings:
 
 @dataclass
 class Prepared:
-    """A micrograph read and prepared for the network (made in a reader thread)."""
+    """A micrograph read and prepared for the network (made in a reader thread), or already run
+    through it (a micrograph of the size estimate's sample: ``outputs`` set, ``image`` None)."""
 
     name: str
     path: Path
     data: np.ndarray  # as stored, for the overlay
-    image: np.ndarray  # rescaled, normalised
-    scale: float
+    image: np.ndarray | None  # rescaled, normalised (None once the network has run: ``outputs``)
+    scale: float  # rescaled px per stored px, at the diameter it is picked at
+    outputs: torch.Tensor | None = None  # the head's outputs ``[3, h, w]`` at ``scale``, when already run
 
 
 def evenly_spaced(paths: Sequence[Path], most: int) -> list[Path]:
@@ -128,6 +131,9 @@ class Picker:
         #: The dataset's diameter correction, once :meth:`calibrate` has read it; until then each
         #: micrograph is corrected on its own (:func:`size_corrected_outputs`).
         self.size_estimate: SizeEstimate | None = None
+        #: The sample :meth:`calibrate` read, already run at the run's diameter: :meth:`prepare`
+        #: hands each out once instead of reading and running it again.
+        self._sampled: dict[Path, Prepared] = {}
 
     def check_paths(self, paths: Sequence[Path]) -> None:
         """Refuse up front what would fail on every file: a size in Å, no pixel size, files without a header."""
@@ -160,7 +166,14 @@ class Picker:
         return micrograph, scale
 
     def prepare(self, path: Path) -> Prepared:
-        """Read one micrograph and rescale + normalise it (at the calibrated diameter, if any); HydraPickerError names the file if it is unusable."""
+        """Read one micrograph and rescale + normalise it (at the calibrated diameter, if any); HydraPickerError names the file if it is unusable.
+
+        A micrograph of the size estimate's sample comes back as :meth:`calibrate` left it
+        (read, and through the network at the run's diameter), once.
+        """
+        sampled = self._sampled.pop(Path(path), None)
+        if sampled is not None:
+            return sampled
         micrograph, scale = self._read(path)
         if self.size_estimate is not None:
             scale /= self.size_estimate.factor
@@ -180,25 +193,48 @@ class Picker:
         s = self.settings
         if self.size_estimate is not None or not s.correct_size or not corrects_size(self.model, s.head) or not paths:
             return None
-        sample, names = [], []
+        read = []
         for path in evenly_spaced(paths, SIZE_SAMPLE_MICROGRAPHS if most is None else most):
             try:
-                micrograph, scale = self._read(path)
+                read.append((Path(path), *self._read(path)))
             except (HydraPickerError, OSError):
                 continue
-            sample.append((micrograph.data, scale))
-            names.append(str(path))
-        if not sample:
+        if not read:
             return None
         try:
-            self.size_estimate = estimate_diameter(
-                self.model, self.meta, sample, s.head, names=names, tile_size=s.tile_size, device=s.device, bf16=s.bf16
+            estimate, outputs = estimate_diameter_and_outputs(
+                self.model,
+                self.meta,
+                [(micrograph.data, scale) for _, micrograph, scale in read],
+                s.head,
+                names=[str(path) for path, _, _ in read],
+                tile_size=s.tile_size,
+                device=s.device,
+                bf16=s.bf16,
             )
         except HydraPickerError:
             # A sampled micrograph that fails in preparation must not stop the run: each micrograph
             # is then corrected on its own, and that one is reported, with its cause, when picked.
             return None
+        self.size_estimate = estimate
+        if outputs is not None:  # the last round ran at the run's diameter: those passes are the sample's picks
+            for (path, micrograph, scale), out in zip(read, outputs, strict=True):
+                self._sampled[path] = Prepared(
+                    micrograph.name, path, micrograph.data, None, scale / estimate.factor, out
+                )
         return self.size_estimate
+
+    @property
+    def sampled(self) -> frozenset[Path]:
+        """The micrographs :meth:`prepare` hands out already run (the size estimate's sample, not yet picked)."""
+        return frozenset(self._sampled)
+
+    def keep_sampled(self, paths: Iterable[Path]) -> None:
+        """Let go of the sampled micrographs this run will not pick (already picked, another rank's share)."""
+        keep = {Path(path) for path in paths}
+        for path in list(self._sampled):
+            if path not in keep:
+                del self._sampled[path]
 
     def describe_size(self) -> str:
         """One line on the diameter the run picks at (after :meth:`calibrate`)."""
@@ -224,6 +260,8 @@ class Picker:
         ``candidates(...).above(t)``, and one network pass gives both.
         """
         s = self.settings
+        if prepared.outputs is not None:  # the size estimate ran it already, at the run's diameter
+            return self._decode(prepared.outputs, prepared.scale, prepared)
         per_micrograph = s.correct_size and self.size_estimate is None  # calibrated: prepared at the run's diameter
         outputs, scale = size_corrected_outputs(
             self.model,
@@ -238,6 +276,10 @@ class Picker:
             device=s.device,
             bf16=s.bf16,
         )
+        return self._decode(outputs, scale, prepared)
+
+    def _decode(self, outputs: torch.Tensor, scale: float, prepared: Prepared) -> Picks:
+        s = self.settings
         return picks_from_outputs(
             outputs,
             self.meta,

@@ -81,7 +81,8 @@ def pick_files(
     and prepare micrographs ahead of the network; one thread writes. At the end
     ``out_dir/picks.csv`` is rebuilt from every per-micrograph CSV in ``out_dir/csv``.
     Before the first micrograph, a model that corrects the diameter reads the particle size
-    once from a sample of ``paths`` (:meth:`Picker.calibrate`) and says what it found; every
+    once from a sample of ``paths`` (:meth:`Picker.calibrate`) and says what it found; the
+    sample is picked first, from the passes that read the size (no micrograph runs twice); every
     micrograph is then picked at that diameter.
     ``stop`` (asked before each micrograph; ``pick --watch`` sets it on Ctrl-C) ends the run
     early, after the micrographs in flight are written. ``merge=False`` leaves ``picks.csv``
@@ -111,6 +112,11 @@ def pick_files(
     say = log or bar.write
     if todo and picker.calibrate(paths) is not None:
         say(picker.describe_size())
+    # The size estimate's sample has been through the network at the run's diameter: pick it first
+    # (its outputs are at hand), and let go of what this run does not pick.
+    picker.keep_sampled(todo)
+    sampled = picker.sampled
+    todo.sort(key=lambda path: Path(path) not in sampled)  # stable: the rest keep their order
 
     def write(picks: Picks, candidates: Picks, prepared: Prepared) -> None:
         # Candidates first: a micrograph whose outputs exist then always has its candidates too.

@@ -33,6 +33,7 @@ __all__ = [
     "confident_log_sizes",
     "corrects_size",
     "estimate_diameter",
+    "estimate_diameter_and_outputs",
     "estimate_size_correction",
     "size_corrected_outputs",
 ]
@@ -157,12 +158,35 @@ def estimate_diameter(
     Args:
         micrographs: ``(image as stored, scale at the diameter given)`` each.
     """
+    return estimate_diameter_and_outputs(
+        model, meta, micrographs, head, names=names, passes=passes, tile_size=tile_size, device=device, bf16=bf16
+    )[0]
+
+
+def estimate_diameter_and_outputs(
+    model: HydraPicker,
+    meta: ModelMeta,
+    micrographs: Sequence[tuple[np.ndarray, float]],
+    head: str = GENERIC,
+    *,
+    names: Sequence[str] = (),
+    passes: int = SIZE_PASSES,
+    tile_size: int = PICK_TILE_SIZE,
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+) -> tuple[SizeEstimate, list[torch.Tensor] | None]:
+    """:func:`estimate_diameter`, and the head outputs of ``micrographs`` at the diameter it settled on
+    when its last round ran there (None otherwise, or when nothing was run).
+
+    Those outputs are exactly what picking each micrograph at the corrected diameter computes
+    (the same preparation and network pass), so a run keeps them as the sample's picks instead
+    of running the network over the sample again.
+    """
     if not corrects_size(model, head) or not micrographs:
-        return SizeEstimate(1.0, 0, 0)
-    estimate, _ = _size_passes(
+        return SizeEstimate(1.0, 0, 0), None
+    return _size_passes(
         model, meta, micrographs, head, passes, names=names, tile_size=tile_size, device=device, bf16=bf16
     )
-    return estimate
 
 
 def size_corrected_outputs(
