@@ -131,10 +131,10 @@ def test_whole_image_outputs_equal_the_models_own_forward(whole_image):
 
 def test_a_model_in_training_mode_is_run_as_in_eval_mode_and_left_in_training_mode(whole_image):
     model, image, whole = whole_image
-    assert not model.training  # the whole-image pass of an eval model uses its own GroupNorms
+    assert not model.training
     model.train()
     try:
-        again = head_outputs(model, image, tile_size=1024)  # a copy, in eval mode (dropout off)
+        again = head_outputs(model, image, tile_size=1024)  # run in eval mode (dropout off)
         assert all(m.training for m in model.modules())
     finally:
         model.eval()

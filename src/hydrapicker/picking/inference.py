@@ -175,23 +175,14 @@ def head_outputs(
     stride = model.stride
     device = torch.device(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    net = nn.Sequential(model.trunk, model.head(head))
-    whole = rows <= tile_size and cols <= tile_size
-    in_eval = not any(m.training for m in net.modules() if m is not net)
-    on_device = all(p.device.type == device.type and device.index in (None, p.device.index) for p in net.parameters())
-    if not (whole and in_eval and on_device):
-        # Tiles need statistics measured once and then frozen; a model in training mode or on another
-        # device is left as it is. One pass of a model in eval mode on the device uses its own
-        # GroupNorms: what it needs (nothing to freeze), and torch's fused kernel moves about a third
-        # of the measuring one's memory (15-20 % of a CPU pass), with no copy of the network.
-        net = _with_measured_norms(net).to(device).eval()
+    net = _with_measured_norms(nn.Sequential(model.trunk, model.head(head))).to(device).eval()
 
     def run(crop: torch.Tensor) -> torch.Tensor:
         with autocast:
             return net(model.pad(crop[None, None].to(device))).float()[0].cpu()
 
     with torch.inference_mode():
-        if whole:
+        if rows <= tile_size and cols <= tile_size:
             return run(x)
         window = stats_size or tile_size
         r0 = max(0, (rows - window) // 2) // stride * stride
