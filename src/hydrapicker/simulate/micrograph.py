@@ -229,14 +229,21 @@ def simulate_micrograph(
         atom_b_factor=config.atom_b_factor,
         workers=workers,
     )
-    bg = background(layout, grid, config, sigma, rng, workers=workers)
-    spectrum += bg.noise_spectrum
-    phase = phase_from_spectrum(spectrum, grid, sigma, workers=workers) + bg.phase
+    bg = background(layout, grid, config, sigma)
+    spectrum += bg.noise_spectrum(rng, workers=workers)
+    phase = phase_from_spectrum(spectrum, grid, sigma, workers=workers)
     del spectrum
 
+    # The exit wave is made a block of rows at a time: no full-field temporaries beside it.
     w = config.amplitude_contrast / np.sqrt(1.0 - config.amplitude_contrast**2)
-    wave = (bg.amplitude * np.exp(-w * phase)).astype(np.complex64) * np.exp(1j * phase).astype(np.complex64)
-    del phase
+    wave = np.empty(grid.shape, dtype=np.complex64)
+    for block in grid.row_blocks():
+        bg_phase, amplitude = bg.maps(block)
+        total_phase = phase[block] + bg_phase
+        wave[block] = (amplitude * np.exp(-w * total_phase)).astype(np.complex64) * np.exp(1j * total_phase).astype(
+            np.complex64
+        )
+    del phase, bg_phase, amplitude, total_phase
     optics = Optics(
         voltage_kv=config.voltage_kv,
         cs_mm=config.cs_mm,
