@@ -5,7 +5,8 @@ Modules, one job each: :mod:`.structure` (atoms from PDB/mmCIF, the particle-siz
 :mod:`.optics` (CTF), :mod:`.detector` (crop, MTF, shot noise), :mod:`.micrograph` (one
 micrograph with its truth), :mod:`.render` (the renderings pickers meet), :mod:`.dataset`
 (writing a dataset), :mod:`.config` (settings and renderings), :mod:`.collection` (the
-training collection). docs/simulation.md records why it is built this way.
+training collection), :mod:`.blocks` (full-field maps a block of rows at a time, so that a
+K3-size micrograph fits in a few GB). docs/simulation.md records why it is built this way.
 """
 
 from __future__ import annotations

@@ -18,9 +18,10 @@ import numpy as np
 import scipy.fft
 from scipy.spatial.transform import Rotation
 
+from hydrapicker.simulate.blocks import row_blocks
 from hydrapicker.simulate.config import SimulationConfig
-from hydrapicker.simulate.detector import detector_blur, expected_counts, fourier_crop, shot_noise
-from hydrapicker.simulate.optics import Optics, interaction_constant, wave_transfer_full
+from hydrapicker.simulate.detector import detector_blur, expected_counts, intensity_fourier_crop, shot_noise
+from hydrapicker.simulate.optics import Optics, apply_wave_transfer, interaction_constant
 from hydrapicker.simulate.potential import FineGrid, Particle, particle_spectrum, phase_from_spectrum
 from hydrapicker.simulate.specimen import background, layout_specimen
 from hydrapicker.simulate.structure import AtomicModel, particle_diameter
@@ -229,14 +230,22 @@ def simulate_micrograph(
         atom_b_factor=config.atom_b_factor,
         workers=workers,
     )
-    bg = background(layout, grid, config, sigma, rng, workers=workers)
-    spectrum += bg.noise_spectrum
-    phase = phase_from_spectrum(spectrum, grid, sigma, workers=workers) + bg.phase
+    bg = background(layout, grid, config, sigma)
+    spectrum += bg.noise_spectrum(rng, workers=workers)
+    phase = phase_from_spectrum(spectrum, grid, sigma, workers=workers)
     del spectrum
 
+    # The exit wave (complex64, 800 MB at K3 size) is held through the optics and into the
+    # detector's crop, which reuses its memory; what makes and filters it comes a block of rows at a time.
     w = config.amplitude_contrast / np.sqrt(1.0 - config.amplitude_contrast**2)
-    wave = (bg.amplitude * np.exp(-w * phase)).astype(np.complex64) * np.exp(1j * phase).astype(np.complex64)
-    del phase
+    wave = np.empty(grid.shape, dtype=np.complex64)
+    for block in grid.row_blocks():
+        bg_phase, amplitude = bg.maps(block)
+        total_phase = phase[block] + bg_phase
+        wave[block] = (amplitude * np.exp(-w * total_phase)).astype(np.complex64) * np.exp(1j * total_phase).astype(
+            np.complex64
+        )
+    del phase, bg_phase, amplitude, total_phase
     optics = Optics(
         voltage_kv=config.voltage_kv,
         cs_mm=config.cs_mm,
@@ -250,12 +259,10 @@ def simulate_micrograph(
         aberration_free=not config.ctf,
     )
     wave = scipy.fft.fft2(wave, workers=workers, overwrite_x=True)
-    wave *= wave_transfer_full(optics, grid.shape, grid.spacing)
+    apply_wave_transfer(wave, optics, grid.spacing)
     wave = scipy.fft.ifft2(wave, workers=workers, overwrite_x=True)
-    intensity = (wave.real**2 + wave.imag**2).astype(np.float64)
+    intensity = intensity_fourier_crop(wave, k, workers=workers)
     del wave
-
-    intensity = fourier_crop(intensity, k, workers=workers)
     motion_path = None
     if params.motion > 0:
         steps = rng.normal(0.0, 1.0, size=(8, 2))
@@ -264,14 +271,16 @@ def simulate_micrograph(
         path *= params.motion / max(float(np.sqrt((path**2).sum(axis=1).mean())), 1e-9) / pixel
         motion_path = path
     intensity = detector_blur(intensity, motion_path, config.mtf, workers=workers)
-    intensity = intensity[off_r : off_r + rows, off_c : off_c + cols]
-    expected = expected_counts(intensity, params.dose, pixel)
-    # Counts with the noise of dose x DQE, scaled back to the dose: mean unchanged, variance / DQE.
-    counts = (
-        shot_noise(expected * params.dqe, rng) / np.float32(params.dqe)
-        if config.shot_noise
-        else expected.astype(np.float32)
-    )
+    expected = expected_counts(intensity[off_r : off_r + rows, off_c : off_c + cols], params.dose, pixel)
+    del intensity
+    if config.shot_noise:
+        # Counts with the noise of dose x DQE, scaled back to the dose: mean unchanged, variance / DQE.
+        # Drawn a block of rows at a time: the same draws, without int64 counts of the whole image.
+        counts = np.empty(expected.shape, dtype=np.float32)
+        for block in row_blocks(rows, cols):
+            counts[block] = shot_noise(expected[block] * params.dqe, rng) / np.float32(params.dqe)
+    else:
+        counts = expected.astype(np.float32)
     n_hot = int(rng.poisson(params.hot_pixels * counts.size)) if params.hot_pixels > 0 else 0
     if n_hot:
         # Outliers a real sum carries; they also squeeze min-max 8-bit exports as real ones are.

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Optics", "electron_wavelength", "interaction_constant", "wave_transfer", "wave_transfer_full", "ctf_1d"]
+from hydrapicker.simulate.blocks import row_blocks
+
+__all__ = ["Optics", "electron_wavelength", "interaction_constant", "wave_transfer", "apply_wave_transfer", "ctf_1d"]
 
 _H = 6.62607015e-34
 _M0 = 9.1093837015e-31
@@ -95,26 +97,32 @@ def wave_transfer(optics: Optics, qy: np.ndarray, qx: np.ndarray) -> np.ndarray:
     return transfer
 
 
-def wave_transfer_full(optics: Optics, shape: tuple[int, int], spacing: float) -> np.ndarray:
-    """:func:`wave_transfer` on a full ``fft2`` grid, complex64.
+def apply_wave_transfer(spectrum: np.ndarray, optics: Optics, spacing: float) -> None:
+    """Multiply a full ``fft2`` spectrum (complex64 ``[rows, cols]``, fine pixel ``spacing`` Å)
+    by :func:`wave_transfer`, in place.
 
     The transfer is even (``T(q) = T(-q)``: defocus depends on 2 theta, everything else on
-    ``|q|``), so it is evaluated on the ``rfft2`` half-plane and mirrored: half the
-    transcendental work on the largest array of the simulation.
+    ``|q|``), so it is evaluated on the ``rfft2`` half-plane (half the transcendental work on
+    the largest array of the simulation) and mirrored into one block of rows at a time: the
+    full transfer (800 MB at K3 size) never exists.
     """
-    rows, cols = shape
+    rows, cols = spectrum.shape
     qy = np.fft.fftfreq(rows, d=spacing)[:, None]
     qx = np.fft.rfftfreq(cols, d=spacing)[None, :]
-    half = wave_transfer(optics, qy, qx).astype(np.complex64)  # [rows, cols//2 + 1]
-    full = np.empty((rows, cols), dtype=np.complex64)
-    full[:, : half.shape[1]] = half
+    half = np.empty((rows, qx.shape[1]), dtype=np.complex64)
+    blocks = row_blocks(rows, cols)
+    for block in blocks:
+        half[block] = wave_transfer(optics, qy[block], qx).astype(np.complex64)
     # Columns j > cols/2 hold q_x < 0: T(qy, qx) = T(-qy, -qx), and -qy is row (-i) mod rows.
     n_neg = cols - half.shape[1]
-    if n_neg > 0:
-        mirror_rows = (-np.arange(rows)) % rows
-        mirror_cols = np.arange(cols - n_neg, cols)
-        full[:, mirror_cols] = half[mirror_rows][:, cols - mirror_cols]
-    return full
+    mirror_cols = np.arange(cols - n_neg, cols)
+    for block in blocks:
+        full = np.empty((block.stop - block.start, cols), dtype=np.complex64)
+        full[:, : half.shape[1]] = half[block]
+        if n_neg > 0:
+            mirror_rows = (-np.arange(block.start, block.stop)) % rows
+            full[:, mirror_cols] = half[mirror_rows][:, cols - mirror_cols]
+        spectrum[block] *= full
 
 
 def ctf_1d(

@@ -17,7 +17,7 @@ import scipy.fft
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from hydrapicker.simulate.potential import FineGrid, form_factor, radial_on_grid, water_form_factor
+from hydrapicker.simulate.potential import FineGrid, form_factor, radial_rows, radial_table, water_form_factor
 from hydrapicker.simulate.structure import AtomicModel
 
 __all__ = [
@@ -75,15 +75,6 @@ class Layout:
     roughness_seed: int = 0
     ice_texture: float = 0.0  # rms Å of short-range thickness variation
     texture_length: float = 40.0  # its correlation length, Å
-
-
-@dataclass
-class Background:
-    """Ice and carbon on the fine grid."""
-
-    phase: np.ndarray  # rad: mean potential of ice + carbon
-    noise_spectrum: np.ndarray  # rfft2 layout, Å x molecules per pixel: solvent fluctuations
-    amplitude: np.ndarray  # inelastic loss: exp(-t / (2 mfp))
 
 
 def smooth_field(shape: tuple[int, int], correlation_px: float, seed: int) -> np.ndarray:
@@ -332,102 +323,172 @@ def _sequential_placement(
     return accepted
 
 
-def background(
-    layout: Layout, grid: FineGrid, config, sigma: float, rng: np.random.Generator, workers: int = 1
-) -> Background:
+def background(layout: Layout, grid: FineGrid, config, sigma: float) -> Background:
     """Ice (thickness map with a gradient, smooth roughness, contaminants) and carbon on the fine grid."""
-    from hydrapicker.simulate.potential import POTENTIAL_CONSTANT
+    return Background(layout, grid, config, sigma)
 
-    rows, cols = grid.shape
-    s = grid.spacing
-    y = (np.arange(rows, dtype=np.float32) * s)[:, None]
-    x = (np.arange(cols, dtype=np.float32) * s)[None, :]
-    width, height = layout.extent
-    gx, gy = layout.ice_gradient
-    ice = np.float32(layout.ice_thickness) * (1.0 + gx * (x - 0.5 * width) + gy * (y - 0.5 * height)).astype(np.float32)
-    if layout.ice_roughness > 0 and layout.ice_thickness > 0:
-        # Smooth on a 1500 Å scale: draw it 4x coarser and repeat, the steps are invisible.
-        block = 4
-        coarse = smooth_field((-(-rows // block), -(-cols // block)), 1500.0 / (s * block), layout.roughness_seed)
-        rough = np.repeat(np.repeat(coarse, block, axis=0), block, axis=1)[:rows, :cols]
-        ice *= (1.0 + layout.ice_roughness * rough).astype(np.float32)
-    for cx, cy, radius, h in layout.contaminants:
-        # A ball of ice: thickness follows a sphere's chord. Only its bounding box is touched.
-        r0, r1 = max(0, int((cy - radius) / s) - 1), min(rows, int((cy + radius) / s) + 2)
-        c0, c1 = max(0, int((cx - radius) / s) - 1), min(cols, int((cx + radius) / s) + 2)
-        if r0 >= r1 or c0 >= c1:
-            continue
-        r2 = ((x[:, c0:c1] - cx) ** 2 + (y[r0:r1] - cy) ** 2) / radius**2
-        ice[r0:r1, c0:c1] += np.float32(h) * np.sqrt(np.clip(1.0 - r2, 0.0, None))
-    bragg = None
-    for cx, cy, apothem, thickness, angle, loss_length in layout.crystals:
-        reach = apothem / np.cos(np.pi / 6) + 30.0
-        r0, r1 = max(0, int((cy - reach) / s) - 1), min(rows, int((cy + reach) / s) + 2)
-        c0, c1 = max(0, int((cx - reach) / s) - 1), min(cols, int((cx + reach) / s) + 2)
-        if r0 >= r1 or c0 >= c1:
-            continue
-        dx, dy = x[:, c0:c1] - cx, y[r0:r1] - cy
-        # Signed distance to a regular hexagon: the largest projection on its three face normals.
-        inside_by = (
-            np.max(
-                [np.abs(dx * np.cos(angle + k * np.pi / 3) + dy * np.sin(angle + k * np.pi / 3)) for k in range(3)],
-                axis=0,
+
+class Background:
+    """Ice and carbon of a :class:`Layout` on the fine grid, made a block of rows at a time.
+
+    :meth:`maps` gives the mean phase and the inelastic amplitude of some rows,
+    :meth:`noise_spectrum` the solvent's fluctuations; no map of the whole grid is held (each
+    would be 400 MB at K3 size).
+    """
+
+    def __init__(self, layout: Layout, grid: FineGrid, config, sigma: float) -> None:
+        from hydrapicker.simulate.potential import POTENTIAL_CONSTANT
+
+        self.layout, self.grid, self.config = layout, grid, config
+        rows, cols = grid.shape
+        s = grid.spacing
+        self._y = (np.arange(rows, dtype=np.float32) * s)[:, None]
+        self._x = (np.arange(cols, dtype=np.float32) * s)[None, :]
+        self._coarse = None
+        if layout.ice_roughness > 0 and layout.ice_thickness > 0:
+            # Smooth on a 1500 Å scale: drawn 4x coarser and repeated, the steps are invisible.
+            self._coarse = smooth_field(
+                (-(-rows // _ROUGH_BLOCK), -(-cols // _ROUGH_BLOCK)), 1500.0 / (s * _ROUGH_BLOCK), layout.roughness_seed
             )
-            - apothem
-        )
-        plate = (0.5 * (1 - np.tanh(inside_by / 8.0))).astype(np.float32)
-        ice[r0:r1, c0:c1] += np.float32(thickness) * plate
-        if bragg is None:
-            bragg = np.zeros_like(ice)
-        bragg[r0:r1, c0:c1] += np.float32(thickness / (2 * loss_length)) * plate
-    carbon = None
-    if layout.hole is not None:
-        hx, hy, hr = layout.hole
-        dist = np.sqrt((x - hx) ** 2 + (y - hy) ** 2) - hr
-        edge = 0.5 * (1 + np.tanh(dist / 15.0))  # 0 in the hole, 1 on the carbon
-        carbon = np.float32(layout.carbon_thickness) * edge
-        ice *= 1.0 - 0.25 * edge  # somewhat thinner ice over the film; the film adds to it, so it looks darker
-    np.clip(ice, 0.0, None, out=ice)
+        # Contaminants and crystal plates with the rows and columns they reach; those off the grid dropped.
+        balls = [(c, _box(c[0], c[1], c[2], s, grid.shape)) for c in layout.contaminants]
+        plates = [(c, _box(c[0], c[1], c[2] / np.cos(np.pi / 6) + 30.0, s, grid.shape)) for c in layout.crystals]
+        self._balls = [(c, box) for c, box in balls if box is not None]
+        self._plates = [(c, box) for c, box in plates if box is not None]
+        self._f_w0 = float(water_form_factor(np.zeros(1))[0])
+        self._f_c0 = float(form_factor("C", np.zeros(1))[0])
+        self._scale = sigma * POTENTIAL_CONSTANT
 
-    f_w0 = float(water_form_factor(np.zeros(1))[0])
-    f_c0 = float(form_factor("C", np.zeros(1))[0])
-    rho_w, rho_c = config.water_density, config.carbon_density
-    scale = sigma * POTENTIAL_CONSTANT
-    phase = np.float32(scale * rho_w * f_w0) * ice
-    loss = ice / np.float32(2 * config.inelastic_mfp_ice)
-    # Number fluctuations of solvent molecules per pixel column, in water-molecule units of
-    # scattering, shaped by the structure factor and the molecular form factor in Fourier space.
-    variance = np.float32(rho_w * grid.pixel_area) * ice
-    if carbon is not None:
-        phase += np.float32(scale * rho_c * f_c0) * carbon
-        loss += carbon / np.float32(2 * config.inelastic_mfp_carbon)
-        variance += np.float32(rho_c * grid.pixel_area * (f_c0 / f_w0) ** 2) * carbon
-    if bragg is not None:
-        loss += bragg
-    amplitude = np.exp(-loss)
-    if float(variance.max()) > 0:
-        noise = rng.standard_normal(grid.shape, dtype=np.float32) * np.sqrt(variance)
-        shaping = _solvent_shaping(grid, config.water_s0, config.water_peak_A)
-        noise_spectrum = scipy.fft.rfft2(noise, workers=workers) * shaping
-    else:
-        noise_spectrum = np.zeros((rows, cols // 2 + 1), dtype=np.complex64)
-    if layout.ice_texture > 0 and layout.ice_thickness > 0:
-        # The film's surfaces are not flat: thickness varies by some tens of Å over 20-70 Å,
-        # which the low S(0) of bulk water does not give. Drawn straight in Fourier space as
-        # Gaussian-filtered white noise (no FFT); units: water molecules x form factor per pixel.
-        q2 = grid.rfft_q2
-        filt = np.exp(-2 * np.pi**2 * layout.texture_length**2 * q2)
-        n = rows * cols
-        norm = np.sqrt(n / max(float((filt**2).mean()), 1e-30))  # real-space rms of 1 per pixel
-        white = rng.standard_normal(filt.shape, dtype=np.float32) + 1j * rng.standard_normal(
-            filt.shape, dtype=np.float32
+    def _thickness(self, rows: slice) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        # Ice, carbon and Bragg loss of rows r0:r1, float32; carbon and bragg are None when absent.
+        layout = self.layout
+        r0, r1 = rows.start, rows.stop
+        x, y = self._x, self._y[rows]
+        width, height = layout.extent
+        gx, gy = layout.ice_gradient
+        ice = np.float32(layout.ice_thickness) * (1.0 + gx * (x - 0.5 * width) + gy * (y - 0.5 * height)).astype(
+            np.float32
         )
-        scale = np.float32(rho_w * grid.pixel_area * layout.ice_texture * norm / np.sqrt(2))
-        f_w = radial_on_grid(grid, lambda q: water_form_factor(q**2))
-        noise_spectrum += white * (scale * filt.astype(np.float32) * f_w)
-    return Background(phase=phase, noise_spectrum=noise_spectrum, amplitude=amplitude)
+        if self._coarse is not None:
+            b = _ROUGH_BLOCK
+            coarse = self._coarse[r0 // b : (r1 - 1) // b + 1]
+            rough = np.repeat(np.repeat(coarse, b, axis=0), b, axis=1)[r0 % b : r0 % b + r1 - r0, : x.shape[1]]
+            ice *= (1.0 + layout.ice_roughness * rough).astype(np.float32)
+        for (cx, cy, radius, h), (b0, b1, c0, c1) in self._balls:
+            # A ball of ice: thickness follows a sphere's chord. Only its bounding box is touched.
+            b0, b1 = max(b0, r0), min(b1, r1)
+            if b0 >= b1:
+                continue
+            r2 = ((x[:, c0:c1] - cx) ** 2 + (self._y[b0:b1] - cy) ** 2) / radius**2
+            ice[b0 - r0 : b1 - r0, c0:c1] += np.float32(h) * np.sqrt(np.clip(1.0 - r2, 0.0, None))
+        bragg = np.zeros_like(ice) if self._plates else None
+        for (cx, cy, apothem, thickness, angle, loss_length), (b0, b1, c0, c1) in self._plates:
+            b0, b1 = max(b0, r0), min(b1, r1)
+            if b0 >= b1:
+                continue
+            dx, dy = x[:, c0:c1] - cx, self._y[b0:b1] - cy
+            # Signed distance to a regular hexagon: the largest projection on its three face normals.
+            inside_by = (
+                np.max(
+                    [np.abs(dx * np.cos(angle + k * np.pi / 3) + dy * np.sin(angle + k * np.pi / 3)) for k in range(3)],
+                    axis=0,
+                )
+                - apothem
+            )
+            plate = (0.5 * (1 - np.tanh(inside_by / 8.0))).astype(np.float32)
+            ice[b0 - r0 : b1 - r0, c0:c1] += np.float32(thickness) * plate
+            bragg[b0 - r0 : b1 - r0, c0:c1] += np.float32(thickness / (2 * loss_length)) * plate
+        carbon = None
+        if layout.hole is not None:
+            hx, hy, hr = layout.hole
+            dist = np.sqrt((x - hx) ** 2 + (y - hy) ** 2) - hr
+            edge = 0.5 * (1 + np.tanh(dist / 15.0))  # 0 in the hole, 1 on the carbon
+            carbon = np.float32(layout.carbon_thickness) * edge
+            ice *= 1.0 - 0.25 * edge  # somewhat thinner ice over the film; the film adds to it, so it looks darker
+        np.clip(ice, 0.0, None, out=ice)
+        return ice, carbon, bragg
+
+    def maps(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Phase (rad, mean potential of ice + carbon) and amplitude (inelastic loss,
+        ``exp(-t / (2 mfp))``) of ``rows`` of the grid, float32."""
+        config = self.config
+        ice, carbon, bragg = self._thickness(rows)
+        phase = np.float32(self._scale * config.water_density * self._f_w0) * ice
+        loss = ice / np.float32(2 * config.inelastic_mfp_ice)
+        if carbon is not None:
+            phase += np.float32(self._scale * config.carbon_density * self._f_c0) * carbon
+            loss += carbon / np.float32(2 * config.inelastic_mfp_carbon)
+        if bragg is not None:
+            loss += bragg
+        return phase, np.exp(-loss)
+
+    def _std(self, rows: slice) -> np.ndarray:
+        # Number fluctuations of solvent molecules per pixel column, in water-molecule units of
+        # scattering: the variance is the mean count.
+        config, area = self.config, self.grid.pixel_area
+        ice, carbon, _ = self._thickness(rows)
+        variance = np.float32(config.water_density * area) * ice
+        if carbon is not None:
+            variance += np.float32(config.carbon_density * area * (self._f_c0 / self._f_w0) ** 2) * carbon
+        return np.sqrt(variance)
+
+    def noise_spectrum(self, rng: np.random.Generator, workers: int = 1) -> np.ndarray:
+        """The solvent's fluctuations, rfft2 layout, Å x molecules per pixel: white counts shaped
+        by the structure factor and the molecular form factor, plus the film's surface texture."""
+        layout, grid, config = self.layout, self.grid, self.config
+        rows, cols = grid.shape
+        blocks = grid.row_blocks()
+        texture = layout.ice_texture > 0 and layout.ice_thickness > 0
+        if texture:
+            # The texture's scale needs the mean of its filter over the whole grid: taken first,
+            # while little else is held.
+            exponent = -2 * np.pi**2 * layout.texture_length**2
+            squares = np.empty((rows, cols // 2 + 1))
+            for block in blocks:
+                squares[block] = np.exp(exponent * grid.rfft_q2(block)) ** 2
+            norm = np.sqrt(rows * cols / max(float(squares.mean()), 1e-30))  # real-space rms of 1 per pixel
+            del squares
+        # noise holds the std first: its max decides whether noise is drawn at all (the random
+        # stream must not move otherwise), and the draws then multiply it in place.
+        noise = np.empty(grid.shape, dtype=np.float32)
+        for block in blocks:
+            noise[block] = self._std(block)
+        if float(noise.max()) > 0:
+            for block in blocks:
+                noise[block] = rng.standard_normal(noise[block].shape, dtype=np.float32) * noise[block]
+            spectrum = scipy.fft.rfft2(noise, workers=workers)
+            del noise
+            shaping = _solvent_table(grid, config.water_s0, config.water_peak_A)
+            for block in blocks:
+                spectrum[block] *= radial_rows(grid, shaping, block)
+        else:
+            del noise
+            spectrum = np.zeros((rows, cols // 2 + 1), dtype=np.complex64)
+        if texture:
+            # The film's surfaces are not flat: thickness varies by some tens of Å over 20-70 Å,
+            # which the low S(0) of bulk water does not give. Drawn straight in Fourier space as
+            # Gaussian-filtered white noise (no FFT); units: water molecules x form factor per pixel.
+            real = rng.standard_normal(spectrum.shape, dtype=np.float32)
+            imag = rng.standard_normal(spectrum.shape, dtype=np.float32)
+            scale = np.float32(config.water_density * grid.pixel_area * layout.ice_texture * norm / np.sqrt(2))
+            f_w = radial_table(grid, lambda q: water_form_factor(q**2))
+            for block in blocks:
+                filt = np.exp(exponent * grid.rfft_q2(block))
+                white = real[block] + 1j * imag[block]
+                spectrum[block] += white * (scale * filt.astype(np.float32) * radial_rows(grid, f_w, block))
+        return spectrum
+
+
+_ROUGH_BLOCK = 4  # the ice roughness field is drawn this much coarser than the grid
+
+
+def _box(cx: float, cy: float, reach: float, s: float, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    # Rows r0:r1 and columns c0:c1 of the grid within reach (Å) of (cx, cy); None if none are.
+    r0, r1 = max(0, int((cy - reach) / s) - 1), min(shape[0], int((cy + reach) / s) + 2)
+    c0, c1 = max(0, int((cx - reach) / s) - 1), min(shape[1], int((cx + reach) / s) + 2)
+    return None if r0 >= r1 or c0 >= c1 else (r0, r1, c0, c1)
 
 
 @functools.lru_cache(maxsize=4)
-def _solvent_shaping(grid: FineGrid, s0: float, peak_A: float) -> np.ndarray:
-    return radial_on_grid(grid, lambda q: np.sqrt(water_structure_factor(q, s0, peak_A)) * water_form_factor(q**2))
+def _solvent_table(grid: FineGrid, s0: float, peak_A: float) -> tuple[np.ndarray, np.ndarray]:
+    return radial_table(grid, lambda q: np.sqrt(water_structure_factor(q, s0, peak_A)) * water_form_factor(q**2))
