@@ -193,7 +193,7 @@ def _model(path: str | None) -> tuple[HydraPicker, object]:
     return load_checkpoint(path) if path else load_model(None)
 
 
-def flop_floor(args: argparse.Namespace, env: dict[str, str]) -> tuple[float, float, tuple[int, int]]:
+def flop_floor(args: argparse.Namespace) -> tuple[float, float, tuple[int, int]]:
     """(seconds, GFLOP) the network needs per bundled frame at the conv rate of this machine, and the shape it sees."""
     torch.set_num_threads(args.threads)
     model, meta = _model(args.model)
@@ -242,7 +242,7 @@ def vs_topaz(args: argparse.Namespace) -> None:
                 best[name] = min(best.get(name, float("inf")), seconds)
                 rss[name] = max(rss.get(name, 0.0), peak)
                 print(f"  round {r + 1}: {name}: {seconds:.1f} s for {n} micrographs", file=sys.stderr, flush=True)
-    floor, gflop, shape = flop_floor(args, env)
+    floor, gflop, shape = flop_floor(args)
     topaz = best["Topaz resnet16"]
     print(
         f"{n} micrographs of 1024² (the network sees {shape[0]}x{shape[1]}), {args.threads} threads, "
