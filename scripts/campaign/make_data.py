@@ -234,7 +234,7 @@ def _flipped(real: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def composite_plans(plans: list[DatasetPlan]) -> list[DatasetPlan]:
     """The ``gen`` dataset each ``realbg`` dataset is made from: one condition per structure, in turn."""
     gen = [p for p in plans if p.name.startswith("gen-")]
-    ids = sorted({p.name.split("-")[1] for p in gen}, key=lambda sid: [p.name for p in gen].index(f"gen-{sid}-c0"))
+    ids = list(dict.fromkeys(p.name.split("-")[1] for p in gen))  # structures in plan order
     return [next(p for p in gen if p.name == f"gen-{sid}-c{k % 7}") for k, sid in enumerate(ids)]
 
 
