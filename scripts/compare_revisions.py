@@ -1,0 +1,228 @@
+"""Do two revisions of HydraPicker write the same files? Runs the user-facing verbs at both, diffs the outputs.
+
+    .venv/bin/python scripts/compare_revisions.py OLD NEW [--work DIR] [--demo-epochs N] [--skip-demo]
+
+Checks out each revision (a commit, tag or branch) as a detached git worktree and runs, with
+that revision's code on this checkout's virtual environment and one thread (so floating-point
+sums run in the same order), from a folder laid out the same way for both:
+
+- ``pick`` of the bundled beta-gal frames (default settings: size correction on), and
+  ``--fixed-diameter``, every output format;
+- ``evaluate`` of those picks against the bundled labels; ``threshold`` (the suggestion) and
+  ``threshold --set 0.3`` on a copy; ``report``;
+- ``relion`` as RELION 5 runs an External job, on a small project of MRC files;
+- ``demo`` (unless ``--skip-demo``; ``--demo-epochs`` shortens its fine-tuning);
+- ``--help`` of every verb.
+
+Then compares every file byte for byte after masking what is expected to differ: dates and
+times, durations, the software version and the work folder's path. Prints one line per file
+(same / differs / only in one) and the first differing lines; exit status 1 if anything differs.
+Used for issue 19 (the redesign changes no output) and issue 21 (picks unchanged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BGAL = ROOT / "src" / "hydrapicker" / "assets" / "real" / "empiar10017_bgal_bin4"
+VERBS = (
+    "adapt",
+    "benchmark",
+    "demo",
+    "evaluate",
+    "finetune",
+    "pick",
+    "relion",
+    "report",
+    "simulate",
+    "threshold",
+    "train",
+)
+SIZE = ["--pixel-size", "7.08", "--diameter-A", "191"]
+TEXT = {".star", ".cbox", ".box", ".txt", ".csv", ".json", ".md", ".html", ".cs_summary", ".log", ".toml", ""}
+_MASKS = [
+    (re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?"), "<TIME>"),
+    (re.compile(r"\b\d+(\.\d+)?\s?(s|ms|min|seconds|minutes)\b"), "<DURATION>"),
+    (re.compile(r"\b\d+(\.\d+)? micrographs?/s\b"), "<RATE>"),
+    (re.compile(r"hydrapicker[ -]\d+\.\d+\S*"), "hydrapicker <VERSION>"),
+]
+
+_RELION_STAR = """
+# version 50001
+
+data_optics
+
+loop_
+_rlnOpticsGroupName #1
+_rlnOpticsGroup #2
+_rlnMicrographOriginalPixelSize #3
+_rlnVoltage #4
+_rlnSphericalAberration #5
+_rlnAmplitudeContrast #6
+_rlnMicrographPixelSize #7
+opticsGroup1 1 1.770000 300.000000 2.700000 0.100000 7.080000
+
+
+# version 50001
+
+data_micrographs
+
+loop_
+_rlnMicrographName #1
+_rlnOpticsGroup #2
+{rows}
+"""
+
+
+def _inputs(folder: Path) -> None:
+    """The same inputs for both revisions: the bundled frames and labels, and a RELION project of MRCs."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from hydrapicker.io.micrograph import read_micrograph, write_mrc
+
+    shutil.copytree(BGAL, folder / "bgal", ignore=shutil.ignore_patterns("README*"))
+    mics = folder / "relion" / "MotionCorr" / "job002" / "Movies"
+    mics.mkdir(parents=True)
+    rows = []
+    for png in sorted(BGAL.glob("*.png")):
+        write_mrc(mics / f"{png.stem}.mrc", read_micrograph(png).data, pixel_size=1.0)  # the header is wrong on purpose
+        rows.append(f"MotionCorr/job002/Movies/{png.stem}.mrc 1")
+    star = folder / "relion" / "CtfFind" / "job003" / "micrographs_ctf.star"
+    star.parent.mkdir(parents=True)
+    star.write_text(_RELION_STAR.format(rows="\n".join(rows)))
+
+
+def _run(label: str, worktree: Path, folder: Path, args: argparse.Namespace) -> None:
+    env = {**os.environ, "PYTHONPATH": str(worktree / "src"), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("HYDRAPICKER_DEFAULT_MALLOC", None)
+    hp = [sys.executable, "-m", "hydrapicker"]
+
+    def run(*command: str, cwd: Path = folder, out: str | None = None) -> None:
+        print(f"  [{label}] hydrapicker {' '.join(command)}", file=sys.stderr, flush=True)
+        done = subprocess.run([*hp, *command], cwd=cwd, env=env, capture_output=True, text=True)
+        if out:
+            (folder / out).write_text(done.stdout + done.stderr)
+        if done.returncode != 0:
+            raise SystemExit(f"[{label}] failed ({done.returncode}): {' '.join(command)}\n{done.stderr[-3000:]}")
+
+    labels = [str(p.relative_to(folder)) for p in sorted((folder / "bgal").glob("*.csv"))]
+    run("pick", "bgal", *SIZE, "--out", "pick-default", out="pick-default.log")
+    run("pick", "bgal", *SIZE, "--fixed-diameter", "--out", "pick-fixed", out="pick-fixed.log")
+    run(
+        "evaluate",
+        "pick-default/picks.csv",
+        "--truth",
+        *labels,
+        "--box",
+        "27",
+        "--json",
+        "evaluate.json",
+        "--plots",
+        "evaluate-plots",
+        out="evaluate.log",
+    )
+    run("threshold", "pick-default", out="threshold-suggest.log")
+    shutil.copytree(folder / "pick-default", folder / "threshold-set")
+    run("threshold", "threshold-set", "--set", "0.3", out="threshold-set.log")
+    run("report", "pick-default", out="report.log")
+    relion = folder / "relion"
+    run(
+        "relion",
+        "--o",
+        "External/job005/",
+        "--in_mics",
+        "CtfFind/job003/micrographs_ctf.star",
+        "--diameter-A",
+        "191",
+        "--j",
+        "1",
+        cwd=relion,
+        out="relion.log",
+    )
+    if not args.skip_demo:
+        epochs = ["--epochs", str(args.demo_epochs)] if args.demo_epochs else []
+        run("demo", "--out", "demo", *epochs, out="demo.log")
+    (folder / "help").mkdir()
+    for verb in VERBS:
+        run(verb, "--help", out=f"help/{verb}.txt")
+
+
+def _masked(path: Path, folder: Path) -> list[str]:
+    text = path.read_text(errors="replace").replace(str(folder), "<WORK>")
+    for pattern, replacement in _MASKS:
+        text = pattern.sub(replacement, text)
+    return text.splitlines()
+
+
+def _compare(old: Path, new: Path, verbose_lines: int) -> int:
+    """Print one line per file; the number of files that differ or exist on one side only."""
+    skip = {"bgal", "relion/MotionCorr", "relion/CtfFind"}
+    names: set[Path] = set()
+    for side in (old, new):
+        for path in side.rglob("*"):
+            rel = path.relative_to(side)
+            if path.is_file() and not any(str(rel).startswith(s) for s in skip):
+                names.add(rel)
+    differing = 0
+    for rel in sorted(names):
+        a, b = old / rel, new / rel
+        if not a.exists() or not b.exists():
+            print(f"only in {'new' if b.exists() else 'old'}: {rel}")
+            differing += 1
+            continue
+        if a.read_bytes() == b.read_bytes():
+            print(f"same (bytes): {rel}")
+            continue
+        if a.suffix.lower() in TEXT:
+            lines_a, lines_b = _masked(a, old), _masked(b, new)
+            if lines_a == lines_b:
+                print(f"same (masked): {rel}")
+                continue
+            print(f"DIFFERS: {rel}")
+            diff = list(difflib.unified_diff(lines_a, lines_b, "old", "new", n=0, lineterm=""))
+            for line in diff[2 : 2 + verbose_lines]:
+                print(f"    {line[:200]}")
+        else:
+            print(f"DIFFERS (binary): {rel}")
+        differing += 1
+    return differing
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("old")
+    parser.add_argument("new")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/compare_revisions"))
+    parser.add_argument("--demo-epochs", type=int, help="fine-tuning epochs of the demo (default: the demo's)")
+    parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--lines", type=int, default=12, help="differing lines shown per file")
+    args = parser.parse_args()
+    if args.work.exists():
+        shutil.rmtree(args.work)
+    folders = {}
+    for label, rev in (("old", args.old), ("new", args.new)):
+        worktree = args.work / f"{label}-src"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), rev], check=True)
+        # The same path for both runs, so that paths recorded in outputs match.
+        folder = args.work / "run"
+        folder.mkdir()
+        try:
+            _inputs(folder)
+            _run(label, worktree, folder, args)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=True)
+        folders[label] = folder.rename(args.work / label)
+    differing = _compare(folders["old"], folders["new"], args.lines)
+    print(f"{differing} file(s) differ between {args.old} and {args.new} (masked: times, durations, version, work path)")
+    sys.exit(1 if differing else 0)
+
+
+if __name__ == "__main__":
+    main()
