@@ -50,6 +50,8 @@ SIZE = ["--pixel-size", "7.08", "--diameter-A", "191"]
 TEXT = {".star", ".cbox", ".box", ".txt", ".csv", ".json", ".md", ".html", ".cs_summary", ".log", ".toml", ""}
 _MASKS = [
     (re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?"), "<TIME>"),
+    (re.compile(r"\b\d{2}:\d{2}:\d{2} on \d{2}/\d{2}/\d{4}"), "<TIME>"),  # starfile's "Created by" line
+    (re.compile(r'"seconds": [0-9.]+'), '"seconds": <DURATION>'),  # training logs
     (re.compile(r"\b\d+(\.\d+)?\s?(s|ms|min|seconds|minutes)\b"), "<DURATION>"),
     (re.compile(r"\b\d+(\.\d+)? micrographs?/s\b"), "<RATE>"),
     (re.compile(r"hydrapicker[ -]\d+\.\d+\S*"), "hydrapicker <VERSION>"),
@@ -158,7 +160,33 @@ def _masked(path: Path, folder: Path) -> list[str]:
     text = path.read_text(errors="replace").replace(str(folder), "<WORK>")
     for pattern, replacement in _MASKS:
         text = pattern.sub(replacement, text)
-    return text.splitlines()
+    lines = text.splitlines()
+    if path.name == "log.csv" and lines and lines[0].split(",")[-1] == "seconds":  # a training log's epoch times
+        lines = [line.rsplit(",", 1)[0] for line in lines]
+    return lines
+
+
+def _flat(value: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+    if isinstance(value, list | tuple):
+        return {k: v for i, item in enumerate(value) for k, v in _flat(item, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def _same_checkpoint(a: Path, b: Path) -> tuple[bool, list[str]]:
+    """Whether two checkpoints hold the same tensors, and the other fields that differ (records, times)."""
+    import torch
+
+    flat_a, flat_b = (_flat(torch.load(p, map_location="cpu", weights_only=False)) for p in (a, b))
+    tensors_same, others = True, []
+    for key in sorted(set(flat_a) | set(flat_b)):
+        x, y = flat_a.get(key), flat_b.get(key)
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            tensors_same &= isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and torch.equal(x, y)
+        elif x != y:
+            others.append(key)
+    return tensors_same, others
 
 
 def _compare(old: Path, new: Path, verbose_lines: int) -> int:
@@ -189,6 +217,14 @@ def _compare(old: Path, new: Path, verbose_lines: int) -> int:
             diff = list(difflib.unified_diff(lines_a, lines_b, "old", "new", n=0, lineterm=""))
             for line in diff[2 : 2 + verbose_lines]:
                 print(f"    {line[:200]}")
+        elif a.suffix == ".pt":
+            tensors_same, others = _same_checkpoint(a, b)
+            if tensors_same and not others:
+                print(f"same (tensors and fields): {rel}")
+                continue
+            print(f"{'same tensors, other fields differ' if tensors_same else 'DIFFERS (tensors)'}: {rel}: {others}")
+            if tensors_same:
+                continue
         else:
             print(f"DIFFERS (binary): {rel}")
         differing += 1
@@ -203,7 +239,14 @@ def main() -> None:
     parser.add_argument("--demo-epochs", type=int, help="fine-tuning epochs of the demo (default: the demo's)")
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--lines", type=int, default=12, help="differing lines shown per file")
+    parser.add_argument(
+        "--compare-only", action="store_true", help="diff WORK/old and WORK/new of an earlier run again"
+    )
     args = parser.parse_args()
+    if args.compare_only:
+        differing = _compare(args.work / "old", args.work / "new", args.lines)
+        print(f"{differing} file(s) differ (masked: times, durations, version, work path)")
+        sys.exit(1 if differing else 0)
     if args.work.exists():
         shutil.rmtree(args.work)
     folders = {}
@@ -220,7 +263,9 @@ def main() -> None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=True)
         folders[label] = folder.rename(args.work / label)
     differing = _compare(folders["old"], folders["new"], args.lines)
-    print(f"{differing} file(s) differ between {args.old} and {args.new} (masked: times, durations, version, work path)")
+    print(
+        f"{differing} file(s) differ between {args.old} and {args.new} (masked: times, durations, version, work path)"
+    )
     sys.exit(1 if differing else 0)
 
 

@@ -169,6 +169,28 @@ class FinetuneConfig:
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise HydraPickerError(f"learning rate must be positive, got {self.lr!r}")
 
+    def loop_settings(self, preset: str, target_diameter_px: float) -> TrainConfig:
+        """The training loop's settings for this run (:func:`hydrapicker.training.loop.fit` takes a
+        :class:`TrainConfig`): the base model's preset and trained diameter, this run's schedule
+        (one cosine over all epochs, stage 1's Adam), crops, seed and device, and every loss
+        setting at its default, as the generic model was trained."""
+        return TrainConfig(
+            preset=preset,
+            stage="1",
+            epochs=self.epochs,
+            batches_per_epoch=self.batches_per_epoch,
+            val_batches=self.val_batches,
+            lr=self.lr,
+            t0_epochs=self.epochs,
+            target_diameter_px=target_diameter_px,
+            crop_size=self.crop_size,
+            pad_to=self.pad_to,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            threads=self.threads,
+            device=self.device,
+        )
+
 
 @dataclass(frozen=True)
 class AdaptConfig:

@@ -47,7 +47,7 @@ from hydrapicker.memory import keep_large_blocks
 from hydrapicker.model import HydraPicker
 from hydrapicker.particle_size import ParticleSize, rescale_factor
 from hydrapicker.picking.picker import PickSettings, pick_micrograph
-from hydrapicker.training.config import FinetuneConfig, TrainConfig
+from hydrapicker.training.config import FinetuneConfig
 from hydrapicker.training.loop import fit
 from hydrapicker.training.stages import finetune_plan
 
@@ -285,23 +285,7 @@ def finetune(
         raise HydraPickerError(f"{run_folder(out)}: is a file, but the run's logs go in this folder")
     model, meta = load_model(model_path)
     add_frozen_head(model, config.name)
-    # The loop's data and loss settings: the base model's, with this run's schedule and crops.
-    train_config = TrainConfig(
-        preset=meta.preset.name,
-        stage="1",
-        epochs=config.epochs,
-        batches_per_epoch=config.batches_per_epoch,
-        val_batches=config.val_batches,
-        lr=config.lr,
-        t0_epochs=config.epochs,
-        target_diameter_px=meta.target_diameter_px,
-        crop_size=config.crop_size,
-        pad_to=config.pad_to,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        threads=config.threads,
-        device=config.device,
-    )
+    train_config = config.loop_settings(meta.preset.name, meta.target_diameter_px)
 
     density, counts = None, None
     if config.labels == "partial":
