@@ -18,9 +18,11 @@ PY=${PY:-.venv/bin/python}
 RUN=${RUN:-runs/campaign}
 COMMITTED=${COMMITTED:-benchmarks/campaign}
 
-cp "$RUN/stage1/last.pt" "$COMMITTED/last.pt"
-for f in log.csv log.json; do cp "$RUN/stage1/$f" "$COMMITTED/$f"; done
-cp "$RUN/config.json" "$COMMITTED/config.json"
+# All four or none: check they are there, then copy each beside its target and rename it into place.
+SOURCES=("$RUN/stage1/last.pt" "$RUN/stage1/log.csv" "$RUN/stage1/log.json" "$RUN/config.json")
+for f in "${SOURCES[@]}"; do [[ -f "$f" ]] || { echo "missing $f: nothing copied" >&2; exit 1; }; done
+for f in "${SOURCES[@]}"; do cp "$f" "$COMMITTED/.$(basename "$f").tmp"; done
+for f in "${SOURCES[@]}"; do mv "$COMMITTED/.$(basename "$f").tmp" "$COMMITTED/$(basename "$f")"; done
 "$PY" scripts/ship_generic.py "$COMMITTED/last.pt" "$RUN/$NAME-generic.pt" --run-record "$RUN/config.json"
 "$PY" benchmarks/validate.py "$RUN/$NAME-generic.pt" --out "$RUN/validate-$NAME"
 cp "$RUN/validate-$NAME/validation.md" "$COMMITTED/validation-$NAME.md"
