@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 from torch import nn
 
 from hydrapicker.defaults import GENERIC
 from hydrapicker.errors import HydraPickerError
-from hydrapicker.model import LOGIT_PRIOR, HydraPicker
+from hydrapicker.model import LOGIT_PRIOR, HydraPicker, _ResidualBlock
 from hydrapicker.presets import PRESETS, get_preset
 
 
@@ -112,3 +114,21 @@ def test_size_head_starts_at_the_trained_size_and_is_absent_unless_asked_for():
     assert torch.count_nonzero(sizes) == 0  # log size 0: "looks the trained size", so no correction
     with pytest.raises(HydraPickerError, match="no size head"):
         HydraPicker(PRESETS["tiny"])(torch.randn(1, 1, 32, 32), with_size=True)
+
+
+def test_a_residual_block_in_inference_keeps_at_most_three_full_size_maps_alive():
+    """The skip, a conv's input and its output: what bounds picking's memory per pass (a fourth
+    map, the conv pair's input held through both convs, cost a 4096² micrograph ~0.5 GB)."""
+    block = _ResidualBlock(8, 4).eval()
+    shape = (1, 8, 96, 96)
+    alive = []
+
+    def count(module, inputs, output):
+        gc.collect()
+        alive.append(sum(1 for o in gc.get_objects() if type(o) is torch.Tensor and tuple(o.shape) == shape))
+
+    for conv in (*block.conv1, *block.conv2):
+        conv.register_forward_hook(count)
+    with torch.inference_mode():
+        block(torch.randn(shape))
+    assert len(alive) == 4 and max(alive) <= 3, alive

@@ -42,6 +42,7 @@ __all__ = [
     "PROGRESS_LINE_S",
     "PRETRAINED_MODEL",
     "LOCAL_NORM_WINDOW",
+    "MALLOC_MMAP_RETURNED",
     "MALLOC_MMAP_THRESHOLD",
     "MALLOC_TRIM_THRESHOLD",
     "PREPARED_CACHE_SIZE",
@@ -164,9 +165,9 @@ MAX_RESCALED_PIXELS: int = 400_000_000
 PICK_THRESHOLD: float = 0.25
 
 #: Edge (rescaled px) of the largest square that picking runs the network on at once; larger
-#: micrographs are picked in overlapping tiles of this size. Memory grows with its square: the
-#: paper preset peaks at 5.5 GB RSS on one 2048² tile, tiny at 2.1-2.4 GB on 4096²/8192²
-#: micrographs (benchmarks/pick_speed.py memory); --tile 1024 quarters the network's share.
+#: micrographs are picked in overlapping tiles of this size. The network's memory grows with its
+#: square: a pass holds three of the trunk's full-size maps at a time (hydrapicker.model), so
+#: --tile 1024 quarters the network's share (benchmarks/pick_speed.py memory gives the peaks).
 PICK_TILE_SIZE: int = 2048
 
 #: Lowest score recorded in OUT/candidates/ by every pick run, whatever --threshold is, so that
@@ -206,6 +207,11 @@ LOCAL_NORM_WINDOW: float = 3.0
 #: more peak memory (benchmarks/allocator.py measures both). 1 GiB covers every preset's
 #: activations at batch 4 x 368² and most tiles.
 MALLOC_MMAP_THRESHOLD: int = 1 << 30
+
+#: ... except in a tiled pass over a large micrograph, whose buffers change size as it goes:
+#: there blocks from this size up are mapped on their own and returned when freed, as glibc's
+#: default does from 32 MiB (:func:`hydrapicker.memory.large_blocks_returned`).
+MALLOC_MMAP_RETURNED: int = 32 << 20
 
 #: ... and glibc returns free heap memory to the system only above this much (the most a C int holds).
 MALLOC_TRIM_THRESHOLD: int = 2**31 - 1

@@ -57,9 +57,18 @@ class _ResidualBlock(nn.Module):
         self.norm2 = _norm(channels, groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.norm1(self.conv1(x)))
-        out = self.norm2(self.conv2(out))
-        return F.relu(out + x)
+        # Written so that at most three full-size maps are alive at once in inference (the skip,
+        # a conv's input and its output), which bounds picking's memory: each conv is called on
+        # its own (a module call keeps its argument alive until it returns, so calling a conv
+        # pair would keep its input alive through both convs), and the rest runs in place (the
+        # same arithmetic, the same numbers; autograd allows it, as GroupNorm's backward reads
+        # its input and ReLU's its output).
+        out = self.conv1[0](x)
+        out = self.conv1[1](out)
+        out = F.relu_(self.norm1(out))
+        out = self.conv2[0](out)
+        out = self.conv2[1](out)
+        return F.relu_(self.norm2(out).add_(x))
 
 
 class Trunk(nn.Module):
@@ -80,7 +89,10 @@ class Trunk(nn.Module):
         self.out_channels = c
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.stem(images))
+        x = self.stem(images)
+        for block in self.blocks:  # not self.blocks(x), which would keep the stem's output alive throughout
+            x = block(x)
+        return x
 
 
 class Head(nn.Module):

@@ -45,7 +45,7 @@ def prepare_micrograph(image: np.ndarray, scale: float, target_diameter_px: floa
         raise HydraPickerError(f"{name or 'micrograph'}: expected a 2-D image, got shape {image.shape}")
     check_rescale(image.shape, scale, target_diameter_px, name)
     try:
-        return normalise_micrograph(rescale_image(image, scale), target_diameter_px)
+        return _normalise_in_place(rescale_image(image, scale), target_diameter_px)  # a new array: ours to overwrite
     except HydraPickerError as exc:
         raise HydraPickerError(f"{name}: {exc}" if name else str(exc)) from exc
 
@@ -179,9 +179,18 @@ def normalise_micrograph(image: np.ndarray, diameter_px: float) -> np.ndarray:
     Returns:
         float32 array of ``image``'s shape.
     """
+    x = np.asarray(image, dtype=np.float32)
+    if x.ndim != 2:
+        raise HydraPickerError(f"expected a 2-D micrograph, got shape {x.shape}")
+    return _normalise_in_place(x.copy(), diameter_px)
+
+
+def _normalise_in_place(x: np.ndarray, diameter_px: float) -> np.ndarray:
+    """:func:`normalise_micrograph` of the float32 array ``x``, overwriting it: the same
+    operations in the same order (the same numbers), with a few full-size arrays alive at a
+    time instead of a dozen, which bounds the memory that preparing a large micrograph takes."""
     if not (math.isfinite(diameter_px) and diameter_px > 0):
         raise HydraPickerError(f"particle diameter must be a positive number of pixels, got {diameter_px!r}")
-    x = np.asarray(image, dtype=np.float32)
     if x.ndim != 2:
         raise HydraPickerError(f"expected a 2-D micrograph, got shape {x.shape}")
     sample = _sample(x)
@@ -191,13 +200,20 @@ def normalise_micrograph(image: np.ndarray, diameter_px: float) -> np.ndarray:
         spread = float(x.std())
     if spread == 0:
         raise HydraPickerError("the micrograph is constant: nothing to normalise")
-    x = np.clip(x, centre - 20 * spread, centre + 20 * spread)
-    x = (x - centre) / spread  # well-scaled float32 before the running sums
+    np.clip(x, centre - 20 * spread, centre + 20 * spread, out=x)
+    x -= centre  # well-scaled float32 before the running sums
+    x /= spread
     window = max(3, int(round(LOCAL_NORM_WINDOW * diameter_px)))
-    residual = x - _smooth(x, window)
-    rms = np.sqrt(np.maximum(_smooth(residual * residual, window), 0))
+    x -= _smooth(x, window)  # x is now the residual
+    rms = _smooth(np.square(x), window)
+    np.maximum(rms, 0, out=rms)
+    np.sqrt(rms, out=rms)
     floor = max(0.1 * float(np.median(_sample(rms))), 1e-6)
-    out = residual / np.maximum(rms, floor)
-    out -= out.mean()
-    std = float(out.std())
-    return (out / std if std > 0 else out).astype(np.float32, copy=False)
+    np.maximum(rms, floor, out=rms)
+    x /= rms
+    del rms
+    x -= x.mean()
+    std = float(x.std())
+    if std > 0:
+        x /= std
+    return x

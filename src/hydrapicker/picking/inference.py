@@ -24,6 +24,7 @@ from torch import nn
 
 from hydrapicker.defaults import GENERIC, PICK_TILE_SIZE
 from hydrapicker.errors import HydraPickerError
+from hydrapicker.memory import large_blocks_returned
 from hydrapicker.model import HydraPicker
 
 __all__ = ["head_outputs", "receptive_radius", "size_map", "tile_margin", "tile_spans"]
@@ -107,7 +108,8 @@ class _GroupNorm(nn.Module):
         if not self.frozen:
             self._measure(x)
         assert self.scale is not None and self.shift is not None, "frozen before any statistics were measured"
-        return torch.addcmul(self.shift.to(x.dtype), x, self.scale.to(x.dtype))
+        # In place: every GroupNorm of the net normalises a conv's output that nothing else reads.
+        return torch.addcmul(self.shift.to(x.dtype), x, self.scale.to(x.dtype), out=x)
 
     def _measure(self, x: torch.Tensor) -> None:
         if x.shape[0] != 1:
@@ -122,6 +124,8 @@ class _GroupNorm(nn.Module):
         values = values.float()
         n = values.shape[axis]
         mean_c = values.sum(axis).double() / n
+        # The squares are a full-size copy, alive beside the map and its block's input: no more
+        # than a conv's input and output are, so they do not raise the pass's peak.
         second_c = torch.square(values).sum(axis).double() / n
         mean = mean_c.reshape(self.groups, -1).mean(1)
         var = (second_c.reshape(self.groups, -1).mean(1) - mean**2).clamp(min=0)
@@ -187,15 +191,18 @@ def head_outputs(
         window = stats_size or tile_size
         r0 = max(0, (rows - window) // 2) // stride * stride
         c0 = max(0, (cols - window) // 2) // stride * stride
-        run(x[r0 : r0 + window, c0 : c0 + window])
-        _freeze_norms(net)
-        margin = tile_margin(model)
-        out = torch.empty(3, -(-rows // stride), -(-cols // stride))
-        for r_start, r_stop, r_first, r_last in tile_spans(rows, tile_size, margin, stride):
-            for c_start, c_stop, c_first, c_last in tile_spans(cols, tile_size, margin, stride):
-                tile = run(x[r_start:r_stop, c_start:c_stop])
-                i0, j0 = r_first - r_start // stride, c_first - c_start // stride
-                out[:, r_first:r_last, c_first:c_last] = tile[:, i0 : i0 + r_last - r_first, j0 : j0 + c_last - c_first]
+        with large_blocks_returned():  # the window's and the tiles' maps differ in size (see there)
+            run(x[r0 : r0 + window, c0 : c0 + window])
+            _freeze_norms(net)
+            margin = tile_margin(model)
+            out = torch.empty(3, -(-rows // stride), -(-cols // stride))
+            for r_start, r_stop, r_first, r_last in tile_spans(rows, tile_size, margin, stride):
+                for c_start, c_stop, c_first, c_last in tile_spans(cols, tile_size, margin, stride):
+                    tile = run(x[r_start:r_stop, c_start:c_stop])
+                    i0, j0 = r_first - r_start // stride, c_first - c_start // stride
+                    out[:, r_first:r_last, c_first:c_last] = tile[
+                        :, i0 : i0 + r_last - r_first, j0 : j0 + c_last - c_first
+                    ]
         return out
 
 
