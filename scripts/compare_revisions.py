@@ -31,6 +31,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
+import torch
+
+from hydrapicker.io.micrograph import read_micrograph, write_mrc
+from hydrapicker.io.star import write_star
+
 ROOT = Path(__file__).resolve().parents[1]
 BGAL = ROOT / "src" / "hydrapicker" / "assets" / "real" / "empiar10017_bgal_bin4"
 VERBS = (
@@ -57,48 +63,35 @@ _MASKS = [
     (re.compile(r"hydrapicker[ -]\d+\.\d+\S*"), "hydrapicker <VERSION>"),
 ]
 
-_RELION_STAR = """
-# version 50001
-
-data_optics
-
-loop_
-_rlnOpticsGroupName #1
-_rlnOpticsGroup #2
-_rlnMicrographOriginalPixelSize #3
-_rlnVoltage #4
-_rlnSphericalAberration #5
-_rlnAmplitudeContrast #6
-_rlnMicrographPixelSize #7
-opticsGroup1 1 1.770000 300.000000 2.700000 0.100000 7.080000
-
-
-# version 50001
-
-data_micrographs
-
-loop_
-_rlnMicrographName #1
-_rlnOpticsGroup #2
-{rows}
-"""
-
 
 def _inputs(folder: Path) -> None:
     """The same inputs for both revisions: the bundled frames and labels, and a RELION project of MRCs."""
-    sys.path.insert(0, str(ROOT / "src"))
-    from hydrapicker.io.micrograph import read_micrograph, write_mrc
-
     shutil.copytree(BGAL, folder / "bgal", ignore=shutil.ignore_patterns("README*"))
     mics = folder / "relion" / "MotionCorr" / "job002" / "Movies"
     mics.mkdir(parents=True)
-    rows = []
+    names = []
     for png in sorted(BGAL.glob("*.png")):
         write_mrc(mics / f"{png.stem}.mrc", read_micrograph(png).data, pixel_size=1.0)  # the header is wrong on purpose
-        rows.append(f"MotionCorr/job002/Movies/{png.stem}.mrc 1")
+        names.append(f"MotionCorr/job002/Movies/{png.stem}.mrc")
+    # The two tables of RELION 5's CtfFind/job003/micrographs_ctf.star that the External job reads.
+    optics = {
+        "rlnOpticsGroupName": ["opticsGroup1"],
+        "rlnOpticsGroup": [1],
+        "rlnMicrographOriginalPixelSize": [1.77],
+        "rlnVoltage": [300.0],
+        "rlnSphericalAberration": [2.7],
+        "rlnAmplitudeContrast": [0.1],
+        "rlnMicrographPixelSize": [7.08],
+    }
     star = folder / "relion" / "CtfFind" / "job003" / "micrographs_ctf.star"
     star.parent.mkdir(parents=True)
-    star.write_text(_RELION_STAR.format(rows="\n".join(rows)))
+    write_star(
+        star,
+        {
+            "optics": pd.DataFrame(optics),
+            "micrographs": pd.DataFrame({"rlnMicrographName": names, "rlnOpticsGroup": [1] * len(names)}),
+        },
+    )
 
 
 def _run(label: str, worktree: Path, folder: Path, args: argparse.Namespace) -> None:
@@ -176,8 +169,6 @@ def _flat(value: object, prefix: str = "") -> dict[str, object]:
 
 def _same_checkpoint(a: Path, b: Path) -> tuple[bool, list[str]]:
     """Whether two checkpoints hold the same tensors, and the other fields that differ (records, times)."""
-    import torch
-
     flat_a, flat_b = (_flat(torch.load(p, map_location="cpu", weights_only=False)) for p in (a, b))
     tensors_same, others = True, []
     for key in sorted(set(flat_a) | set(flat_b)):
