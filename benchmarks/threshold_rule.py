@@ -122,6 +122,9 @@ def f1_at(evaluation: Evaluation, threshold: float) -> float:
     return float(2 * p * r / (p + r)) if p + r > 0 else 0.0
 
 
+#: Thresholds at which each set's F1 is printed (the curve a rule has to land on).
+CURVE = np.round(np.arange(0.1, 0.5, 0.025), 3)
+
 #: Alternatives scored with --rules (name: candidates -> threshold); "suggested" is the shipped rule.
 RULES: dict[str, Callable[[dict[str, Picks]], float]] = {"suggested": suggest_threshold}
 
@@ -144,6 +147,7 @@ def run(name: str, model: Path | None, sets: LabelledSet, work: Path, rules: boo
         f"{gap:.3f} | {f1_at(scored, PICK_THRESHOLD):.3f} |"
     )
     figures = {"best_f1": scored.best_f1, "suggested": suggested, "gap": gap}
+    figures["f1_curve"] = {f"{t:.3f}": f1_at(scored, t) for t in CURVE}
     if rules:
         figures["rules"] = {
             rule: (t := choose(candidates), scored.best_f1 - f1_at(scored, t)) for rule, choose in RULES.items()
@@ -177,7 +181,11 @@ def main() -> None:
         lines, figures[f"{name}/bgal"] = run(name, Path(path), bgal, args.work, args.rules)
         rows += lines
     worst = max(f["gap"] for f in figures.values())
-    rows += ["", f"largest gap (best F1 - F1 at the suggestion): {worst:.3f}"]
+    rows += ["", f"largest gap (best F1 - F1 at the suggestion): {worst:.3f}", "", "F1 at each threshold:", ""]
+    rows += ["| model / set | " + " | ".join(f"{t:g}" for t in CURVE) + " |", "|---" * (len(CURVE) + 1) + "|"]
+    rows += [
+        f"| {key} | " + " | ".join(f"{v:.3f}" for v in f["f1_curve"].values()) + " |" for key, f in figures.items()
+    ]
     print("\n".join(rows))
     (args.work / "threshold_rule.json").write_text(json.dumps(figures, indent=2, default=float) + "\n")
 
