@@ -13,6 +13,11 @@
 #    validation suite says so, ships the best model.
 #
 # Settings can be overridden from the environment; MODEL_CARD.md records what the shipped model used.
+#
+# Other CPU work beside it: Linux schedules each session (setsid, a new terminal) as one group, so
+# `nice` only ranks processes within a group, and a job started with setsid takes an equal share
+# of the CPU whatever its niceness. Lower a side job for real with `echo 19 > /proc/PID/autogroup`
+# (training then kept ~1.8 of 2 cores beside a validation run that had taken half).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
