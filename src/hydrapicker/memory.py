@@ -67,8 +67,8 @@ def large_blocks_returned() -> Iterator[None]:
 
     For work whose large buffers change size as it goes, such as a tiled pass over a large
     micrograph (a statistics window, then tiles of other sizes): kept blocks the next sizes do
-    not fit would pile up in the heap (a 4096² micrograph peaked at 3.1 GB instead of 1.4 GB;
-    benchmarks/pick_speed.py memory). The heap's free pages are released on entry and on exit,
+    not fit would pile up in the heap, to about twice what is alive (benchmarks/pick_speed.py
+    memory measures the peaks). The heap's free pages are released on entry and on exit,
     and the setting of :func:`keep_large_blocks` comes back on exit. Does nothing when that setting is off.
     """
     libc = _libc() if _kept else None
