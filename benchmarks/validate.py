@@ -59,7 +59,8 @@ STRUCTURES = ROOT / "data" / "structures"
 FACTORS = (0.8, 1.0, 1.25)
 JUNK_DIAMETERS_PX = (12.0, 24.0)
 CONTAMINATION_DIAMETER_PX = 36.0
-THRESHOLDS = (0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)  # to re-derive the default threshold on this suite
+# The sweep to re-derive the default threshold on this suite.
+THRESHOLDS = (0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
 SIM_SIZE = 768
 SIM_SEED = 4242  # no training recipe uses it
 TARGETS = ("4hhb", "6b7n", "1igy", "4v1w", "5tby", "1r42", "7cr4")

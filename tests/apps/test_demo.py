@@ -11,7 +11,7 @@ from hydrapicker import cli
 from hydrapicker.apps import demo as demo_module
 from hydrapicker.apps.demo import FEW_SHOT_HEAD
 from hydrapicker.bundled import bundled_datasets
-from hydrapicker.defaults import GENERIC
+from hydrapicker.defaults import GENERIC, PICK_THRESHOLD
 
 
 def test_bundled_datasets_have_micrographs_and_labels():
@@ -60,7 +60,11 @@ def test_demo_picks_finetunes_and_reports(tmp_path, capsys, monkeypatch):
     assert row.split("|")[5].strip() == str(in_star)
     assert re.search(rf"zero-shot  empiar10017_bgal_bin4 +AP .* {in_star} picks", out), out
     # it says what it does as it goes (it was silent for a minute), and the T20S caveat
-    assert "1/3 empiar10017_Falcon" in out and "3/3 empiar10017_Falcon" in out and "picks scoring >= 0.25" in out
+    assert (
+        "1/3 empiar10017_Falcon" in out
+        and "3/3 empiar10017_Falcon" in out
+        and f"picks scoring >= {PICK_THRESHOLD:g}" in out
+    )
     t20s = out[out.index("zero-shot  empiar10025_t20s_1mic") :].splitlines()
     assert "partial labels" in t20s[1] and "lower bounds" in t20s[1]
 

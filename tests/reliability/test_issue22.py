@@ -13,6 +13,7 @@ import pytest
 from _bad_inputs import _checkpoint, _kill_leftovers, _labels, _mrc, _picked, _png
 
 from hydrapicker.cli import main as cli_main
+from hydrapicker.defaults import PICK_THRESHOLD
 from hydrapicker.io import read_picks
 from hydrapicker.io.run_folder import RunRecord
 
@@ -78,7 +79,7 @@ def test_a_rerun_with_another_threshold_is_refused_and_leaves_the_folder_as_it_w
     argv = ["pick", str(tmp_path / "m0.mrc"), str(tmp_path / "m1.mrc"), "--model", str(tmp_path / "model.pt")]
     argv += ["--out", str(out), "--diameter-px", "40", "--format", "star,box"]
     assert cli_main([*argv, "--threshold", "0.6"]) == 1
-    assert "--threshold 0.25 before, 0.6 now" in capsys.readouterr().err
+    assert f"--threshold {PICK_THRESHOLD:g} before, 0.6 now" in capsys.readouterr().err
     assert _snapshot(out) == before
     # the same options (the folder's threshold when none is given) go on; --overwrite re-picks at the new one
     assert cli_main(argv) == 0 and "skipped 2 already done" in capsys.readouterr().out
