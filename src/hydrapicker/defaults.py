@@ -34,6 +34,7 @@ __all__ = [
     "MAX_UPSCALE",
     "MAX_RESCALED_PIXELS",
     "PICK_THRESHOLD",
+    "PICK_ONE_PASS_SIZE",
     "PICK_TILE_SIZE",
     "CANDIDATE_FLOOR",
     "THRESHOLD_RULE_FLOOR",
@@ -165,11 +166,16 @@ MAX_RESCALED_PIXELS: int = 400_000_000
 #: Re-derive it when the shipped model changes.
 PICK_THRESHOLD: float = 0.2
 
-#: Edge (rescaled px) of the largest square that picking runs the network on at once; larger
-#: micrographs are picked in overlapping tiles of this size. The network's memory grows with its
-#: square: a pass holds three of the trunk's full-size maps at a time (hydrapicker.model), so
-#: --tile 1024 quarters the network's share (benchmarks/pick_speed.py memory gives the peaks).
-PICK_TILE_SIZE: int = 2048
+#: Picking runs the network over a micrograph of up to PICK_ONE_PASS_SIZE rescaled px (each axis)
+#: in one pass; a larger one in overlapping tiles of PICK_TILE_SIZE, with GroupNorm statistics
+#: from its central PICK_TILE_SIZE window (hydrapicker.picking.inference). The network's memory
+#: grows with the square it runs: a pass holds three of the trunk's full-size maps at a time
+#: (hydrapicker.model), 256 MB each at 2048 px for the tiny preset. Tiles of 1536 px bring a
+#: 4096² micrograph's peak RSS from 1.7 to 1.2 GB; the one-pass limit stays at 2048 so that
+#: micrographs up to that size keep their whole-image statistics (and picks) as before.
+#: `--tile PX` sets both (benchmarks/pick_speed.py memory gives the peaks).
+PICK_ONE_PASS_SIZE: int = 2048
+PICK_TILE_SIZE: int = 1536
 
 #: Lowest score recorded in OUT/candidates/ by every pick run, whatever --threshold is, so that
 #: `hydrapicker threshold` can re-write the outputs at any threshold down to this one without

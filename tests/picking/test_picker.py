@@ -148,6 +148,16 @@ def test_tiles_with_statistics_of_a_smaller_window_differ(whole_image):
     assert (window_stats - whole).abs().max() > 1e-3
 
 
+def test_an_image_up_to_the_one_pass_size_runs_whole_and_a_larger_one_in_tiles_with_window_statistics(whole_image):
+    """Picking's default: whole-image statistics up to PICK_ONE_PASS_SIZE, smaller tiles (less memory) beyond."""
+    model, image, whole = whole_image
+    one_pass = head_outputs(model, image, tile_size=160, one_pass_size=200)
+    torch.testing.assert_close(one_pass, whole, atol=0, rtol=0)
+    tiled = head_outputs(model, image, tile_size=160, one_pass_size=180)  # 200 rows: over it
+    torch.testing.assert_close(tiled, head_outputs(model, image, tile_size=160, stats_size=160), atol=0, rtol=0)
+    assert (tiled - whole).abs().max() > 1e-3
+
+
 def test_picks_off_the_micrograph_are_dropped_and_whole_boxes_keeps_only_boxes_inside():
     model = _tiny_model()
     meta = _meta(model)

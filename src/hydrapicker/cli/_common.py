@@ -86,7 +86,7 @@ def pick_settings(args: argparse.Namespace) -> PickSettings:
         threshold=args.threshold,
         nms_iou=args.nms_iou,
         refine_radius=args.refine_radius,
-        tile_size=args.tile,
+        **({} if args.tile is None else {"tile_size": args.tile, "one_pass_size": args.tile}),
         whole_boxes=not args.keep_edge_picks,
         correct_size=not args.fixed_diameter,
         device=args.device,
@@ -101,5 +101,6 @@ def pick_record_options(settings: PickSettings, **run: object) -> dict:
     options = {k: v for k, v in asdict(settings).items() if k != "size"}
     options.update(asdict(settings.size) if settings.size is not None else {})
     options["tile"] = options.pop("tile_size")
+    options["one_pass"] = options.pop("one_pass_size")
     options.update(run)
     return options

@@ -35,7 +35,14 @@ import sys
 from pathlib import Path
 
 from hydrapicker.cli._common import add_particle_size_arguments, add_pick_placing_arguments
-from hydrapicker.defaults import COORDINATE_FORMATS, PICK_THRESHOLD, PICK_TILE_SIZE, WATCH_IDLE_S, WATCH_POLL_S
+from hydrapicker.defaults import (
+    COORDINATE_FORMATS,
+    PICK_ONE_PASS_SIZE,
+    PICK_THRESHOLD,
+    PICK_TILE_SIZE,
+    WATCH_IDLE_S,
+    WATCH_POLL_S,
+)
 
 __all__ = ["add_arguments", "main"]
 
@@ -88,7 +95,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=2, metavar="N", help="threads reading micrographs ahead (default: %(default)s)"
     )
     run.add_argument(
-        "--tile", type=int, default=PICK_TILE_SIZE, metavar="PX", help="tile edge in rescaled px (default: %(default)s)"
+        "--tile",
+        type=int,
+        metavar="PX",
+        help=f"run the network in tiles of PX rescaled px on micrographs larger than PX (default: one pass up to "
+        f"{PICK_ONE_PASS_SIZE} px, tiles of {PICK_TILE_SIZE} px beyond; smaller tiles, less memory)",
     )
     run.add_argument(
         "--bf16", action="store_true", help="bfloat16 convolutions (faster on recent CPUs; scores change slightly)"

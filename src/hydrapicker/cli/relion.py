@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydrapicker.cli._common import add_particle_size_arguments, add_pick_placing_arguments
-from hydrapicker.defaults import PICK_THRESHOLD, PICK_TILE_SIZE
+from hydrapicker.defaults import PICK_ONE_PASS_SIZE, PICK_THRESHOLD, PICK_TILE_SIZE
 
 __all__ = ["add_arguments", "main", "entry_point"]
 
@@ -62,7 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="cpu", choices=("cpu", "cuda"), help="where the network runs (default: %(default)s)"
     )
     picking.add_argument(
-        "--tile", type=int, default=PICK_TILE_SIZE, metavar="PX", help="tile edge in rescaled px (default: %(default)s)"
+        "--tile",
+        type=int,
+        metavar="PX",
+        help=f"run the network in tiles of PX rescaled px on micrographs larger than PX (default: one pass up to "
+        f"{PICK_ONE_PASS_SIZE} px, tiles of {PICK_TILE_SIZE} px beyond; smaller tiles, less memory)",
     )
     picking.add_argument("--bf16", action="store_true", help="bfloat16 convolutions")
     picking.add_argument("--overwrite", action="store_true", help="pick again micrographs whose outputs exist")

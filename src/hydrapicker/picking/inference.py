@@ -158,16 +158,19 @@ def head_outputs(
     head: str = GENERIC,
     *,
     tile_size: int = PICK_TILE_SIZE,
+    one_pass_size: int | None = None,
     stats_size: int | None = None,
     device: str | torch.device = "cpu",
     bf16: bool = False,
 ) -> torch.Tensor:
     """Run trunk + ``head`` over a prepared (rescaled, normalised) image: float32 ``[3, ceil(H/16), ceil(W/16)]`` on the CPU.
 
-    An image no larger than ``tile_size`` in both axes goes through in one pass. A larger
-    one: GroupNorm statistics from a pass over its central ``stats_size`` window
-    (default ``tile_size``; the whole image when it fits), then tiles of at most
-    ``tile_size`` px with those statistics frozen (see the module docstring). ``bf16`` runs
+    An image no larger than ``one_pass_size`` (default ``tile_size``) in both axes goes through
+    in one pass. A larger one: GroupNorm statistics from a pass over its central ``stats_size``
+    window (default ``tile_size``), then tiles of at most ``tile_size`` px with those statistics
+    frozen (see the module docstring). Picking passes ``PICK_ONE_PASS_SIZE`` (2048) and
+    ``PICK_TILE_SIZE`` (1536): micrographs up to 2048 px keep their whole-image statistics, and
+    a larger one costs the memory of a 1536-px pass, not a 2048-px one. ``bf16`` runs
     the convs under bfloat16 autocast: faster on CPUs with bf16 units, scores move slightly
     (benchmarks/REPORT.md records by how much).
     """
@@ -186,7 +189,8 @@ def head_outputs(
             return net(model.pad(crop[None, None].to(device))).float()[0].cpu()
 
     with torch.inference_mode():
-        if rows <= tile_size and cols <= tile_size:
+        one_pass = one_pass_size or tile_size
+        if rows <= one_pass and cols <= one_pass:
             return run(x)
         window = stats_size or tile_size
         r0 = max(0, (rows - window) // 2) // stride * stride

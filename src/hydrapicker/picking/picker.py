@@ -25,6 +25,7 @@ from hydrapicker.defaults import (
     MAX_REFINE_RADIUS,
     MAX_UPSCALE,
     NMS_IOU,
+    PICK_ONE_PASS_SIZE,
     PICK_THRESHOLD,
     PICK_TILE_SIZE,
     REFINE_RADIUS,
@@ -57,7 +58,8 @@ class PickSettings:
         head: the head to pick with (``"generic"``: zero-shot).
         threshold: lowest score (probability) kept.
         nms_iou: duplicate suppression IoU.
-        tile_size: largest square (rescaled px) run at once; see :func:`hydrapicker.picking.inference.head_outputs`.
+        tile_size, one_pass_size: a micrograph up to ``one_pass_size`` rescaled px goes through the network in one
+            pass, a larger one in tiles of ``tile_size``; see :func:`hydrapicker.picking.inference.head_outputs`.
         whole_boxes: drop picks whose box reaches past the micrograph's edge (default; ``--keep-edge-picks``: False).
         refine_radius: see :func:`hydrapicker.picking.decode.picks_from_outputs` (0: each pick stays on its anchor's guess).
         correct_size: with a model that has a size head and the generic head, correct the
@@ -71,6 +73,7 @@ class PickSettings:
     threshold: float = PICK_THRESHOLD
     nms_iou: float = NMS_IOU
     tile_size: int = PICK_TILE_SIZE
+    one_pass_size: int = PICK_ONE_PASS_SIZE
     whole_boxes: bool = WHOLE_BOXES
     refine_radius: float = REFINE_RADIUS
     correct_size: bool = True
@@ -209,6 +212,7 @@ class Picker:
                 s.head,
                 names=[str(path) for path, _, _ in read],
                 tile_size=s.tile_size,
+                one_pass_size=s.one_pass_size,
                 device=s.device,
                 bf16=s.bf16,
             )
@@ -273,6 +277,7 @@ class Picker:
             name=str(prepared.path),
             passes=SIZE_PASSES if per_micrograph else 1,
             tile_size=s.tile_size,
+            one_pass_size=s.one_pass_size,
             device=s.device,
             bf16=s.bf16,
         )
@@ -331,6 +336,7 @@ def pick_micrograph(
         name=name,
         passes=SIZE_PASSES if settings.correct_size else 1,
         tile_size=settings.tile_size,
+        one_pass_size=settings.one_pass_size,
         device=settings.device,
         bf16=settings.bf16,
     )

@@ -86,6 +86,7 @@ def _size_passes(
     prepared: Sequence[np.ndarray | None] = (),
     names: Sequence[str] = (),
     tile_size: int = PICK_TILE_SIZE,
+    one_pass_size: int | None = None,
     device: str | torch.device = "cpu",
     bf16: bool = False,
 ) -> tuple[SizeEstimate, list[torch.Tensor] | None]:
@@ -105,7 +106,11 @@ def _size_passes(
                 else prepare_micrograph(image, scale / factor, meta.target_diameter_px, names[i])
             )
             prepared[i] = None  # only valid at the diameter given
-            outputs.append(head_outputs(model, image_in, head, tile_size=tile_size, device=device, bf16=bf16))
+            outputs.append(
+                head_outputs(
+                    model, image_in, head, tile_size=tile_size, one_pass_size=one_pass_size, device=device, bf16=bf16
+                )
+            )
             logs.append(confident_log_sizes(outputs[-1], size_map(model, image_in, device)))
         pooled = torch.cat(logs)
         cells = len(pooled)
@@ -142,6 +147,7 @@ def estimate_diameter(
     names: Sequence[str] = (),
     passes: int = SIZE_PASSES,
     tile_size: int = PICK_TILE_SIZE,
+    one_pass_size: int | None = None,
     device: str | torch.device = "cpu",
     bf16: bool = False,
 ) -> SizeEstimate:
@@ -159,7 +165,16 @@ def estimate_diameter(
         micrographs: ``(image as stored, scale at the diameter given)`` each.
     """
     return estimate_diameter_and_outputs(
-        model, meta, micrographs, head, names=names, passes=passes, tile_size=tile_size, device=device, bf16=bf16
+        model,
+        meta,
+        micrographs,
+        head,
+        names=names,
+        passes=passes,
+        tile_size=tile_size,
+        one_pass_size=one_pass_size,
+        device=device,
+        bf16=bf16,
     )[0]
 
 
@@ -172,6 +187,7 @@ def estimate_diameter_and_outputs(
     names: Sequence[str] = (),
     passes: int = SIZE_PASSES,
     tile_size: int = PICK_TILE_SIZE,
+    one_pass_size: int | None = None,
     device: str | torch.device = "cpu",
     bf16: bool = False,
 ) -> tuple[SizeEstimate, list[torch.Tensor] | None]:
@@ -185,7 +201,16 @@ def estimate_diameter_and_outputs(
     if not corrects_size(model, head) or not micrographs:
         return SizeEstimate(1.0, 0, 0), None
     return _size_passes(
-        model, meta, micrographs, head, passes, names=names, tile_size=tile_size, device=device, bf16=bf16
+        model,
+        meta,
+        micrographs,
+        head,
+        passes,
+        names=names,
+        tile_size=tile_size,
+        one_pass_size=one_pass_size,
+        device=device,
+        bf16=bf16,
     )
 
 
@@ -200,6 +225,7 @@ def size_corrected_outputs(
     name: str = "",
     passes: int = SIZE_PASSES,
     tile_size: int = PICK_TILE_SIZE,
+    one_pass_size: int | None = None,
     device: str | torch.device = "cpu",
     bf16: bool = False,
 ) -> tuple[torch.Tensor, float]:
@@ -229,6 +255,7 @@ def size_corrected_outputs(
             prepared=[prepared],
             names=[name],
             tile_size=tile_size,
+            one_pass_size=one_pass_size,
             device=device,
             bf16=bf16,
         )
@@ -237,4 +264,6 @@ def size_corrected_outputs(
         return outputs[0], scale
     if prepared is None or estimate.factor != 1.0:
         prepared = prepare_micrograph(image, scale, meta.target_diameter_px, name)
-    return head_outputs(model, prepared, head, tile_size=tile_size, device=device, bf16=bf16), scale
+    return head_outputs(
+        model, prepared, head, tile_size=tile_size, one_pass_size=one_pass_size, device=device, bf16=bf16
+    ), scale
