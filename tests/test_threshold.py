@@ -19,7 +19,7 @@ from hydrapicker.particle_size import ParticleSize
 from hydrapicker.picking.decode import picks_from_outputs
 from hydrapicker.picking.inference import head_outputs
 from hydrapicker.picking.picker import Picker, PickSettings
-from hydrapicker.threshold import otsu_threshold, picks_per_micrograph, read_candidates, suggest_threshold
+from hydrapicker.threshold import expected_f1_threshold, picks_per_micrograph, read_candidates, suggest_threshold
 
 FORMATS = ("star", "box", "cbox", "topaz", "cs", "csv")
 
@@ -89,23 +89,29 @@ def test_pick_keeps_every_candidate_with_box_size_and_shape(micrographs, checkpo
         np.testing.assert_array_equal(every.above(0.5).x, picked.x)
 
 
-def test_otsu_threshold_falls_between_two_separated_groups_of_scores():
-    rng = np.random.default_rng(0)
-    low, high = rng.uniform(0.02, 0.1, 3000), rng.uniform(0.5, 0.7, 300)
-    t = otsu_threshold(np.concatenate([low, high]))
-    assert 0.1 <= t <= 0.5
-    assert np.isnan(otsu_threshold(np.full(5, 0.3))) and np.isnan(otsu_threshold(np.zeros(0)))
+def test_the_suggestion_keeps_the_candidates_of_highest_expected_f1():
+    """10 candidates at 0.9 among 100 at 0.05: keeping the ten expects 9 of 14 particles (E[F1] 0.75),
+    keeping all 14 of 14 among 110 (0.23)."""
+    scores = np.concatenate([np.full(10, 0.9), np.full(100, 0.05)])
+    assert expected_f1_threshold(scores) == 0.9
+    # every candidate sure: keep them all; none at all: no suggestion
+    assert expected_f1_threshold(np.full(5, 1.0)) == 1.0
+    assert np.isnan(expected_f1_threshold(np.zeros(0))) and np.isnan(expected_f1_threshold(np.zeros(3)))
 
 
-def test_the_suggestion_is_not_pulled_down_by_the_bulk_of_background_candidates():
-    """Otsu on every candidate split the many near-floor background scores from the rest, far below the particles
-    (a simulated spike set: 0.17 suggested, best-F1 at 0.33); above THRESHOLD_RULE_FLOOR it separates the
-    confident background from the particles (benchmarks/threshold_rule.md)."""
-    rng = np.random.default_rng(0)
-    scores = np.concatenate([rng.uniform(0.01, 0.08, 20000), rng.uniform(0.1, 0.22, 1500), rng.uniform(0.28, 0.5, 300)])
-    candidates = {"m": Picks("m", np.zeros(len(scores)), np.zeros(len(scores)), scores, box_size=10.0)}
-    assert otsu_threshold(scores) < 0.22  # the old rule: inside the confident background
-    assert 0.22 <= suggest_threshold(candidates) <= 0.28
+def test_the_suggestion_falls_when_likely_particles_fill_the_middle_scores():
+    """The same confident particles plus many likely ones at 0.6: they are worth keeping, so the threshold drops to them."""
+    confident = np.full(50, 0.9)
+    background = np.random.default_rng(0).uniform(0.01, 0.1, 5000)
+    alone = expected_f1_threshold(np.concatenate([confident, background]))
+    with_likely = expected_f1_threshold(np.concatenate([confident, np.full(200, 0.6), background]))
+    assert alone == 0.9 and with_likely == 0.6
+
+
+def test_the_suggestion_pools_every_micrographs_candidates():
+    a = Picks("a", np.zeros(3), np.zeros(3), [0.9, 0.9, 0.02], box_size=10.0)
+    b = Picks("b", np.zeros(2), np.zeros(2), [0.8, 0.03], box_size=10.0)
+    assert suggest_threshold({"a": a, "b": b}) == expected_f1_threshold(np.array([0.9, 0.9, 0.02, 0.8, 0.03])) == 0.8
 
 
 def test_picks_per_micrograph_counts_scores_at_or_above_each_threshold():

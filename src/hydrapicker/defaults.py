@@ -37,7 +37,6 @@ __all__ = [
     "PICK_ONE_PASS_SIZE",
     "PICK_TILE_SIZE",
     "CANDIDATE_FLOOR",
-    "THRESHOLD_RULE_FLOOR",
     "WATCH_POLL_S",
     "WATCH_IDLE_S",
     "PROGRESS_LINE_S",
@@ -182,12 +181,6 @@ PICK_TILE_SIZE: int = 1536
 #: running the network again. With the shipped generic model a bundled 1024² β-gal micrograph
 #: keeps about 2,800 candidates after NMS at this floor (a 230 kB CSV).
 CANDIDATE_FLOOR: float = 0.01
-
-#: `hydrapicker threshold` suggests Otsu's threshold on the candidate scores at or above this one:
-#: the many background candidates below it pulled Otsu's split far under the best-F1 threshold
-#: (0.17 vs 0.33 on a simulated spike set). Chosen on the labelled sets of
-#: benchmarks/threshold_rule.md (0.08-0.12 were alike there); re-check it when the model changes.
-THRESHOLD_RULE_FLOOR: float = 0.1
 
 #: `pick --watch`: seconds between two looks at the folder. A micrograph is complete when its
 #: size and modification time are the same on two looks in a row and it reads as a micrograph.

@@ -8,10 +8,10 @@ re-writes every coordinate file (each format the pick run wrote), OUT/csv/ and
 OUT/picks.csv at threshold T, records it in OUT/threshold.json, and redraws the overlays
 (pick --overlay) from the stored candidates and the micrographs, without the network.
 
-The suggestion is Otsu's threshold on the candidate scores of at least 0.1: the valley between
-the background and the particle scores. With the shipped generic model it came within 0.03 F1 of
-the best-F1 threshold on the bundled β-gal and T20S micrographs and on four of five small
-simulated sets, but 0.27 under it on a sparse set of a small protein (benchmarks/threshold_rule.md).
+The suggestion is the threshold of highest expected F1, each candidate's score read as the
+probability that it is a particle. With the shipped generic model it came within 0.02 F1 of the
+best-F1 threshold on the bundled β-gal and T20S micrographs and on three of five small simulated
+sets, but 0.097 under it on a sparse set of a small protein (benchmarks/threshold_rule.md).
 A starting point: look at the overlays, or use `hydrapicker evaluate` (best-F1 threshold) where
 you have labels.
 
