@@ -177,6 +177,28 @@ def test_resume_after_a_kill_in_each_stage_gives_the_uninterrupted_weights(proje
     )
 
 
+def test_a_run_resumed_from_its_last_checkpoint_alone_still_writes_the_final_model(project, tmp_path):
+    """The campaign commits last.pt only: resumed on another machine, its best.pt is not there, and
+    model.pt used to fail ("model.pt: cannot write") after the whole run. The best is then the best since the resume."""
+    datasets, config = load_project(project), replace(CONFIG, stage="1")
+
+    def kill(stage: int, epoch: int, row: dict) -> None:
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(datasets, tmp_path, config, on_epoch_end=kill)
+    (tmp_path / "stage1" / "best.pt").unlink()
+    train(datasets, tmp_path, config, resume=True)
+    assert all(
+        torch.equal(v, _state(tmp_path / "stage1" / "last.pt")[k]) for k, v in _state(tmp_path / "model.pt").items()
+    )
+    # a finished stage without its best.pt: its last model stands in
+    (tmp_path / "stage1" / "best.pt").unlink()
+    (tmp_path / "model.pt").unlink()
+    train(datasets, tmp_path, config, resume=True)
+    assert (tmp_path / "model.pt").read_bytes() == (tmp_path / "stage1" / "last.pt").read_bytes()
+
+
 def test_a_second_run_into_the_same_folder_needs_resume(project, finished_run):
     with pytest.raises(HydraPickerError, match="--resume"):
         train(load_project(project), finished_run, CONFIG)

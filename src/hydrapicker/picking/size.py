@@ -18,6 +18,7 @@ import torch
 from hydrapicker.checkpoint import ModelMeta
 from hydrapicker.defaults import (
     GENERIC,
+    PICK_ONE_PASS_SIZE,
     PICK_TILE_SIZE,
     SIZE_CORRECTION_RANGE,
     SIZE_MIN_SCORE,
@@ -86,7 +87,7 @@ def _size_passes(
     prepared: Sequence[np.ndarray | None] = (),
     names: Sequence[str] = (),
     tile_size: int = PICK_TILE_SIZE,
-    one_pass_size: int | None = None,
+    one_pass_size: int | None = PICK_ONE_PASS_SIZE,
     device: str | torch.device = "cpu",
     bf16: bool = False,
 ) -> tuple[SizeEstimate, list[torch.Tensor] | None]:
@@ -147,7 +148,7 @@ def estimate_diameter(
     names: Sequence[str] = (),
     passes: int = SIZE_PASSES,
     tile_size: int = PICK_TILE_SIZE,
-    one_pass_size: int | None = None,
+    one_pass_size: int | None = PICK_ONE_PASS_SIZE,
     device: str | torch.device = "cpu",
     bf16: bool = False,
 ) -> SizeEstimate:
@@ -187,7 +188,7 @@ def estimate_diameter_and_outputs(
     names: Sequence[str] = (),
     passes: int = SIZE_PASSES,
     tile_size: int = PICK_TILE_SIZE,
-    one_pass_size: int | None = None,
+    one_pass_size: int | None = PICK_ONE_PASS_SIZE,
     device: str | torch.device = "cpu",
     bf16: bool = False,
 ) -> tuple[SizeEstimate, list[torch.Tensor] | None]:
@@ -225,7 +226,7 @@ def size_corrected_outputs(
     name: str = "",
     passes: int = SIZE_PASSES,
     tile_size: int = PICK_TILE_SIZE,
-    one_pass_size: int | None = None,
+    one_pass_size: int | None = PICK_ONE_PASS_SIZE,
     device: str | torch.device = "cpu",
     bf16: bool = False,
 ) -> tuple[torch.Tensor, float]:

@@ -309,7 +309,8 @@ def fit(
     on_epoch_end: Callable[[int, dict], None] | None = None,
     particle_density: Mapping[tuple[str, str], float] | None = None,
 ) -> Path:
-    """Train ``model`` as ``plan`` says into ``out_dir``; returns the path of its ``best.pt``.
+    """Train ``model`` as ``plan`` says into ``out_dir``; returns the path of its ``best.pt``
+    (``last.pt`` for a finished stage resumed without its ``best.pt``).
 
     Args:
         plan: the stage (:mod:`hydrapicker.training.stages`): epochs, optimiser, which head each
@@ -335,10 +336,13 @@ def fit(
         )
 
     state = read_checkpoint(last_path) if resume and last_path.exists() else None
+    # A last.pt carried to another machine without its best.pt (the campaign commits last.pt
+    # only): the best model is then the best since this resume, and a finished stage's is its last.
+    best_carried = best_path.exists()
     if state is not None and state["epoch"] + 1 >= n_epochs:
         if distributed.is_main():  # a kill after the last checkpoint but before its logs: write them now
             _write_logs(out_dir, list(state["log"]), stage, _validation_split(datasets))
-        return best_path
+        return best_path if best_carried else last_path
     seed_everything(config.seed + 1000 * stage)
     model = model.to(config.device)
     if config.channels_last:
@@ -352,7 +356,7 @@ def fit(
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
-        start, best_val, rows = state["epoch"] + 1, state["best_val"], list(state["log"])
+        start, best_val, rows = state["epoch"] + 1, state["best_val"] if best_carried else math.inf, list(state["log"])
 
     val_split = _validation_split(datasets)
     world, rank, per_rank = distributed.world_size(), distributed.rank(), config.accumulate
