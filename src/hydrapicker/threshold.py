@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 #: How :func:`suggest_threshold` chooses, in words (printed with the suggestion).
-RULE = "the F1 expected when each candidate's score is read as the probability that it is a particle, at its highest"
+RULE = "the highest expected F1, each candidate's score read as the probability that it is a particle"
 
 
 def read_candidates(out_dir: str | os.PathLike) -> dict[str, Picks]:
