@@ -28,7 +28,7 @@ from validate import _pick_all, _picker, simulated_sets
 from hydrapicker import checkpoint
 from hydrapicker.evaluate import evaluate
 from hydrapicker.io import read_picks
-from hydrapicker.threshold import read_candidates
+from hydrapicker.threshold import expected_f1_threshold, read_candidates
 
 EDGES = np.linspace(0.0, 1.0, 51)
 CENTRES = (EDGES[:-1] + EDGES[1:]) / 2
@@ -55,12 +55,6 @@ def calibration(model_path: Path | None) -> tuple[np.ndarray, float]:
         print(f"  calibration set {labelled.name}: AP {scored.ap:.3f}", flush=True)
     share = np.where(picks_per_bin > 0, true_per_bin / np.maximum(picks_per_bin, 1e-9), 0.0)
     return np.maximum.accumulate(share), float(true_per_bin.sum() / picks_per_bin.sum())
-
-
-def expected_f1_threshold(scores: np.ndarray, p: np.ndarray) -> float:
-    order = np.argsort(scores)[::-1]
-    kept = np.arange(1, len(scores) + 1)
-    return float(scores[order][int(np.argmax(2 * np.cumsum(p[order]) / (kept + p.sum())))])
 
 
 def prior_shifted(p: np.ndarray, prior: float, iterations: int = 100) -> np.ndarray:

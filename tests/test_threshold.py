@@ -94,6 +94,8 @@ def test_the_suggestion_keeps_the_candidates_of_highest_expected_f1():
     keeping all 14 of 14 among 110 (0.23)."""
     scores = np.concatenate([np.full(10, 0.9), np.full(100, 0.05)])
     assert expected_f1_threshold(scores) == 0.9
+    # probabilities other than the scores (a calibration): all 110 likely particles, so all are kept
+    assert expected_f1_threshold(scores, np.full(len(scores), 0.9)) == 0.05
     # every candidate sure: keep them all; none at all: no suggestion
     assert expected_f1_threshold(np.full(5, 1.0)) == 1.0
     assert np.isnan(expected_f1_threshold(np.zeros(0))) and np.isnan(expected_f1_threshold(np.zeros(3)))

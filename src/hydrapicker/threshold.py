@@ -94,20 +94,25 @@ def _scores(candidates: dict[str, Picks]) -> np.ndarray:
     return scores[scores >= CANDIDATE_FLOOR]
 
 
-def expected_f1_threshold(scores: np.ndarray) -> float:
-    """The threshold keeping the candidates that maximise the expected F1, each score read as a probability.
+def expected_f1_threshold(scores: np.ndarray, probabilities: np.ndarray | None = None) -> float:
+    """The threshold keeping the candidates that maximise the expected F1.
 
-    Keeping every score ``>= t`` keeps ``k`` candidates that hold ``sum(kept)`` particles in
-    expectation, of ``sum(scores)`` in all: ``E[F1] ~ 2 sum(kept) / (k + sum(scores))``. The
-    threshold returned is the lowest score kept (ties are kept together). NaN without scores.
+    ``probabilities``: each candidate's probability of being a particle (default: its score, as
+    :func:`suggest_threshold` reads it; a calibration of the scores may give others). Keeping every
+    score ``>= t`` keeps ``k`` candidates that hold ``sum(p of kept)`` particles in expectation, of
+    ``sum(p)`` in all: ``E[F1] ~ 2 sum(p of kept) / (k + sum(p))``. The threshold returned is the
+    lowest score kept (ties are kept together). NaN without candidates or without any probability.
     """
-    scores = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
-    if len(scores) == 0 or scores[0] <= 0:
+    scores = np.asarray(scores, dtype=np.float64)
+    p = scores if probabilities is None else np.asarray(probabilities, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    scores, p = scores[order], p[order]
+    if len(scores) == 0 or p.sum() <= 0:
         return float("nan")
     # Ties: a threshold keeps all of a score or none of it, so only the last of a run counts.
     last_of_run = np.append(scores[1:] != scores[:-1], True)
     kept = np.arange(1, len(scores) + 1)
-    expected = 2 * np.cumsum(scores) / (kept + scores.sum())
+    expected = 2 * np.cumsum(p) / (kept + p.sum())
     return float(scores[np.flatnonzero(last_of_run)[np.argmax(expected[last_of_run])]])
 
 
