@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from validate import _pick_all, _picker, simulated_sets
 
 from hydrapicker import checkpoint
 from hydrapicker.cli import main as cli
@@ -161,17 +162,13 @@ def run(name: str, model: Path | None, sets: LabelledSet, work: Path, rules: boo
 def development() -> list[str]:
     """The rule on the sets it was chosen on: benchmarks/validate.py's simulated sets (unseen 1jnb/6msm, the
     targets, packed 4v1w; made into data-generated/validation if missing), picked at default settings."""
-    from validate import _pick_all, _picker, simulated_sets
-
     model, meta = checkpoint.load_model(None)
     rows = [
         f"| set | particles | best F1 | at score | suggested | gap | gap at default {PICK_THRESHOLD:g} |",
         "|---|---|---|---|---|---|---|",
     ]
     for labelled in simulated_sets():
-        truth = {}
-        for path in labelled.truth:
-            truth.update(read_picks(path))
+        truth = labelled.read_truth()
         picker = _picker(
             model, meta, diameter_A=labelled.diameter_A, pixel_size=labelled.pixel_size, threshold=CANDIDATE_FLOOR
         )

@@ -77,6 +77,13 @@ class LabelledSet:
     diameter_A: float
     box_px: float
 
+    def read_truth(self) -> dict:
+        """Every labelled micrograph's true particles: ``{micrograph name: Picks}``."""
+        truth = {}
+        for path in self.truth:
+            truth.update(read_picks(path))
+        return truth
+
 
 def real_sets() -> list[LabelledSet]:
     bgal, t20s = REAL / "empiar10017_bgal_bin4", REAL / "empiar10025_t20s_1mic"
@@ -141,9 +148,7 @@ def _pick_all(picker: Picker, paths: list[Path]) -> tuple[dict, str]:
 
 
 def score_set(model, meta, labelled: LabelledSet) -> dict:
-    truth = {}
-    for path in labelled.truth:
-        truth.update(read_picks(path))
+    truth = labelled.read_truth()
     row = {
         "kind": labelled.kind,
         "micrographs": len(labelled.micrographs),
