@@ -577,6 +577,7 @@ def test_a_run_that_picks_nothing_leaves_nothing_behind(tmp_path, checkpoint, ca
     out = tmp_path / "new" / "x1"
     assert _run(tmp_path / "nothere.mrc", "--out", out, "--model", checkpoint, "--diameter-px", 20) == 1
     assert not (tmp_path / "new").exists()
+    assert f"nothing written to {out}" in capsys.readouterr().out  # not "picks in" a folder that is gone
 
     kept = tmp_path / "kept"
     kept.mkdir()

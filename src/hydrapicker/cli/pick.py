@@ -217,12 +217,14 @@ def _pick(args: argparse.Namespace) -> int:
     nothing = report.failed and not report.picked and not report.skipped
     if not distributed.is_main():  # rank 0 reports the whole run; every rank exits with its status
         return 1 if nothing else 0
-    if nothing and undo is not None:
+    taken_back = nothing and undo is not None
+    if taken_back:
         undo.run()
     rate = len(report.picked) / report.seconds if report.seconds > 0 else float("nan")
+    where = f"nothing written to {args.out}" if taken_back else f"picks in {args.out}"
     print(
         f"picked {len(report.picked)} micrographs ({report.n_picks} particles, {rate:.2f} micrographs/s), "
-        f"skipped {len(report.skipped)} already done, {len(report.failed)} failed; picks in {args.out}"
+        f"skipped {len(report.skipped)} already done, {len(report.failed)} failed; {where}"
     )
     if report.failed:
         print(f"{len(report.failed)} micrograph(s) could not be picked:", file=sys.stderr)
