@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,13 @@ from hydrapicker.particle_size import ParticleSize
 from hydrapicker.picking.decode import picks_from_outputs
 from hydrapicker.picking.inference import head_outputs
 from hydrapicker.picking.picker import Picker, PickSettings
-from hydrapicker.threshold import expected_f1_threshold, picks_per_micrograph, read_candidates, suggest_threshold
+from hydrapicker.threshold import (
+    expected_f1_threshold,
+    picks_per_micrograph,
+    read_candidates,
+    suggest_threshold,
+    write_plots,
+)
 
 FORMATS = ("star", "box", "cbox", "topaz", "cs", "csv")
 
@@ -144,6 +151,15 @@ def test_set_rewrites_every_format_as_picking_at_that_threshold_would_without_th
     assert (out / "picks.csv").read_text() == (fresh / "picks.csv").read_text()
     record = json.loads((out / "threshold.json").read_text())
     assert record["threshold"] == 0.2 and record["previous"] == 0.5
+
+
+def test_plots_of_micrographs_without_candidates_are_drawn_without_a_warning(tmp_path):
+    """A folder whose micrographs had no candidate: the plots' log axes warned on stderr ("no positive values")."""
+    empty = {"m": Picks("m", np.zeros(0), np.zeros(0), np.zeros(0), box_size=10.0)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        written = write_plots(empty, tmp_path, suggest_threshold(empty), 0.2)
+    assert [p.name for p in written] == ["score_histogram.png", "picks_per_micrograph.png"]
 
 
 def test_summary_prints_the_suggestion_and_the_curve_and_writes_plots(micrographs, checkpoint, tmp_path, capsys):

@@ -184,20 +184,22 @@ def write_plots(
     scores = _scores(candidates)
     grid = np.linspace(CANDIDATE_FLOOR, 1.0, 200)
     written = []
+    # A log axis needs a positive count somewhere: without candidates matplotlib warns and draws nothing.
+    yscale = "log" if len(scores) else "linear"
     for name in ("score_histogram.png", "picks_per_micrograph.png"):
         fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
         try:
             if name == "score_histogram.png":
                 ax.hist(scores, bins=np.linspace(0, 1, 101), color="grey")
                 ax.set(
-                    yscale="log",
+                    yscale=yscale,
                     xlabel="score",
                     ylabel="candidates",
                     title=f"{len(scores)} candidates, {len(candidates)} micrographs",
                 )
             else:
                 ax.plot(grid, picks_per_micrograph(candidates, grid))
-                ax.set(yscale="log", xlabel="threshold", ylabel="picks per micrograph", title="picks per micrograph")
+                ax.set(yscale=yscale, xlabel="threshold", ylabel="picks per micrograph", title="picks per micrograph")
             for value, label, style in ((suggested, "suggested", "-"), (current, "current", ":")):
                 if value is not None and math.isfinite(value):
                     ax.axvline(value, color="tab:red", linestyle=style, label=f"{label} {value:.3f}")
