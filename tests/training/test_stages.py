@@ -241,5 +241,22 @@ def test_cli_train_runs_stage1_and_writes_the_run_record(project, tmp_path, caps
     assert "model.pt" in said.out
     # stderr is not a terminal here, as in a batch job's log: a plain line per epoch (count, total, rate, time left)
     assert re.search(r"^stage 1: 1/1 epochs, .+, done in \S+; val loss ", said.err, re.MULTILINE), said.err
-    assert cli_main(argv) == 1  # the same folder again without --resume
+    record = {name: (out / name).read_bytes() for name in ("command.json", "config.json")}
+    assert cli_main([*argv[:-2], "--threads", "1"]) == 1  # the same folder again without --resume
     assert "--resume" in capsys.readouterr().err
+    # refused before anything was written: the first run's record still says how it was made
+    assert {name: (out / name).read_bytes() for name in record} == record
+
+
+def test_resuming_from_an_unreadable_last_checkpoint_fails_before_replacing_the_run_record(project, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "stage1").mkdir(parents=True)
+    (out / "stage1" / "last.pt").write_bytes(b"cut short")
+    (out / "command.json").write_text('{"the": "first run"}')
+    (out / "config.json").write_text('{"the": "first config"}')
+    argv = ["train", str(project), "--out", str(out), "--preset", "tiny", "--stage", "1", "--resume"]
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "last.pt" in err and "not a readable HydraPicker checkpoint" in err
+    assert (out / "command.json").read_text() == '{"the": "first run"}'
+    assert (out / "config.json").read_text() == '{"the": "first config"}'

@@ -110,7 +110,7 @@ def _train(args: argparse.Namespace) -> int:
     from hydrapicker.cli._common import write_run_record
     from hydrapicker.data.project import load_project
     from hydrapicker.training.config import TrainConfig
-    from hydrapicker.training.stages import train
+    from hydrapicker.training.stages import check_run_folder, train
 
     config = TrainConfig(
         preset=args.preset,
@@ -133,6 +133,7 @@ def _train(args: argparse.Namespace) -> int:
 
         raise HydraPickerError(f"--out {args.out}: is a file, not a folder")
     datasets = load_project(args.project)
+    check_run_folder(args.out, config, resume=args.resume)  # before the record of a run already there is replaced
     args.out.mkdir(parents=True, exist_ok=True)
     if distributed.is_main():
         write_run_record(args.out, args)

@@ -298,6 +298,21 @@ def _optimiser(model: HydraPicker, plan: StagePlan, config: TrainConfig):
     return opt, None
 
 
+def check_start(out_dir: str | Path, resume: bool) -> dict | None:
+    """Whether a stage may start in ``out_dir``: ``last.pt``'s state when resuming one, None for a fresh start.
+
+    Raises:
+        HydraPickerError: a run is already there and ``resume`` is not set, or the ``last.pt`` to
+            resume from is not a readable checkpoint.
+    """
+    last_path = Path(out_dir) / "last.pt"
+    if last_path.exists() and not resume:
+        raise HydraPickerError(
+            f"{last_path}: a training run is already there (use --resume to continue it, or another --out)"
+        )
+    return read_checkpoint(last_path) if resume and last_path.exists() else None
+
+
 def fit(
     plan: StagePlan,
     model: HydraPicker,
@@ -330,12 +345,7 @@ def fit(
     n_epochs, stage = plan.epochs, plan.number
     if config.threads:
         torch.set_num_threads(config.threads)
-    if last_path.exists() and not resume:
-        raise HydraPickerError(
-            f"{last_path}: a training run is already there (use --resume to continue it, or another --out)"
-        )
-
-    state = read_checkpoint(last_path) if resume and last_path.exists() else None
+    state = check_start(out_dir, resume)
     # A last.pt carried to another machine without its best.pt (the campaign commits last.pt
     # only): the best model is then the best since this resume, and a finished stage's is its last.
     best_carried = best_path.exists()

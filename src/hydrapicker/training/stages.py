@@ -33,9 +33,9 @@ from hydrapicker.memory import keep_large_blocks
 from hydrapicker.model import HydraPicker
 from hydrapicker.presets import get_preset
 from hydrapicker.training.config import TrainConfig
-from hydrapicker.training.loop import StagePlan, fit, seed_everything
+from hydrapicker.training.loop import StagePlan, check_start, fit, seed_everything
 
-__all__ = ["build_stage_model", "finetune_plan", "stage1_plan", "stage2_plan", "train"]
+__all__ = ["build_stage_model", "check_run_folder", "finetune_plan", "stage1_plan", "stage2_plan", "train"]
 
 
 def stage1_plan(config: TrainConfig) -> StagePlan:
@@ -81,6 +81,18 @@ def build_stage_model(
     return model
 
 
+def check_run_folder(out_dir: str | Path, config: TrainConfig, *, resume: bool = False) -> None:
+    """Fail before anything is written when a stage ``config`` runs cannot start in ``out_dir``.
+
+    A run already there without ``resume``, or a ``last.pt`` to resume that is not readable, is an
+    error here rather than in :func:`~hydrapicker.training.loop.fit`, after ``config.json`` and the
+    run record of the run already there were replaced.
+    """
+    stages = {"1": ("stage1",), "2": ("stage2",), "both": ("stage1", "stage2")}[config.stage]
+    for stage in stages:
+        check_start(Path(out_dir) / stage, resume)
+
+
 def train(
     datasets: Sequence[DatasetSpec],
     out_dir: str | Path,
@@ -92,6 +104,7 @@ def train(
     """Train the stages ``config.stage`` asks for into ``out_dir``; returns ``out_dir/model.pt``.
 
     ``on_epoch_end(stage, epoch, row)`` is called after every epoch (tests use it to interrupt).
+    A run that cannot start (:func:`check_run_folder`) fails before ``config.json`` is written.
     """
     if not datasets:
         raise HydraPickerError("the project lists no datasets to train on")
@@ -99,6 +112,7 @@ def train(
     if GENERIC in names or len(set(names)) != len(names):
         raise HydraPickerError(f"dataset names must be unique and not {GENERIC!r}: {names}")
     out_dir = Path(out_dir)
+    check_run_folder(out_dir, config, resume=resume)
     out_dir.mkdir(parents=True, exist_ok=True)
     keep_large_blocks()
     record = {
