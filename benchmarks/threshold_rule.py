@@ -9,8 +9,11 @@ the candidates alone, the suggested threshold (:func:`hydrapicker.threshold.sugg
 and, against the labels (:func:`hydrapicker.evaluate.evaluate`, the set's micrographs pooled):
 the best F1 and its threshold, and F1 at the suggestion and at the default PICK_THRESHOLD. The
 suggestion never sees the labels. ``--rules`` also scores the alternatives in :data:`RULES`.
-``--development`` scores the rule on the sets it was chosen on instead (benchmarks/validate.py's
-simulated sets), which these sets are not.
+``--development`` scores the rule on the development sets instead, which these sets are not:
+benchmarks/validate.py's simulated sets (the rule was chosen on them) and :data:`DEVELOPMENT_SETS`
+(made to find where a rule on the scores alone breaks), with the gaps of thresholds that use the
+labels (:func:`oracles`: the rule given each set's own calibration, the threshold at the true
+particle count, the best threshold of one labelled micrograph applied to the others).
 
 Usage (simulating the sets takes ~5 min once, picking ~1 min per model on a busy 2-core machine):
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/threshold_rule.py --work /tmp/threshold_rule [--model NAME=CKPT ...]
@@ -30,15 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.optimize import isotonic_regression
 from validate import _pick_all, _picker, simulated_sets
 
 from hydrapicker import checkpoint
 from hydrapicker.cli import main as cli
 from hydrapicker.defaults import CANDIDATE_FLOOR, PICK_THRESHOLD
-from hydrapicker.evaluate import Evaluation, evaluate
+from hydrapicker.evaluate import Evaluation, evaluate, match_picks
 from hydrapicker.io import Picks, read_picks
 from hydrapicker.io.coordinates import is_decoys_file
-from hydrapicker.threshold import read_candidates, suggest_threshold
+from hydrapicker.threshold import expected_f1_threshold, read_candidates, suggest_threshold
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "src" / "hydrapicker" / "assets" / "real"
@@ -73,6 +77,46 @@ SIM_SETS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+#: More development sets (``--development``): 16 structures none of the sets above uses, sparse (8-20
+#: and 2-6 particles per micrograph), default and crowded (60-110), every rendering. 768² x 3, seeds 101-116.
+DEVELOPMENT_SETS: dict[str, tuple[str, list[str]]] = {
+    name: (structure, ["--pixel-size", pixel, *crowding, "--rendering", rendering, "--seed", str(seed)])
+    for seed, (name, structure, pixel, crowding, rendering) in enumerate(
+        (
+            ("d-1anf-sparse-jpg", "1anf.pdb.gz", "1.2", ["--particles-per-micrograph", "8", "20"], "jpg"),
+            ("d-1ema-png", "1ema.pdb.gz", "1.0", [], "png"),
+            ("d-1luc-sparse-float", "1luc.pdb.gz", "1.5", ["--particles-per-micrograph", "8", "20"], "float"),
+            ("d-1n8z-crowded-lowpass", "1n8z.pdb.gz", "2.5", ["--particles-per-micrograph", "60", "110"], "lowpass"),
+            ("d-1tf7-crowded-denoised", "1tf7.pdb.gz", "2.0", ["--particles-per-micrograph", "60", "110"], "denoised"),
+            ("d-2bhw-binned", "2bhw.pdb.gz", "1.5", [], "binned"),
+            (
+                "d-3izx-sparse-denoised-png",
+                "3izx.cif.gz",
+                "3.5",
+                ["--particles-per-micrograph", "8", "20"],
+                "denoised-png",
+            ),
+            ("d-5a22-tif16", "5a22.pdb.gz", "2.5", [], "tif16"),
+            ("d-6m03-crowded-jpg", "6m03.pdb.gz", "1.5", ["--particles-per-micrograph", "60", "110"], "jpg"),
+            (
+                "d-6qno-sparse-lowpass-png",
+                "6qno.pdb.gz",
+                "2.5",
+                ["--particles-per-micrograph", "8", "20"],
+                "lowpass-png",
+            ),
+            ("d-6wbf-lowpass", "6wbf.pdb.gz", "2.0", [], "lowpass"),
+            ("d-5i08-very-sparse-float", "5i08.pdb.gz", "2.5", ["--particles-per-micrograph", "2", "6"], "float"),
+            ("d-4blo-crowded-png", "4blo.pdb.gz", "3.0", ["--particles-per-micrograph", "60", "110"], "png"),
+            ("d-5nj3-jpg", "5nj3.pdb.gz", "3.0", [], "jpg"),
+            ("d-4zxb-denoised", "4zxb.cif.gz", "3.5", [], "denoised"),
+            ("d-1vgv-very-sparse-jpg", "1vgv.pdb.gz", "2.5", ["--particles-per-micrograph", "2", "6"], "jpg"),
+        ),
+        start=101,
+    )
+}
+
+
 def real_sets() -> list[LabelledSet]:
     sets = []
     for name, folder, box in (
@@ -85,8 +129,8 @@ def real_sets() -> list[LabelledSet]:
 
 
 def simulated_set(name: str, work: Path) -> LabelledSet:
-    """The simulated set ``name`` (:data:`SIM_SETS`), simulated into ``work/sets/name`` once."""
-    structure, options = SIM_SETS[name]
+    """The simulated set ``name`` (:data:`SIM_SETS` or :data:`DEVELOPMENT_SETS`), simulated into ``work/sets/name`` once."""
+    structure, options = {**SIM_SETS, **DEVELOPMENT_SETS}[name]
     folder = work / "sets" / name
     if not (folder / "dataset.toml").is_file():
         argv = ["simulate", str(STRUCTURES / structure), "--out", str(folder), "--name", name]
@@ -159,27 +203,108 @@ def run(name: str, model: Path | None, sets: LabelledSet, work: Path, rules: boo
     return [row], figures
 
 
-def development() -> list[str]:
-    """The rule on the sets it was chosen on: benchmarks/validate.py's simulated sets (unseen 1jnb/6msm, the
-    targets, packed 4v1w; made into data-generated/validation if missing), picked at default settings."""
+def _labels(candidates: dict[str, Picks], truth: dict[str, Picks], box: float) -> tuple[np.ndarray, ...]:
+    """Pooled scores, their match to the truth (TP) and micrograph index (the floor applied), and the particle count."""
+    tp_by, _ = match_picks(candidates, truth, box)
+    names = list(candidates)
+    score = np.concatenate([candidates[n].score for n in names] + [np.zeros(0)])
+    tp = np.concatenate([tp_by[n] for n in names] + [np.zeros(0, dtype=bool)])
+    micrograph = np.concatenate([np.full(len(candidates[n]), names.index(n)) for n in names] + [np.zeros(0, int)])
+    kept = score >= CANDIDATE_FLOOR
+    return score[kept], tp[kept], micrograph[kept]
+
+
+def _f1_curve(score: np.ndarray, tp: np.ndarray, n_true: int) -> tuple[np.ndarray, np.ndarray]:
+    """Thresholds (descending, distinct) and F1 of the scores >= each (as :func:`evaluate`)."""
+    order = np.argsort(-score, kind="stable")
+    score, hits = score[order], np.cumsum(tp[order])
+    last = np.append(score[1:] != score[:-1], True)
+    return score[last], (2 * hits / (np.arange(1, len(score) + 1) + n_true))[last]
+
+
+def _gap(score: np.ndarray, tp: np.ndarray, n_true: int, threshold: float) -> float:
+    """Best F1 - F1 at ``threshold`` (the operating point at or just above it)."""
+    thresholds, f1 = _f1_curve(score, tp, n_true)
+    kept = np.flatnonzero(thresholds >= threshold)
+    return float(f1.max() - (f1[kept[-1]] if len(kept) else 0.0))
+
+
+def oracles(candidates: dict[str, Picks], truth: dict[str, Picks], box: float) -> dict[str, float]:
+    """Gaps (best F1 - F1 there) of thresholds that use the labels, to bound what any rule on the scores can do.
+
+    - ``own_calibration``: the expected-F1 rule with each score read through the set's own
+      calibration (isotonic regression of the matches on the scores): the rule given what the
+      scores alone cannot tell, how likely a score is to be a particle in *this* set;
+    - ``true_count``: the threshold that keeps as many candidates as the set has particles;
+    - ``one_micrograph``: the best-F1 threshold of one labelled micrograph applied to the set's
+      others, the median over the micrographs (NaN with one micrograph).
+    """
+    score, tp, micrograph = _labels(candidates, truth, box)
+    n_true = sum(len(t) for t in truth.values())
+    order = np.argsort(score, kind="stable")
+    calibrated = np.empty(len(score))
+    calibrated[order] = isotonic_regression(tp[order].astype(np.float64)).x
+    ranked = np.sort(score)[::-1]
+    gaps = []
+    names = list(candidates)
+    for index, name in enumerate(names):
+        one, n_one = micrograph == index, len(truth[name])
+        if n_one == 0 or n_one == n_true:
+            continue
+        thresholds, f1 = _f1_curve(score[one], tp[one], n_one)
+        gaps.append(_gap(score[~one], tp[~one], n_true - n_one, thresholds[np.argmax(f1)]))
+    return {
+        "own_calibration": _gap(score, tp, n_true, expected_f1_threshold(score, calibrated)),
+        "true_count": _gap(score, tp, n_true, ranked[min(n_true, len(ranked)) - 1]),
+        "one_micrograph": float(np.median(gaps)) if gaps else float("nan"),
+    }
+
+
+def development(work: Path) -> list[str]:
+    """The rule on the development sets: benchmarks/validate.py's simulated sets (unseen 1jnb/6msm, the targets,
+    packed 4v1w; made into data-generated/validation if missing) and :data:`DEVELOPMENT_SETS` (into ``work``),
+    picked at default settings, with the oracles' gaps (:func:`oracles`)."""
     model, meta = checkpoint.load_model(None)
-    rows = [
-        f"| set | particles | best F1 | at score | suggested | gap | gap at default {PICK_THRESHOLD:g} |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    found = []
     for labelled in simulated_sets():
         truth = labelled.read_truth()
         picker = _picker(
             model, meta, diameter_A=labelled.diameter_A, pixel_size=labelled.pixel_size, threshold=CANDIDATE_FLOOR
         )
         candidates = {name: p for name, p in _pick_all(picker, list(labelled.micrographs))[0].items() if name in truth}
-        scored = evaluate(candidates, truth, labelled.box_px)
-        suggested = suggest_threshold(candidates)
-        rows.append(
-            f"| {labelled.name} | {sum(len(t) for t in truth.values())} | {scored.best_f1:.3f} | "
-            f"{scored.best_threshold:.3f} | {suggested:.3f} | {scored.best_f1 - f1_at(scored, suggested):.3f} | "
-            f"{scored.best_f1 - f1_at(scored, PICK_THRESHOLD):.3f} |"
+        found.append((labelled.name, candidates, truth, labelled.box_px))
+    for name in DEVELOPMENT_SETS:
+        labelled = simulated_set(name, work)
+        found.append(
+            (name, read_candidates(pick(labelled, None, work / f"generic-{name}")), labelled.truth, labelled.box)
         )
+    rows = [
+        f"| set | particles | best F1 | at score | suggested | gap | gap at default {PICK_THRESHOLD:g} | "
+        "oracle: own calibration | oracle: true count | one labelled micrograph (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    columns = {"gap": [], "default": [], "own_calibration": [], "true_count": [], "one_micrograph": []}
+    for name, candidates, truth, box in found:
+        scored = evaluate(candidates, truth, box)
+        suggested = suggest_threshold(candidates)
+        figures = {
+            "gap": scored.best_f1 - f1_at(scored, suggested),
+            "default": scored.best_f1 - f1_at(scored, PICK_THRESHOLD),
+            **oracles(candidates, truth, box),
+        }
+        for key, value in figures.items():
+            columns[key].append(value)
+        rows.append(
+            f"| {name} | {sum(len(t) for t in truth.values())} | {scored.best_f1:.3f} | {scored.best_threshold:.3f} | "
+            f"{suggested:.3f} | " + " | ".join(f"{v:.3f}" for v in figures.values()) + " |"
+        )
+    summary = []
+    for values in columns.values():
+        values = np.asarray(values)
+        summary.append(
+            f"{int(np.sum(values > 0.03))} > 0.03, max {np.nanmax(values):.3f}, mean {np.nanmean(values):.3f}"
+        )
+    rows.append(f"| **{len(found)} sets** | | | | | " + " | ".join(summary) + " |")
     return rows
 
 
@@ -194,11 +319,11 @@ def main() -> None:
     parser.add_argument(
         "--development",
         action="store_true",
-        help="instead: the rule on the sets it was chosen on (benchmarks/validate.py's simulated sets)",
+        help="instead: the rule and the oracles on the development sets (validate.py's and DEVELOPMENT_SETS)",
     )
     args = parser.parse_args()
     if args.development:
-        print("\n".join(development()))
+        print("\n".join(development(args.work)))
         return
     rows = [
         f"generic = the shipped model, git hash-object {model_hash(None)}",
