@@ -139,7 +139,12 @@ def _adapt(
     checkpoint = out / f"{config.name}.pt"
     load = os.getloadavg()[0]
     report = adapt(
-        paths, checkpoint, config, model_path=model, size=ParticleSize(diameter_A=diameter, pixel_size=pixel)
+        paths,
+        checkpoint,
+        config,
+        model_path=model,
+        size=ParticleSize(diameter_A=diameter, pixel_size=pixel),
+        overwrite=True,  # a rerun adapts afresh
     )
     return checkpoint, {
         "seconds": report.seconds,

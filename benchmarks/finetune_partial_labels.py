@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 config,
                 model_path=args.model,
                 resume=(out.parent / f"{run}.finetune" / "last.pt").exists(),
+                overwrite=args.retrain,
                 say=lambda line: print(f"  [{run}] {line}", flush=True),
             )
             seconds = time.perf_counter() - t0

@@ -132,6 +132,15 @@ def adapted(blobs, tmp_path_factory):
     return out, report, lines
 
 
+def test_adapt_keeps_a_checkpoint_already_at_out_unless_overwrite(adapted, blobs):
+    out, _, _ = adapted
+    before = out.read_bytes()
+    config = AdaptConfig(name="again", teacher_threshold=0.05, **FAST)
+    with pytest.raises(HydraPickerError, match="--overwrite"):
+        adapt([blobs], out, config, say=lambda _: None, size=ParticleSize(diameter_px=DIAMETER))
+    assert out.read_bytes() == before
+
+
 def test_adapt_adds_one_head_and_leaves_trunk_and_generic_head_bit_identical(adapted):
     out, _, _ = adapted
     base = load_model(None)[0].state_dict()

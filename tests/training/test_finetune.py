@@ -249,6 +249,38 @@ def test_without_model_the_missing_pretrained_model_is_the_same_clear_error_as_p
     assert "pretrained generic model" in err and "--model" in err
 
 
+def test_a_checkpoint_already_at_out_is_kept_unless_overwrite(labelled, base, tmp_path, capsys):
+    (mic, coords) = labelled[0]
+    out = tmp_path / "mine.pt"
+    out.write_bytes(b"an earlier model")
+    argv = ["finetune", "--model", str(base), "--name", "one", "--micrographs", str(mic), "--coords", str(coords)]
+    argv += ["--diameter-px", str(DIAMETER), "--out", str(out), "--epochs", "1", "--batches-per-epoch", "1"]
+    argv += ["--val-batches", "1", "--threads", "2"]
+    assert cli_main(argv) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"an earlier model" and not run_folder(out).exists()
+    assert cli_main([*argv, "--overwrite"]) == 0
+    assert load_checkpoint(out)[1].head_names == ("sim", "one")
+    # --overwrite again: the run folder's checkpoints do not stop the fresh run
+    assert cli_main([*argv, "--overwrite", "--seed", "5"]) == 0
+    assert '"seed": 5' in (run_folder(out) / "finetune.json").read_text()
+
+
+def test_a_fresh_run_onto_a_run_already_there_fails_before_replacing_its_record(labelled, base, tmp_path):
+    (mic, coords) = labelled[0]
+    out = tmp_path / "killed.pt"
+    run_folder(out).mkdir()
+    (run_folder(out) / "last.pt").write_bytes(b"a killed run's last epoch")
+    (run_folder(out) / "finetune.json").write_text('{"the": "killed run"}')
+    data = labelled_micrographs("one", [mic], [coords], size=ParticleSize(diameter_px=DIAMETER))
+    with pytest.raises(HydraPickerError, match="--resume"):
+        finetune(data, out, FinetuneConfig(name="one", **SMALL), model_path=base, say=lambda _: None)
+    assert (run_folder(out) / "finetune.json").read_text() == '{"the": "killed run"}'
+    with pytest.raises(HydraPickerError, match="not a readable HydraPicker checkpoint"):
+        finetune(data, out, FinetuneConfig(name="one", **SMALL), model_path=base, resume=True, say=lambda _: None)
+    assert (run_folder(out) / "finetune.json").read_text() == '{"the": "killed run"}'
+
+
 def test_diameter_in_angstrom_needs_the_pixel_size(labelled):
     mic, coords = labelled[0]
     with pytest.raises(HydraPickerError, match="needs the pixel size"):

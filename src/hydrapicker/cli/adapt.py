@@ -66,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     schedule.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate (default: %(default)s)")
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
+    run.add_argument("--overwrite", action="store_true", help="replace the checkpoint at --out")
     run.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
 
 
@@ -85,7 +86,9 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads,
     )
-    report = adapt(args.micrographs, args.out, config, model_path=args.model, size=particle_size(args))
+    report = adapt(
+        args.micrographs, args.out, config, model_path=args.model, size=particle_size(args), overwrite=args.overwrite
+    )
     write_run_record(run_folder(args.out), args)
     print(
         f"Model: {Path(report.checkpoint).resolve()} (pick with --model {args.out} --head {args.name}); "

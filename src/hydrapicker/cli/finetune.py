@@ -87,6 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     schedule.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate (default: %(default)s)")
     run = parser.add_argument_group("run")
     run.add_argument("--resume", action="store_true", help="continue a killed run from its last finished epoch")
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace the checkpoint at --out and start its run afresh"
+    )
     run.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
     run.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
 
@@ -116,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
         val_coordinates=args.val_coords,
         size=particle_size(args),
     )
-    out = finetune(data, args.out, config, model_path=args.model, resume=args.resume)
+    out = finetune(data, args.out, config, model_path=args.model, resume=args.resume, overwrite=args.overwrite)
     write_run_record(run_folder(args.out), args)
     print(f"Model: {out.resolve()} (pick with --model {out} --head {args.name}); logs in {run_folder(args.out)}")
     return 0

@@ -248,6 +248,7 @@ def adapt(
     *,
     size: ParticleSize,
     model_path: str | os.PathLike | None = None,
+    overwrite: bool = False,
     say: Callable[[str], None] = print,
 ) -> AdaptReport:
     """Adapt: add head ``config.name`` to the base model, taught by the turn-averaged head on ``micrographs``; write checkpoint ``out``.
@@ -259,12 +260,17 @@ def adapt(
             ``adapt.json``.
         size: the particle diameter, as for ``pick``.
         model_path: the base checkpoint; ``None``: the shipped pretrained generic model.
+        overwrite: replace a checkpoint already at ``out`` (without it, an error before any work).
         say: where progress lines go.
     """
     start = time.perf_counter()
     out = Path(out)
     if out.suffix != ".pt":
         raise HydraPickerError(f"--out {out}: a checkpoint file name ending in .pt")
+    if out.exists() and not overwrite:
+        raise HydraPickerError(
+            f"--out {out}: a checkpoint is already there; pass --overwrite to replace it, or another --out"
+        )
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)

@@ -48,7 +48,7 @@ from hydrapicker.model import HydraPicker
 from hydrapicker.particle_size import ParticleSize, rescale_factor
 from hydrapicker.picking.picker import PickSettings, pick_micrograph
 from hydrapicker.training.config import FinetuneConfig
-from hydrapicker.training.loop import fit
+from hydrapicker.training.loop import check_start, fit
 from hydrapicker.training.stages import finetune_plan
 
 __all__ = [
@@ -256,6 +256,7 @@ def finetune(
     *,
     model_path: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     say: Callable[[str], None] = print,
     on_epoch_end: Callable[[int, dict], None] | None = None,
 ) -> Path:
@@ -267,6 +268,8 @@ def finetune(
             and ``last.pt`` go to :func:`run_folder` of it.
         model_path: the base checkpoint; ``None``: the shipped pretrained generic model.
         resume: continue a killed run from its last finished epoch.
+        overwrite: replace a checkpoint already at ``out`` and start its run afresh (without it,
+            either is an error before anything is written, unless resuming).
         say: where progress lines go.
 
     Returns:
@@ -283,6 +286,13 @@ def finetune(
         raise HydraPickerError(f"--out {out}: is a folder, not a checkpoint file")
     if run_folder(out).is_file():
         raise HydraPickerError(f"{run_folder(out)}: is a file, but the run's logs go in this folder")
+    if out.exists() and not (resume or overwrite):
+        raise HydraPickerError(
+            f"--out {out}: a checkpoint is already there; pass --overwrite to replace it, or another --out"
+        )
+    afresh = overwrite and not resume
+    if not afresh:
+        check_start(run_folder(out), resume)  # before finetune.json of a run already there is replaced
     model, meta = load_model(model_path)
     add_frozen_head(model, config.name)
     train_config = config.loop_settings(meta.preset.name, meta.target_diameter_px)
@@ -301,6 +311,9 @@ def finetune(
         }
     folder = run_folder(out)
     folder.mkdir(parents=True, exist_ok=True)
+    if afresh:  # only now that the inputs are read: fit() refuses a run already there
+        for stale in ("last.pt", "best.pt"):
+            (folder / stale).unlink(missing_ok=True)
     note = _validation_note(data)
     record = {
         "base_model": str(model_path) if model_path is not None else "shipped pretrained generic model",
