@@ -33,6 +33,24 @@ def test_a_rerun_that_differs_in_keeping_edge_picks_is_refused_naming_the_flag(t
     assert cli_main(_argv(tmp_path / "kept", tmp_path / "kept" / "out", "--keep-edge-picks")) == 0
 
 
+def test_a_folder_holding_another_runs_picks_csv_or_record_is_refused_unless_overwrite(tmp_path, capsys):
+    _picked(tmp_path)
+    capsys.readouterr()
+    theirs = tmp_path / "theirs"  # `--out .` beside another tool's picks.csv, or a train run's folder
+    theirs.mkdir()
+    (theirs / "picks.csv").write_text("x,y\n10,20\n")
+    assert cli_main(_argv(tmp_path, theirs)) == 1
+    assert "picks.csv that no pick run wrote" in capsys.readouterr().err
+    assert sorted(p.name for p in theirs.iterdir()) == ["picks.csv"]
+    assert (theirs / "picks.csv").read_text() == "x,y\n10,20\n"
+    (theirs / "command.json").write_text(json.dumps({"verb": "train", "options": {}}))
+    assert cli_main(_argv(tmp_path, theirs)) == 1
+    assert "of a hydrapicker train run, not of a pick run" in capsys.readouterr().err
+    assert cli_main(_argv(tmp_path, theirs, "--overwrite")) == 0
+    assert RunRecord.read(theirs).verb == "pick"
+    assert cli_main(_argv(tmp_path, theirs)) == 0  # now a pick run's folder: a rerun goes on
+
+
 def test_a_run_that_stops_on_an_error_before_picking_takes_back_its_folder_and_record(tmp_path, capsys, monkeypatch):
     import hydrapicker.picking.runner as runner
 

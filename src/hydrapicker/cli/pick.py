@@ -86,7 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     outputs.add_argument(
         "--overlay", type=Path, metavar="DIR", help="also write PNGs of the micrographs with the picks drawn"
     )
-    outputs.add_argument("--overwrite", action="store_true", help="pick again micrographs whose outputs exist")
+    outputs.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="pick again micrographs whose outputs exist (and replace a picks.csv or command.json no pick run wrote)",
+    )
     run = parser.add_argument_group("running")
     run.add_argument(
         "--device", default="cpu", choices=("cpu", "cuda"), help="where the network runs (default: %(default)s)"
@@ -139,7 +143,7 @@ def _pick(args: argparse.Namespace) -> int:
     from hydrapicker.errors import HydraPickerError
     from hydrapicker.io.coordinates import check_formats
     from hydrapicker.io.micrograph import expand_micrographs
-    from hydrapicker.io.run_folder import check_outputs_apart, current_threshold, picking_changes
+    from hydrapicker.io.run_folder import check_outputs_apart, current_threshold, foreign_files, picking_changes
     from hydrapicker.picking.picker import Picker
     from hydrapicker.picking.runner import pick_files_sharded
     from hydrapicker.picking.watch import watch_folder
@@ -150,6 +154,9 @@ def _pick(args: argparse.Namespace) -> int:
     if args.watch and distributed.world_size() > 1:
         raise HydraPickerError("--watch runs in one process: start it without torchrun")
     paths = [] if args.watch else expand_micrographs(args.micrographs)  # a watched folder may be empty so far
+    foreign = None if args.overwrite else foreign_files(args.out)
+    if foreign:
+        raise HydraPickerError(f"{foreign}; give another --out, or pass --overwrite to replace them")
     if args.threshold is None:  # the folder's (a rerun goes on at it); recorded in the run record as the value used
         recorded = current_threshold(args.out)
         args.threshold = PICK_THRESHOLD if recorded is None else recorded

@@ -45,6 +45,7 @@ __all__ = [
     "expected_outputs",
     "json_float",
     "output_paths",
+    "foreign_files",
     "picking_changes",
     "read_sidecar",
     "rebuild_picks_csv",
@@ -207,6 +208,28 @@ def _same(key: str, old: Any, new: Any) -> bool:
     if isinstance(old, (int, float)) and isinstance(new, (int, float)) and not isinstance(old, bool):
         return math.isclose(float(old), float(new), rel_tol=1e-9, abs_tol=1e-12)
     return old == new
+
+
+def foreign_files(out_dir: str | os.PathLike) -> str | None:
+    """Why ``out_dir`` is not a folder to pick into: it holds a ``picks.csv`` or ``command.json`` that
+    a pick run would replace but that no pick run wrote (``--out .`` beside another tool's picks.csv).
+
+    None when it holds neither, or when its run record is a pick run's (``pick`` or ``relion``).
+    """
+    out_dir = Path(out_dir)
+    found = [name for name in (RUN_RECORD, "picks.csv") if (out_dir / name).is_file()]
+    if not found:
+        return None
+    try:
+        record = RunRecord.read(out_dir)
+    except HydraPickerError as exc:
+        return str(exc)
+    if record is not None and record.verb in ("pick", "relion"):
+        return None
+    files = " and ".join(found)
+    if record is None:
+        return f"{out_dir}: holds a {files} that no pick run wrote (there is no run record)"
+    return f"{out_dir}: holds the {files} of a hydrapicker {record.verb} run, not of a pick run"
 
 
 def picking_changes(out_dir: str | os.PathLike, options: Mapping[str, Any]) -> list[str]:
