@@ -54,7 +54,7 @@ from hydrapicker.model import HydraPicker
 from hydrapicker.progress import Progress
 from hydrapicker.training.config import TrainConfig
 
-__all__ = ["LOG_FIELDS", "StagePlan", "fit", "seed_everything"]
+__all__ = ["LOG_FIELDS", "StagePlan", "check_start", "fit", "seed_everything"]
 
 
 @dataclass(frozen=True)
