@@ -260,23 +260,29 @@ def oracles(candidates: dict[str, Picks], truth: dict[str, Picks], box: float) -
     }
 
 
-def development(work: Path) -> list[str]:
+def development(work: Path, model_path: Path | None = None, name: str = "generic") -> list[str]:
     """The rule on the development sets: benchmarks/validate.py's simulated sets (unseen 1jnb/6msm, the targets,
     packed 4v1w; made into data-generated/validation if missing) and :data:`DEVELOPMENT_SETS` (into ``work``),
-    picked at default settings, with the oracles' gaps (:func:`oracles`)."""
-    model, meta = checkpoint.load_model(None)
+    picked at default settings, with the oracles' gaps (:func:`oracles`). ``model_path``: another model to
+    score than the shipped one (its picks go to ``work/<name>-<set>``)."""
+    model, meta = checkpoint.load_model(model_path)
     found = []
     for labelled in simulated_sets():
         truth = labelled.read_truth()
         picker = _picker(
             model, meta, diameter_A=labelled.diameter_A, pixel_size=labelled.pixel_size, threshold=CANDIDATE_FLOOR
         )
-        candidates = {name: p for name, p in _pick_all(picker, list(labelled.micrographs))[0].items() if name in truth}
-        found.append((labelled.name, candidates, truth, labelled.box_px))
-    for name in DEVELOPMENT_SETS:
-        labelled = simulated_set(name, work)
+        picked = _pick_all(picker, list(labelled.micrographs))[0]
+        found.append((labelled.name, {stem: p for stem, p in picked.items() if stem in truth}, truth, labelled.box_px))
+    for set_name in DEVELOPMENT_SETS:
+        labelled = simulated_set(set_name, work)
         found.append(
-            (name, read_candidates(pick(labelled, None, work / f"generic-{name}")), labelled.truth, labelled.box)
+            (
+                set_name,
+                read_candidates(pick(labelled, model_path, work / f"{name}-{set_name}")),
+                labelled.truth,
+                labelled.box,
+            )
         )
     rows = [
         f"| set | particles | best F1 | at score | suggested | gap | gap at default {PICK_THRESHOLD:g} | "
@@ -284,7 +290,7 @@ def development(work: Path) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     columns = {"gap": [], "default": [], "own_calibration": [], "true_count": [], "one_micrograph": []}
-    for name, candidates, truth, box in found:
+    for set_name, candidates, truth, box in found:
         scored = evaluate(candidates, truth, box)
         suggested = suggest_threshold(candidates)
         figures = {
@@ -295,7 +301,7 @@ def development(work: Path) -> list[str]:
         for key, value in figures.items():
             columns[key].append(value)
         rows.append(
-            f"| {name} | {sum(len(t) for t in truth.values())} | {scored.best_f1:.3f} | {scored.best_threshold:.3f} | "
+            f"| {set_name} | {sum(len(t) for t in truth.values())} | {scored.best_f1:.3f} | {scored.best_threshold:.3f} | "
             f"{suggested:.3f} | " + " | ".join(f"{v:.3f}" for v in figures.values()) + " |"
         )
     summary = []
@@ -312,7 +318,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for the simulated sets and pick outputs")
     parser.add_argument(
-        "--model", action="append", default=[], metavar="NAME=CKPT", help="another model, scored on β-gal only"
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=CKPT",
+        help="another model, scored on β-gal only (with --development: instead of the shipped one, on every set)",
     )
     parser.add_argument("--real-only", action="store_true", help="only the bundled real micrographs")
     parser.add_argument("--rules", action="store_true", help="also score the alternatives in RULES (F1 gaps)")
@@ -323,7 +333,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.development:
-        print("\n".join(development(args.work)))
+        name, _, path = args.model[0].partition("=") if args.model else ("generic", "", "")
+        print("\n".join(development(args.work, Path(path) if path else None, name)))
         return
     rows = [
         f"generic = the shipped model, git hash-object {model_hash(None)}",
