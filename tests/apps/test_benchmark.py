@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from hydrapicker.apps.benchmark.config import load_config
-from hydrapicker.apps.benchmark.run import run_benchmark
+from hydrapicker.apps.benchmark.run import check_protocol, run_benchmark
 from hydrapicker.apps.benchmark.steps import _splits, group_structures, pooled
+from hydrapicker.cli import main as cli_main
 from hydrapicker.data.project import DatasetSpec
 from hydrapicker.errors import HydraPickerError
 from hydrapicker.evaluate import evaluate
@@ -112,3 +113,14 @@ def test_quick_protocol_writes_four_tables_and_a_continued_run_reuses_every_resu
     assert _tables(again) == _tables(text)
     simulated = [line for line in said if line.startswith("simulating")]
     assert len(simulated) == 1 and simulated[0].startswith("simulating unseen")
+
+    # The same folder with another protocol (the full one, not --quick) would mix the two: refused before
+    # the run record is replaced; where it runs (threads, device) may change.
+    record = (out / "protocol.json").read_bytes()
+    with pytest.raises(HydraPickerError, match="holds a benchmark of another protocol"):
+        run_benchmark(load_config(PROTOCOL), out)
+    (out / "command.json").write_text('{"the": "quick run"}')
+    assert cli_main(["benchmark", str(PROTOCOL), "--out", str(out)]) == 1
+    assert (out / "command.json").read_text() == '{"the": "quick run"}'
+    assert (out / "protocol.json").read_bytes() == record
+    check_protocol(replace(config, threads=1, processes=1), out)

@@ -19,7 +19,9 @@ split by micrograph into train / val / test. Then:
 
 Every step writes its result (checkpoints, picks as CSV) under ``OUT`` before the next starts and
 is skipped when its result is there, so a killed or partial run (a baseline that was not
-installed) continues where it stopped when run again with the same ``OUT``.
+installed) continues where it stopped when run again with the same ``OUT``. ``OUT/protocol.json``
+records the protocol, so that a run with another config (or without ``--quick``) cannot continue
+the folder and mix the two protocols' results.
 """
 
 from __future__ import annotations
@@ -28,14 +30,9 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
-
-from hydrapicker.bundled import pretrained_model_path
-from hydrapicker.data.project import DatasetSpec
-from hydrapicker.evaluate import Evaluation
-from hydrapicker.io.files import atomic_write_text
-
-__all__ = ["run_benchmark"]
+from typing import Any
 
 from hydrapicker.apps.benchmark.config import BenchmarkConfig
 from hydrapicker.apps.benchmark.report import Table, _diameter_method, write_report
@@ -52,6 +49,55 @@ from hydrapicker.apps.benchmark.steps import (
     single_model,
     truth,
 )
+from hydrapicker.bundled import pretrained_model_path
+from hydrapicker.data.project import DatasetSpec
+from hydrapicker.errors import HydraPickerError
+from hydrapicker.evaluate import Evaluation
+from hydrapicker.io.files import atomic_write_text
+
+__all__ = ["PROTOCOL_RECORD", "check_protocol", "run_benchmark"]
+
+#: The protocol a benchmark folder holds (every config field but where it runs).
+PROTOCOL_RECORD = "protocol.json"
+_WHERE_IT_RUNS = ("device", "threads", "processes")
+
+
+def _plain(value: Any) -> Any:
+    # JSON's view of a config value: paths as text, tuples as lists (so a record read back compares equal).
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _protocol(config: BenchmarkConfig) -> dict[str, Any]:
+    return {f.name: _plain(getattr(config, f.name)) for f in fields(config) if f.name not in _WHERE_IT_RUNS}
+
+
+def check_protocol(config: BenchmarkConfig, out_dir: str | os.PathLike) -> None:
+    """Refuse to continue ``out_dir`` with another protocol than the one it holds (``OUT/protocol.json``).
+
+    Every step skips what is already there, so a run of another config into the same folder would
+    quietly report the first protocol's models and picks as the second's. Where the networks run
+    (device, threads, processes) may change. A folder without the record (made before it existed,
+    or new) passes.
+    """
+    path = Path(out_dir) / PROTOCOL_RECORD
+    if not path.is_file():
+        return
+    try:
+        held = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise HydraPickerError(f"{path}: not a readable protocol record ({exc}); give another --out") from exc
+    now = _protocol(config)
+    changes = [f"{key} {held.get(key)!r} before, {value!r} now" for key, value in now.items() if held.get(key) != value]
+    if changes:
+        shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
+        raise HydraPickerError(
+            f"--out {out_dir}: holds a benchmark of another protocol ({shown}); give another --out, "
+            "or the same CONFIG (and --quick) to continue it"
+        )
 
 
 def run_benchmark(
@@ -61,9 +107,15 @@ def run_benchmark(
     say: Callable[[str], None] = print,
     config_path: str | None = None,
 ) -> Path:
-    """Run (or continue) the protocol into ``out_dir``; returns ``out_dir/REPORT.md``."""
+    """Run (or continue) the protocol into ``out_dir``; returns ``out_dir/REPORT.md``.
+
+    Raises:
+        HydraPickerError: ``out_dir`` holds a benchmark of another protocol (:func:`check_protocol`).
+    """
     out_dir = Path(out_dir)
+    check_protocol(config, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / PROTOCOL_RECORD, json.dumps(_protocol(config), indent=2) + "\n")
     # Seconds per step, summed over every run into this folder (a continued run adds its own).
     timings_file = out_dir / "timings.json"
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
