@@ -970,3 +970,67 @@ def _issue22_cases() -> list[Case]:
 
 
 CASES += _issue22_cases()
+
+
+# --- what an earlier run left: refused before anything is written, unless asked -------------------
+
+
+def _earlier_run_cases() -> list[Case]:
+    """Files of an earlier run (or of another tool) where a run would write: refused, with the way on."""
+
+    def pick_into_theirs(root: Path) -> tuple[list[str], list[Path]]:
+        _scene(root)
+        _checkpoint(root / "model.pt")
+        (root / "theirs").mkdir()
+        (root / "theirs" / "picks.csv").write_text("x,y\n10,20\n")  # another tool's, not ours to parse
+        return ["m0.mrc", "--model", "model.pt", "--out", "theirs", "--diameter-px", "40"], [root / "theirs" / "csv"]
+
+    def resume_unreadable(root: Path) -> tuple[list[str], list[Path]]:
+        _scene(root)
+        _mrc(root / "m1.mrc", seed=1)
+        (root / "out" / "stage1").mkdir(parents=True)
+        (root / "out" / "stage1" / "last.pt").write_bytes(b"cut short")
+        return [_project(root), *_TRAIN, "--resume"], [root / "out" / "model.pt"]
+
+    def finetune_onto_checkpoint(root: Path) -> tuple[list[str], list[Path]]:
+        _scene(root)
+        _checkpoint(root / "model.pt")
+        _checkpoint(root / "new.pt")
+        return ["--model", "model.pt", "--micrographs", "m0.mrc", "--coords", "m0.csv", *_FINETUNE], [
+            root / "new.finetune"
+        ]
+
+    def adapt_onto_checkpoint(root: Path) -> tuple[list[str], list[Path]]:
+        _scene(root)
+        _checkpoint(root / "model.pt")
+        _checkpoint(root / "new.pt")
+        return ["m0.mrc", "--model", "model.pt", "--name", "new", "--diameter-px", "40", "--out", "new.pt"], [
+            root / "new.adapt"
+        ]
+
+    def benchmark_of_another_protocol(root: Path) -> tuple[list[str], list[Path]]:
+        structures = Path(__file__).resolve().parents[1] / "data" / "structures"
+        (root / "bench.toml").write_text(f'structures = "{structures}"\ntargets = ["4hhb"]\nunseen = ["1hvr"]\n')
+        from hydrapicker.apps.benchmark.config import load_config
+        from hydrapicker.apps.benchmark.run import PROTOCOL_RECORD, protocol_record
+
+        held = {**protocol_record(load_config(root / "bench.toml")), "targets": ["6b7n"]}  # a run of 6b7n was there
+        (root / "out").mkdir()
+        (root / "out" / PROTOCOL_RECORD).write_text(json.dumps(held))
+        return ["bench.toml", "--out", "out"], [root / "out" / "REPORT.md"]
+
+    return [
+        Case("pick", "--out holding another tool's picks.csv", pick_into_theirs, names="picks.csv",
+             pinned_by="reliability/test_issue20_with_22.py"),
+        Case("train", "--resume from an unreadable last.pt", resume_unreadable, names="last.pt",
+             pinned_by="training/test_stages.py"),
+        Case("finetune", "--out onto an existing checkpoint", finetune_onto_checkpoint, names="--overwrite",
+             pinned_by="training/test_finetune.py"),
+        Case("adapt", "--out onto an existing checkpoint", adapt_onto_checkpoint, names="--overwrite",
+             pinned_by="training/test_adapt.py"),
+        Case("benchmark", "--out holding a benchmark of another protocol", benchmark_of_another_protocol,
+             names="another protocol", pinned_by="apps/test_benchmark.py"),
+    ]  # fmt: skip
+
+
+CASES += _earlier_run_cases()

@@ -55,7 +55,7 @@ from hydrapicker.errors import HydraPickerError
 from hydrapicker.evaluate import Evaluation
 from hydrapicker.io.files import atomic_write_text
 
-__all__ = ["PROTOCOL_RECORD", "check_protocol", "run_benchmark"]
+__all__ = ["PROTOCOL_RECORD", "check_protocol", "protocol_record", "run_benchmark"]
 
 #: The protocol a benchmark folder holds (every config field but where it runs).
 PROTOCOL_RECORD = "protocol.json"
@@ -71,7 +71,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _protocol(config: BenchmarkConfig) -> dict[str, Any]:
+def protocol_record(config: BenchmarkConfig) -> dict[str, Any]:
+    """What ``OUT/protocol.json`` holds: every field of ``config`` but where the networks run, as JSON values."""
     return {f.name: _plain(getattr(config, f.name)) for f in fields(config) if f.name not in _WHERE_IT_RUNS}
 
 
@@ -90,7 +91,7 @@ def check_protocol(config: BenchmarkConfig, out_dir: str | os.PathLike) -> None:
         held = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise HydraPickerError(f"{path}: not a readable protocol record ({exc}); give another --out") from exc
-    now = _protocol(config)
+    now = protocol_record(config)
     changes = [f"{key} {held.get(key)!r} before, {value!r} now" for key, value in now.items() if held.get(key) != value]
     if changes:
         shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
@@ -115,7 +116,7 @@ def run_benchmark(
     out_dir = Path(out_dir)
     check_protocol(config, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / PROTOCOL_RECORD, json.dumps(_protocol(config), indent=2) + "\n")
+    atomic_write_text(out_dir / PROTOCOL_RECORD, json.dumps(protocol_record(config), indent=2) + "\n")
     # Seconds per step, summed over every run into this folder (a continued run adds its own).
     timings_file = out_dir / "timings.json"
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
