@@ -1019,6 +1019,14 @@ def _earlier_run_cases() -> list[Case]:
         (root / "out" / PROTOCOL_RECORD).write_text(json.dumps(held))
         return ["bench.toml", "--out", "out"], [root / "out" / "REPORT.md"]
 
+    def simulate_into_theirs(root: Path) -> tuple[list[str], list[Path]]:
+        (root / "out").mkdir()
+        (root / "out" / "config.json").write_text('{"the": "user\'s own settings"}')
+        model = Path(__file__).resolve().parents[1] / "data" / "structures" / "4hhb.pdb.gz"
+        return [model, "--out", "out", "--n-micrographs", "1", "--size", "128", "--quiet"], [
+            root / "out" / "micrographs"
+        ]
+
     return [
         Case("pick", "--out holding another tool's picks.csv", pick_into_theirs, names="picks.csv",
              pinned_by="reliability/test_issue20_with_22.py"),
@@ -1028,6 +1036,8 @@ def _earlier_run_cases() -> list[Case]:
              pinned_by="training/test_finetune.py"),
         Case("adapt", "--out onto an existing checkpoint", adapt_onto_checkpoint, names="--overwrite",
              pinned_by="training/test_adapt.py"),
+        Case("simulate", "--out holding a config.json of another run or of the user's", simulate_into_theirs,
+             names="config.json"),
         Case("benchmark", "--out holding a benchmark of another protocol", benchmark_of_another_protocol,
              names="another protocol", pinned_by="apps/test_benchmark.py"),
     ]  # fmt: skip

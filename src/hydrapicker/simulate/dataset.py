@@ -203,7 +203,8 @@ def simulate_dataset(
 ) -> Path:
     """Simulate ``n_micrographs`` micrographs of one model into ``out_dir``; returns ``dataset.toml``.
 
-    ``out_dir`` must not hold micrographs already (a dataset's glob would mix two runs) unless
+    ``out_dir`` must not hold micrographs already (a dataset's glob would mix two runs), nor the
+    ``config.json`` / ``dataset.toml`` this writes (another run's, or a file of the user's), unless
     ``overwrite``, which first removes the micrograph and coordinate files found there.
 
     Raises:
@@ -215,9 +216,12 @@ def simulate_dataset(
         raise HydraPickerError(f"number of micrographs {n_micrographs!r}: must be a whole number >= 1")
     plan, model = plan_dataset(model_path, out_dir, config, seed, name)
     old = [p for sub in ("micrographs", "coordinates") for p in sorted((Path(out_dir) / sub).glob("*")) if p.is_file()]
-    if old and not overwrite:
+    records = [name for name in ("config.json", "dataset.toml") if (Path(out_dir) / name).is_file()]
+    if (old or records) and not overwrite:
+        held = [f"{len(old)} micrograph/coordinate file(s)"] if old else []
+        them = "them" if len(old) + len(records) > 1 else "it"
         raise HydraPickerError(
-            f"{out_dir}: already holds {len(old)} micrograph/coordinate file(s) (use --overwrite to replace them)"
+            f"{out_dir}: already holds {' and '.join(held + records)} (use --overwrite to replace {them})"
         )
     for path in old:
         path.unlink()
