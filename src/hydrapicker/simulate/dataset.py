@@ -216,7 +216,7 @@ def simulate_dataset(
         raise HydraPickerError(f"number of micrographs {n_micrographs!r}: must be a whole number >= 1")
     plan, model = plan_dataset(model_path, out_dir, config, seed, name)
     old = [p for sub in ("micrographs", "coordinates") for p in sorted((Path(out_dir) / sub).glob("*")) if p.is_file()]
-    records = [name for name in ("config.json", "dataset.toml") if (Path(out_dir) / name).is_file()]
+    records = [file for file in ("config.json", "dataset.toml") if (Path(out_dir) / file).is_file()]
     if (old or records) and not overwrite:
         held = [f"{len(old)} micrograph/coordinate file(s)"] if old else []
         them = "them" if len(old) + len(records) > 1 else "it"
