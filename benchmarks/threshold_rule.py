@@ -203,34 +203,10 @@ def run(name: str, model: Path | None, sets: LabelledSet, work: Path, rules: boo
     return [row], figures
 
 
-def _labels(candidates: dict[str, Picks], truth: dict[str, Picks], box: float) -> tuple[np.ndarray, ...]:
-    """Pooled scores, their match to the truth (TP) and micrograph index (the floor applied), and the particle count."""
-    tp_by, _ = match_picks(candidates, truth, box)
-    names = list(candidates)
-    score = np.concatenate([candidates[n].score for n in names] + [np.zeros(0)])
-    tp = np.concatenate([tp_by[n] for n in names] + [np.zeros(0, dtype=bool)])
-    micrograph = np.concatenate([np.full(len(candidates[n]), names.index(n)) for n in names] + [np.zeros(0, int)])
-    kept = score >= CANDIDATE_FLOOR
-    return score[kept], tp[kept], micrograph[kept]
-
-
-def _f1_curve(score: np.ndarray, tp: np.ndarray, n_true: int) -> tuple[np.ndarray, np.ndarray]:
-    """Thresholds (descending, distinct) and F1 of the scores >= each (as :func:`evaluate`)."""
-    order = np.argsort(-score, kind="stable")
-    score, hits = score[order], np.cumsum(tp[order])
-    last = np.append(score[1:] != score[:-1], True)
-    return score[last], (2 * hits / (np.arange(1, len(score) + 1) + n_true))[last]
-
-
-def _gap(score: np.ndarray, tp: np.ndarray, n_true: int, threshold: float) -> float:
-    """Best F1 - F1 at ``threshold`` (the operating point at or just above it)."""
-    thresholds, f1 = _f1_curve(score, tp, n_true)
-    kept = np.flatnonzero(thresholds >= threshold)
-    return float(f1.max() - (f1[kept[-1]] if len(kept) else 0.0))
-
-
-def oracles(candidates: dict[str, Picks], truth: dict[str, Picks], box: float) -> dict[str, float]:
+def oracles(candidates: dict[str, Picks], truth: dict[str, Picks], box: float, scored: Evaluation) -> dict[str, float]:
     """Gaps (best F1 - F1 there) of thresholds that use the labels, to bound what any rule on the scores can do.
+
+    ``scored``: :func:`evaluate` of ``candidates`` against ``truth``.
 
     - ``own_calibration``: the expected-F1 rule with each score read through the set's own
       calibration (isotonic regression of the matches on the scores): the rule given what the
@@ -239,23 +215,24 @@ def oracles(candidates: dict[str, Picks], truth: dict[str, Picks], box: float) -
     - ``one_micrograph``: the best-F1 threshold of one labelled micrograph applied to the set's
       others, the median over the micrographs (NaN with one micrograph).
     """
-    score, tp, micrograph = _labels(candidates, truth, box)
-    n_true = sum(len(t) for t in truth.values())
+    tp_by, _ = match_picks(candidates, truth, box)
+    score = np.concatenate([p.score for p in candidates.values()] + [np.zeros(0)])
+    tp = np.concatenate([tp_by[name] for name in candidates] + [np.zeros(0, dtype=bool)])
     order = np.argsort(score, kind="stable")
     calibrated = np.empty(len(score))
     calibrated[order] = isotonic_regression(tp[order].astype(np.float64)).x
     ranked = np.sort(score)[::-1]
     gaps = []
-    names = list(candidates)
-    for index, name in enumerate(names):
-        one, n_one = micrograph == index, len(truth[name])
-        if n_one == 0 or n_one == n_true:
+    for name in candidates:
+        others = {n: t for n, t in truth.items() if n != name}
+        if not len(truth[name]) or not any(len(t) for t in others.values()):
             continue
-        thresholds, f1 = _f1_curve(score[one], tp[one], n_one)
-        gaps.append(_gap(score[~one], tp[~one], n_true - n_one, thresholds[np.argmax(f1)]))
+        one = evaluate({name: candidates[name]}, {name: truth[name]}, box)
+        rest = evaluate({n: p for n, p in candidates.items() if n != name}, others, box)
+        gaps.append(rest.best_f1 - f1_at(rest, one.best_threshold))
     return {
-        "own_calibration": _gap(score, tp, n_true, expected_f1_threshold(score, calibrated)),
-        "true_count": _gap(score, tp, n_true, ranked[min(n_true, len(ranked)) - 1]),
+        "own_calibration": scored.best_f1 - f1_at(scored, expected_f1_threshold(score, calibrated)),
+        "true_count": scored.best_f1 - f1_at(scored, ranked[min(scored.n_true, len(ranked)) - 1]),
         "one_micrograph": float(np.median(gaps)) if gaps else float("nan"),
     }
 
@@ -296,13 +273,14 @@ def development(work: Path, model_path: Path | None = None, name: str = "generic
         figures = {
             "gap": scored.best_f1 - f1_at(scored, suggested),
             "default": scored.best_f1 - f1_at(scored, PICK_THRESHOLD),
-            **oracles(candidates, truth, box),
+            **oracles(candidates, truth, box, scored),
         }
         for key, value in figures.items():
             columns[key].append(value)
+        # round(..) + 0.0: a gap of -1e-17 (F1 read as 2PR/(P+R)) prints as 0.000, not -0.000
         rows.append(
             f"| {set_name} | {sum(len(t) for t in truth.values())} | {scored.best_f1:.3f} | {scored.best_threshold:.3f} | "
-            f"{suggested:.3f} | " + " | ".join(f"{v:.3f}" for v in figures.values()) + " |"
+            f"{suggested:.3f} | " + " | ".join(f"{round(v, 3) + 0.0:.3f}" for v in figures.values()) + " |"
         )
     summary = []
     for values in columns.values():
