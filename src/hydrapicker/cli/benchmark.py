@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from hydrapicker.apps.benchmark.config import load_config
-    from hydrapicker.apps.benchmark.run import check_protocol, run_benchmark
+    from hydrapicker.apps.benchmark.run import run_benchmark
     from hydrapicker.cli._common import write_run_record
     from hydrapicker.errors import HydraPickerError
 
@@ -48,9 +48,12 @@ def main(args: argparse.Namespace) -> int:
     config = load_config(
         args.config, quick=args.quick, device=args.device, threads=args.threads, processes=args.processes
     )
-    check_protocol(config, args.out)  # before the run record of the folder's own protocol is replaced
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_run_record(args.out, args)
-    report = run_benchmark(config, args.out, config_path=str(args.config) + (" --quick" if args.quick else ""))
+    # The record is written once run_benchmark has found the folder to hold this protocol (or none).
+    report = run_benchmark(
+        config,
+        args.out,
+        config_path=str(args.config) + (" --quick" if args.quick else ""),
+        on_start=lambda: write_run_record(args.out, args),
+    )
     print(f"report: {report}")
     return 0

@@ -110,7 +110,7 @@ def _train(args: argparse.Namespace) -> int:
     from hydrapicker.cli._common import write_run_record
     from hydrapicker.data.project import load_project
     from hydrapicker.training.config import TrainConfig
-    from hydrapicker.training.stages import check_run_folder, train
+    from hydrapicker.training.stages import train
 
     config = TrainConfig(
         preset=args.preset,
@@ -133,11 +133,8 @@ def _train(args: argparse.Namespace) -> int:
 
         raise HydraPickerError(f"--out {args.out}: is a file, not a folder")
     datasets = load_project(args.project)
-    check_run_folder(args.out, config, resume=args.resume)  # before the record of a run already there is replaced
-    args.out.mkdir(parents=True, exist_ok=True)
-    if distributed.is_main():
-        write_run_record(args.out, args)
-    model = train(datasets, args.out, config, resume=args.resume)
+    # The record is written once train() has found the folder fit to start in (not over a run already there).
+    model = train(datasets, args.out, config, resume=args.resume, on_start=lambda: write_run_record(args.out, args))
     if distributed.is_main():
         print(f"Model: {model.resolve()}")
     return 0

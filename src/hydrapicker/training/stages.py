@@ -35,7 +35,7 @@ from hydrapicker.presets import get_preset
 from hydrapicker.training.config import TrainConfig
 from hydrapicker.training.loop import StagePlan, check_start, fit, seed_everything
 
-__all__ = ["build_stage_model", "check_run_folder", "finetune_plan", "stage1_plan", "stage2_plan", "train"]
+__all__ = ["build_stage_model", "finetune_plan", "stage1_plan", "stage2_plan", "train"]
 
 
 def stage1_plan(config: TrainConfig) -> StagePlan:
@@ -81,7 +81,7 @@ def build_stage_model(
     return model
 
 
-def check_run_folder(out_dir: str | Path, config: TrainConfig, *, resume: bool = False) -> None:
+def _check_run_folder(out_dir: Path, config: TrainConfig, resume: bool) -> None:
     """Fail before anything is written when a stage ``config`` runs cannot start in ``out_dir``.
 
     A run already there without ``resume``, or a ``last.pt`` to resume that is not readable, is an
@@ -100,11 +100,14 @@ def train(
     *,
     resume: bool = False,
     on_epoch_end: Callable[[int, int, dict], None] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> Path:
     """Train the stages ``config.stage`` asks for into ``out_dir``; returns ``out_dir/model.pt``.
 
     ``on_epoch_end(stage, epoch, row)`` is called after every epoch (tests use it to interrupt).
-    A run that cannot start (:func:`check_run_folder`) fails before ``config.json`` is written.
+    A run that cannot start (a run already there without ``resume``, an unreadable ``last.pt``)
+    fails before anything is written; ``on_start()`` is then called on the main process, before
+    ``config.json`` is written (the CLI writes its run record there).
     """
     if not datasets:
         raise HydraPickerError("the project lists no datasets to train on")
@@ -112,8 +115,10 @@ def train(
     if GENERIC in names or len(set(names)) != len(names):
         raise HydraPickerError(f"dataset names must be unique and not {GENERIC!r}: {names}")
     out_dir = Path(out_dir)
-    check_run_folder(out_dir, config, resume=resume)
+    _check_run_folder(out_dir, config, resume)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if on_start is not None and distributed.is_main():
+        on_start()
     keep_large_blocks()
     record = {
         "hydrapicker_version": __version__,

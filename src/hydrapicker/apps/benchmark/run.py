@@ -107,8 +107,12 @@ def run_benchmark(
     *,
     say: Callable[[str], None] = print,
     config_path: str | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> Path:
     """Run (or continue) the protocol into ``out_dir``; returns ``out_dir/REPORT.md``.
+
+    ``on_start()`` is called once ``out_dir`` is found to hold this protocol (or none), before
+    anything is written (the CLI writes its run record there).
 
     Raises:
         HydraPickerError: ``out_dir`` holds a benchmark of another protocol (:func:`check_protocol`).
@@ -116,6 +120,8 @@ def run_benchmark(
     out_dir = Path(out_dir)
     check_protocol(config, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if on_start is not None:
+        on_start()
     atomic_write_text(out_dir / PROTOCOL_RECORD, json.dumps(protocol_record(config), indent=2) + "\n")
     # Seconds per step, summed over every run into this folder (a continued run adds its own).
     timings_file = out_dir / "timings.json"
