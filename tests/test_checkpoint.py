@@ -86,7 +86,7 @@ def test_cli_train_passes_scale_jitter_restart_period_and_cache_dir_into_the_con
 
     seen = {}
 
-    def fake_train(datasets, out_dir, config, *, resume=False):
+    def fake_train(datasets, out_dir, config, *, resume=False, on_start=None):
         seen["config"] = config
         return Path(out_dir) / "model.pt"
 
